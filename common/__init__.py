@@ -1,0 +1,1 @@
+"""Shared, non-algorithmic helpers: reward verification (`reward.py`) and data loading (`data.py`)."""

@@ -1,0 +1,546 @@
+"""Data loading: the real math benchmarks, training sets, prompt templates and the synthetic testbed task.
+
+Every loader returns records ``{"id", "question", "answer", "source"}`` where ``answer`` is a
+non-empty gold answer string that ``common.reward.is_equiv`` can compare against.
+
+``load_problems(source, ...)`` is the single entry point. ``source`` is one of
+
+* a benchmark name resolved under the data dir (``resolve_data_dir``): the evaluation sets in
+  ``BENCHMARKS`` plus ``gsm8k``, ``dapo_math_17k`` (alias ``dapo``), ``math_train`` and the synthetic
+  ``arith`` task. Each has a small record function below that applies the quirks documented in
+  ``shared/data/README.md`` (float/int golds, ``$...$``-wrapped golds, golds inside ``\\boxed{}`` or
+  after ``####``, instruction templates baked into the question, ...);
+* a local ``.jsonl`` / ``.json`` / ``.parquet`` file (known benchmark files get their benchmark's rules;
+  other files are read with configurable field names);
+* ``json:<path>`` / ``parquet:<path>`` / ``csv:<path>`` (a local file through ``datasets``), or a Hugging
+  Face dataset id (``datasets.load_dataset``; needs hub access).
+
+Questions of every source pass through ``repair_control_chars``: some upstream files were
+JSON-escaped badly, so a control character stands where a backslash + letter was (``\\x0c`` + "rac"
+is ``\\frac``, TAB + "riangle" is ``\\triangle``), and DAPO-Math-17k carries PDF ligature codes.
+
+A bad row (missing field, empty or non-string gold, malformed JSON) raises ``ValueError`` naming the
+file, the row and the field; with ``skip_invalid=True`` it is skipped and listed in
+``Problems.skipped_rows``. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+from pathlib import Path
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic testbed task: multi-step integer arithmetic with worked solutions ending in \boxed{}.
+# ----------------------------------------------------------------------------------------------
+
+ARITH_TEST_FRACTION = 0.1  # share of the problem space reserved for the test split (by hash)
+
+
+def _arith_is_test(question: str) -> bool:
+    """Deterministic split membership: a problem belongs to the test split iff its hash says so."""
+    digest = hashlib.sha256(question.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < ARITH_TEST_FRACTION
+
+
+def _arith_sample(rng: random.Random, min_terms: int, max_terms: int, max_value: int) -> tuple[str, str, str]:
+    """One problem: (question, worked solution, gold). Left-to-right + and - on 2-digit numbers;
+    a subtraction that would go negative becomes an addition, so every intermediate value is >= 0."""
+    num_terms = rng.randint(min_terms, max_terms)
+    value = rng.randint(10, max_value)
+    expression, steps = str(value), []
+    for _ in range(num_terms - 1):
+        operand = rng.randint(10, max_value)
+        op = rng.choice("+-")
+        if op == "-" and operand > value:
+            op = "+"
+        new_value = value + operand if op == "+" else value - operand
+        steps.append(f"{value}{op}{operand}={new_value}.")
+        expression += f"{op}{operand}"
+        value = new_value
+    question = f"Compute {expression}."
+    solution = " ".join(steps) + f" \\boxed{{{value}}}"
+    return question, solution, str(value)
+
+
+def make_arith_problems(
+    num: int,
+    split: str = "train",
+    seed: int = 0,
+    min_terms: int = 3,
+    max_terms: int = 4,
+    max_value: int = 99,
+) -> list[dict]:
+    """Generate ``num`` synthetic arithmetic problems of one split.
+
+    The two splits are disjoint by construction (membership is a hash of the question text) and
+    deterministic given ``seed``. Each record also carries ``solution`` (a worked solution ending in
+    ``\\boxed{gold}``) for supervised fine-tuning.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"arith split must be 'train' or 'test', got {split!r}")
+    want_test = split == "test"
+    rng = random.Random(f"arith-{split}-{seed}")
+    records: list[dict] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(records) < num:
+        attempts += 1
+        if attempts > 100 * num + 10_000:
+            raise RuntimeError(f"could not generate {num} distinct arith {split} problems; widen the task")
+        question, solution, gold = _arith_sample(rng, min_terms, max_terms, max_value)
+        if _arith_is_test(question) != want_test or question in seen:
+            continue
+        seen.add(question)
+        records.append(
+            {"id": f"arith-{split}-{len(records)}", "question": question, "answer": gold,
+             "source": "arith", "solution": solution}
+        )
+    return records
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompt templates
+# ----------------------------------------------------------------------------------------------
+
+QWEN_MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+DAPO_INSTRUCTION = (
+    "Solve the following math problem step by step. The last line of your response should be of the "
+    "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n{question}\n\n"
+    'Remember to put your answer on its own line after "Answer:".'
+)
+PLAIN_TEMPLATE = "Q: {question}\nA: "
+TEMPLATES = ("qwen-math", "dapo", "plain")
+
+
+def build_prompt(question: str, template: str, tokenizer=None) -> str:
+    """Wrap a bare question in a prompt template.
+
+    * ``qwen-math``: the tokenizer's chat template with the Qwen-Math system prompt; the literal
+      ChatML string when the tokenizer has no chat template (or none is given).
+    * ``dapo``: the DAPO "Answer:" instruction as a single user turn (chat template if available).
+    * ``plain``: ``"Q: {question}\\nA: "`` for the testbed model (no chat markup).
+    """
+    if template == "plain":
+        return PLAIN_TEMPLATE.format(question=question)
+    if template == "qwen-math":
+        messages = [{"role": "system", "content": QWEN_MATH_SYSTEM}, {"role": "user", "content": question}]
+    elif template == "dapo":
+        messages = [{"role": "user", "content": DAPO_INSTRUCTION.format(question=question)}]
+    else:
+        raise ValueError(f"unknown template {template!r}; choose one of {TEMPLATES}")
+    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loaders: real benchmarks, training sets, local files and Hugging Face datasets
+# ----------------------------------------------------------------------------------------------
+
+BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench")
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+class Problems(list):
+    """A plain ``list`` of records that also says which rows were skipped (``skip_invalid=True``)."""
+
+    def __init__(self, records=(), skipped_rows=()):
+        super().__init__(records)
+        self.skipped_rows: list[str] = list(skipped_rows)  # "file:row: field: reason"
+
+    @property
+    def skipped(self) -> int:
+        return len(self.skipped_rows)
+
+
+class _BadRow(Exception):
+    """A row that cannot become a record; ``field`` names the offending field."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """``data_dir`` if given, else ``$RLVR_DATA_DIR``, else ``<repo>/../shared/data`` if it exists."""
+    if data_dir is not None:
+        return Path(data_dir)
+    if os.environ.get("RLVR_DATA_DIR"):
+        return Path(os.environ["RLVR_DATA_DIR"])
+    default = REPO_DIR.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+# --- text repair ------------------------------------------------------------------------------
+
+# A JSON/Python string escape turned "\<letter>" into a control character: "\frac" -> "\x0c" + "rac".
+_ESCAPES = {"\x07": "a", "\x08": "b", "\t": "t", "\n": "n", "\x0b": "v", "\x0c": "f", "\r": "r"}
+_LATEX_COMMANDS = set(
+    "alpha angle approx arccos arcsin arctan ast "
+    "bar begin beta big bigg bigl bigr bigcap bigcup binom bmod bot boxed bullet because "
+    "text textbf textit textrm textsf texttt textstyle tfrac tbinom theta tilde times triangle therefore "
+    "tau tan top to nabla newline notin nonumber neq ne nu not "
+    "vec varphi varepsilon vartheta vdots vee vert vline "
+    "frac forall flat fbox right rangle rceil rfloor rightarrow rbrace rho rm".split()
+)
+_ESCAPE_RE = re.compile(r"([\x07\x08\t\n\x0b\x0c\r])([A-Za-z]+)")
+# PDF text in OT1 encoding: 0x0b-0x0f are the ff/fi/fl/ffi/ffl ligatures (0x0d = "\r" is left alone).
+_LIGATURES = {"\x0b": "ff", "\x0c": "fi", "\x0e": "ffi", "\x0f": "ffl"}
+_LIGATURE_RE = re.compile(r"[\x0b\x0c\x0e\x0f]+")
+_STRAY_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 (not TAB/LF/CR), DEL, C1
+
+
+def _fix_escape(m: re.Match) -> str:
+    char, tail = m.group(1), m.group(2)
+    command = _ESCAPES[char] + tail
+    # TAB/newline/CR are also legitimate whitespace: only repair unambiguous (3+ letter) tails.
+    if command in _LATEX_COMMANDS and (char not in "\t\n\r" or len(tail) >= 3):
+        return "\\" + command
+    return m.group(0)
+
+
+def _fix_ligature(m: re.Match) -> str:
+    if len(m.group(0)) > 1:
+        return ""  # a run of control characters is debris, not text
+    before, after = m.string[: m.start()], m.string[m.end():]
+    ligature = _LIGATURES[m.group(0)]
+    if before.endswith(ligature) or after.startswith(ligature):
+        return ""  # "fi\x0cve", "\x0cfirst": the letters are there already
+    if (before[-1:].isascii() and before[-1:].isalpha()) or re.match(r"[a-z]{2}", after):
+        return ligature  # "\x0cnd" -> "find", "de\x0cne" -> "define"
+    return ""
+
+
+def repair_control_chars(text: str) -> str:
+    """Undo control-character damage: LaTeX commands whose backslash + first letter became a control
+    character, OT1 ligature codes from PDF extraction, and any other stray control character.
+    TAB, newline and CR are kept unless they are part of such a damaged command."""
+    text = _ESCAPE_RE.sub(_fix_escape, text)
+    text = _LIGATURE_RE.sub(_fix_ligature, text)
+    return _STRAY_CONTROL_RE.sub("", text)
+
+
+# --- field helpers ----------------------------------------------------------------------------
+
+
+def _get(row: dict, field: str):
+    """``row[field]`` where ``field`` may be a dotted path into nested dicts."""
+    if field in row:
+        return row[field]
+    value = row
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise _BadRow(field, "missing")
+        value = value[part]
+    return value
+
+
+def _has(row: dict, field: str) -> bool:
+    try:
+        _get(row, field)
+        return True
+    except _BadRow:
+        return False
+
+
+def _text(row: dict, field: str) -> str:
+    value = _get(row, field)
+    if not isinstance(value, str):
+        raise _BadRow(field, f"expected a string, got {type(value).__name__}")
+    value = repair_control_chars(value).strip()
+    if not value:
+        raise _BadRow(field, "empty")
+    return value
+
+
+def _gold(value, field: str) -> str:
+    """A non-empty gold string; ints and integral floats (``27.0``) become ``"27"``."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or value is None:
+        raise _BadRow(field, f"gold is {value!r}, not a string")
+    if isinstance(value, int):
+        value = str(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _BadRow(field, f"gold is {value!r}")
+        value = str(int(value)) if value.is_integer() else repr(value)
+    if not isinstance(value, str):
+        raise _BadRow(field, f"gold is a {type(value).__name__}, not a string")
+    if not value.strip():
+        raise _BadRow(field, "empty gold")
+    return value.strip()
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (brace-matched, so nested braces survive), or None."""
+    start = text.rfind("\\boxed")
+    while start >= 0:
+        i = start + len("\\boxed")
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            depth = 0
+            for j in range(i, len(text)):
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                if depth == 0:
+                    return text[i + 1 : j]
+        start = text.rfind("\\boxed", 0, start)
+    return None
+
+
+def _boxed_gold(row: dict, field: str = "solution") -> str:
+    gold = last_boxed(_text(row, field))
+    if gold is None:
+        raise _BadRow(field, "no \\boxed{...} answer")
+    return _gold(gold, f"{field} (\\boxed)")
+
+
+def _row_id(row: dict, index: int) -> str:
+    for field in ("id", "idx", "unique_id", "extra_info.index"):
+        if _has(row, field) and _get(row, field) is not None:
+            return str(_get(row, field))
+    return str(index)
+
+
+# --- one record function per benchmark: row -> (question, gold, extra keys) --------------------
+
+
+def _problem_answer(row: dict):  # aime24 (str), aime25 (int), amc23 (float), math500 (LaTeX str)
+    extra = {k: row[k] for k in ("subject", "level") if k in row}
+    return _text(row, "problem"), _gold(_get(row, "answer"), "answer"), extra
+
+
+def _minerva(row: dict):
+    return _text(row, "problem"), _boxed_gold(row), {}
+
+
+def _olympiad_gold(final_answer) -> str:
+    if not isinstance(final_answer, list) or not final_answer:
+        raise _BadRow("final_answer", f"expected a non-empty list, got {final_answer!r}")
+    parts = []
+    for part in final_answer:
+        if not isinstance(part, str):
+            raise _BadRow("final_answer", f"gold is a {type(part).__name__}, not a string")
+        # "$2^{1009}$" -> 2^{1009}; "$69$,$84$" -> 69,84; "$(-\infty, 0) \cup\{1\}$." -> no period
+        parts.append(re.sub(r"(?<!\\)\$", "", part).strip().removesuffix(".").strip())
+    return _gold(",".join(parts), "final_answer")
+
+
+def _olympiadbench(row: dict):
+    question = _text(row, "question")
+    if isinstance(row.get("context"), str) and row["context"].strip():
+        question = repair_control_chars(row["context"]).strip() + "\n\n" + question
+    extra = {k: row[k] for k in ("unit", "error", "is_multiple_answer", "answer_type") if k in row}
+    return question, _olympiad_gold(_get(row, "final_answer")), extra
+
+
+def _gsm8k(row: dict):
+    solution = _text(row, "answer")
+    if "####" not in solution:
+        raise _BadRow("answer", "no '#### <final answer>' line")
+    return _text(row, "question"), _gold(solution.rsplit("####", 1)[1].replace(",", ""), "answer (after ####)"), {}
+
+
+DAPO_EN_PREFIX = (
+    "Solve the following math problem step by step. The last line of your response should be of the "
+    "form \\boxed{Answer} where Answer is the answer to the problem.\n\n"
+)
+DAPO_EN_SUFFIX = "\n\nRemember to put your answer in \\boxed{...} format on its own line."
+# The Chinese prompts end with this paragraph once (3262 rows) or twice, “curly” then "straight" (20 rows).
+DAPO_ZH_SUFFIX_RE = re.compile(
+    r"(?:\s*让我们一步一步地思考。请以[“\"]Answer: \\boxed\{<final_answer>\}[”\"]的格式输出最终答案。"
+    r"如果是选择题，请按顺序输出正确的选项，不带任何标点或空格。对于其他类型的问题，请只输出最终答案的数值。)+\s*$"
+)
+
+
+def _dapo(row: dict):
+    prompt = _get(row, "prompt")
+    if not (isinstance(prompt, list) and prompt and isinstance(prompt[0], dict)):
+        raise _BadRow("prompt", "expected a list of chat messages")
+    content = _text(prompt[0], "content")
+    if content.startswith(DAPO_EN_PREFIX) and content.endswith(DAPO_EN_SUFFIX.strip()):
+        question = content[len(DAPO_EN_PREFIX) :].removesuffix(DAPO_EN_SUFFIX.strip())
+    elif DAPO_ZH_SUFFIX_RE.search(content):
+        question = DAPO_ZH_SUFFIX_RE.sub("", content)
+    else:
+        raise _BadRow("prompt[0].content", "unrecognised instruction template")
+    if not question.strip():
+        raise _BadRow("prompt[0].content", "empty question after removing the template")
+    return question.strip(), _gold(_get(row, "reward_model.ground_truth"), "reward_model.ground_truth"), {}
+
+
+MATH_TRAIN_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
+
+
+def _math_train(row: dict):
+    question = _text(row, "problem").removesuffix(MATH_TRAIN_SUFFIX.strip()).strip()
+    extra = {"level": row.get("level"), "subject": row.get("type")}
+    return question, _gold(_get(row, "reward_model.ground_truth"), "reward_model.ground_truth"), extra
+
+
+# name -> (record function, {split: file under the data dir}); the first split is the default.
+_BENCHMARK_SPECS = {
+    "aime24": (_problem_answer, {"test": "aime24/test.jsonl"}),
+    "aime25": (_problem_answer, {"test": "aime25/test.jsonl"}),
+    "amc23": (_problem_answer, {"test": "amc23/test.jsonl"}),
+    "math500": (_problem_answer, {"test": "math500/test.jsonl"}),
+    "minerva_math": (_minerva, {"test": "minerva_math/test.jsonl"}),
+    "olympiadbench": (_olympiadbench, {"test": "olympiadbench/test.jsonl"}),
+    "gsm8k": (_gsm8k, {"test": "gsm8k/test.jsonl", "train": "gsm8k/train.jsonl"}),
+    "dapo_math_17k": (_dapo, {"train": "dapo_math_17k/DAPO-Math-17k.parquet"}),
+    "math_train": (_math_train, {"train": "math_train/train.parquet"}),
+}
+_ALIASES = {"dapo": "dapo_math_17k", "dapo-math-17k": "dapo_math_17k", "math-500": "math500"}
+
+
+def _generic_record(question_field: str | None, answer_field: str | None):
+    """Record function for files of unknown layout (configurable, with sensible fallbacks)."""
+
+    def record(row: dict):
+        q_field = question_field or next((f for f in ("problem", "question") if f in row), "problem")
+        if answer_field:
+            gold = _gold(_get(row, answer_field), answer_field)
+        else:
+            a_field = next((f for f in ("answer", "final_answer", "reward_model.ground_truth") if _has(row, f)), None)
+            if a_field == "final_answer":  # OlympiadBench style: a list, maybe "$...$"-wrapped
+                value = _get(row, a_field)
+                gold = _olympiad_gold(value if isinstance(value, list) else [value])
+            elif a_field:
+                gold = _gold(_get(row, a_field), a_field)
+            elif "solution" in row:
+                gold = _boxed_gold(row)
+            else:
+                raise _BadRow("answer", "missing (looked for answer, final_answer, reward_model.ground_truth, solution)")
+        return _text(row, q_field), gold, {}
+
+    return record
+
+
+# --- row readers: yield (row label for messages, row or None, parse error or None) -------------
+
+
+def _read_rows(path: Path):
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:line {line_no}", json.loads(line), None
+                except json.JSONDecodeError as e:
+                    yield f"{path}:line {line_no}", None, f"malformed JSON ({e.msg} at column {e.colno})"
+    elif suffix == ".json":
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
+        for i, row in enumerate(rows):
+            yield f"{path}:row {i} (0-based)", row, None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"{path}:row {i} (0-based)", row, None
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
+
+
+def _collect(rows, record_fn, source: str, skip_invalid: bool, limit: int | None) -> Problems:
+    problems = Problems()
+    for index, (where, row, error) in enumerate(rows):
+        if limit is not None and len(problems) >= limit:
+            break
+        try:
+            if error is not None:
+                raise _BadRow("<json>", error)
+            if not isinstance(row, dict):
+                raise _BadRow("<row>", f"expected a JSON object, got {type(row).__name__}")
+            question, gold, extra = record_fn(row)
+        except _BadRow as bad:
+            message = f"{where}: {bad}"
+            if not skip_invalid:
+                raise ValueError(f"{message} (pass skip_invalid=True to skip such rows)") from None
+            problems.skipped_rows.append(message)
+            continue
+        problems.append({"id": _row_id(row, index), "question": question, "answer": gold, "source": source, **extra})
+    return problems
+
+
+def _benchmark_for_path(path: Path) -> str | None:
+    """The benchmark whose rules apply to a local file: by its directory name (``<data dir>/aime25/...``)
+    or by a distinctive file name (``DAPO-Math-17k.parquet``)."""
+    for name, (_, files) in _BENCHMARK_SPECS.items():
+        distinctive = {Path(rel).name for rel in files.values()} - {"test.jsonl", "train.jsonl", "train.parquet"}
+        if path.parent.name == name or path.name in distinctive:
+            return name
+    return None
+
+
+def load_problems(
+    source: str,
+    split: str | None = None,
+    data_dir: str | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+) -> Problems:
+    """Load ``{"id", "question", "answer", "source", ...extra}`` records (see the module docstring).
+
+    ``split`` picks gsm8k's ``train``/``test`` file (default ``test``), the arith split (default
+    ``train``) or a Hugging Face split (default ``train``). ``limit`` keeps the first ``limit`` records.
+    ``question_field``/``answer_field`` (dotted paths allowed) switch to generic field extraction.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    fields_given = question_field is not None or answer_field is not None
+    name = _ALIASES.get(source.lower(), source.lower())
+
+    if name == "arith":
+        arith_split = split or "train"
+        num = limit if limit is not None else (20000 if arith_split == "train" else 500)
+        return Problems(make_arith_problems(num, arith_split, seed=0))
+
+    if name in _BENCHMARK_SPECS:
+        record_fn, files = _BENCHMARK_SPECS[name]
+        split = split or next(iter(files))
+        if split not in files:
+            raise ValueError(f"{name} has splits {tuple(files)}, not {split!r}")
+        root = resolve_data_dir(data_dir)
+        if root is None:
+            raise FileNotFoundError(
+                f"no data dir for benchmark {name!r}: pass data_dir=, set RLVR_DATA_DIR, or provide "
+                f"{REPO_DIR.parent / 'shared' / 'data'}"
+            )
+        path = root / files[split]
+        if not path.is_file():
+            raise FileNotFoundError(f"benchmark {name!r} ({split}): file not found: {path}")
+        record_fn = _generic_record(question_field, answer_field) if fields_given else record_fn
+        return _collect(_read_rows(path), record_fn, name, skip_invalid, limit)
+
+    builder, _, data_files = source.partition(":")
+    path = Path(source).expanduser()
+    if builder in ("json", "parquet", "csv") and data_files:
+        pass  # a local file read through datasets.load_dataset (below)
+    elif path.is_file():
+        benchmark = None if fields_given else _benchmark_for_path(path)
+        record_fn = _BENCHMARK_SPECS[benchmark][0] if benchmark else _generic_record(question_field, answer_field)
+        return _collect(_read_rows(path), record_fn, benchmark or str(path), skip_invalid, limit)
+    elif path.suffix.lower() in (".jsonl", ".json", ".parquet") or path.is_dir():
+        raise FileNotFoundError(f"not a data file: {path}")
+
+    # Hugging Face datasets: "json:<path>" / "parquet:<path>" / "csv:<path>" (local, offline) or a hub id.
+    import datasets
+
+    if builder in ("json", "parquet", "csv") and data_files:
+        dataset = datasets.load_dataset(builder, data_files=data_files, split=split or "train")
+    else:
+        dataset = datasets.load_dataset(source, split=split or "train")
+    rows = ((f"{source}[{split or 'train'}]:row {i} (0-based)", row, None) for i, row in enumerate(dataset))
+    return _collect(rows, _generic_record(question_field, answer_field), source, skip_invalid, limit)

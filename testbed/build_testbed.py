@@ -1,0 +1,197 @@
+"""Build the CPU testbed model: a ~0.4M-parameter Llama-architecture model that half-solves the synthetic arithmetic task.
+
+Creates a character-level tokenizer (printable ASCII + newline, loadable offline with
+``AutoTokenizer.from_pretrained``), a small ``LlamaForCausalLM``, and trains it by supervised
+fine-tuning on worked solutions of ``common.data.make_arith_problems`` until its *sampled*
+(temperature 1.0) accuracy on a validation set first reaches ``--target-accuracy``. Stopping part-way
+is the point: RL then has signal (some groups are mixed) and room (entropy is clearly above zero).
+
+    python testbed/build_testbed.py            # rewrites testbed/model/ (about 2-4 minutes on 2 CPU cores)
+
+Deterministic for a given seed, torch version and thread count (the script pins 2 threads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tyro
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common.data import build_prompt, make_arith_problems  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class Args:
+    out_dir: str = os.path.join(HERE, "model")
+    """where the Hugging Face model folder is written"""
+    seed: int = 1
+    """seed for initialisation, data order and evaluation sampling"""
+    hidden_size: int = 96
+    """model width"""
+    num_layers: int = 4
+    """number of transformer blocks"""
+    num_heads: int = 4
+    """attention heads (head dim = hidden_size / num_heads)"""
+    num_kv_heads: int = 2
+    """key/value heads (grouped-query attention)"""
+    intermediate_size: int = 256
+    """MLP width"""
+    batch_size: int = 64
+    """SFT sequences per optimizer step"""
+    learning_rate: float = 3e-3
+    """peak AdamW learning rate (linear warm-up, then constant)"""
+    warmup_steps: int = 50
+    """linear warm-up steps"""
+    max_steps: int = 4000
+    """hard limit on SFT steps (the accuracy target normally stops training much earlier)"""
+    eval_every: int = 50
+    """evaluate sampled validation accuracy every this many steps"""
+    num_eval: int = 256
+    """validation problems (test split, a seed different from the benchmark's)"""
+    target_accuracy: float = 0.30
+    """stop at the first evaluation whose sampled accuracy (temperature 1.0) reaches this"""
+    threads: int = 2
+    """torch CPU threads (pinned for determinism)"""
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Character-level tokenizer: <pad>, <|endoftext|> (EOS), <unk>, printable ASCII and newline."""
+    vocab = {"<pad>": 0, "<|endoftext|>": 1, "<unk>": 2}
+    for ch in [chr(i) for i in range(32, 127)] + ["\n"]:
+        vocab[ch] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<pad>", unk_token="<unk>",
+        padding_side="left", clean_up_tokenization_spaces=False,
+    )
+
+
+def encode_sft_batch(tokenizer, problems: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask, labels) with the loss on solution tokens + EOS only."""
+    rows, label_rows = [], []
+    for p in problems:
+        prompt_ids = tokenizer(build_prompt(p["question"], "plain"), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(p["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append(prompt_ids + answer_ids)
+        label_rows.append([-100] * len(prompt_ids) + answer_ids)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, label_rows)):
+        ids[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(r)] = 1
+    return ids, mask, labels
+
+
+@torch.no_grad()
+def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int, max_new_tokens: int = 64) -> tuple[float, float]:
+    """(accuracy, mean sampled-token entropy) at temperature 1.0, top-p 1, top-k off."""
+    model.eval()
+    prompts = [build_prompt(p["question"], "plain") for p in problems]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    out = model.generate(
+        **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        output_scores=True, return_dict_in_generate=True,
+    )
+    completions = tokenizer.batch_decode(out.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    correct = 0
+    for text, p in zip(completions, problems):
+        boxed = re.findall(r"\\boxed\{(-?\d+)\}", text)
+        correct += bool(boxed) and boxed[-1] == p["answer"]
+    # entropy of the sampling distribution at each generated position, over positions not yet finished
+    gen = out.sequences[:, enc["input_ids"].shape[1]:]
+    alive = torch.ones(gen.shape[0], dtype=torch.bool)
+    ent_sum, ent_n = 0.0, 0
+    for t, scores in enumerate(out.scores):
+        logp = torch.log_softmax(scores.float(), -1)
+        ent = -(logp.exp() * logp).nan_to_num().sum(-1)
+        ent_sum += ent[alive].sum().item()
+        ent_n += int(alive.sum())
+        alive &= gen[:, t] != tokenizer.eos_token_id
+    model.train()
+    return correct / len(problems), ent_sum / max(ent_n, 1)
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.use_deterministic_algorithms(True)
+
+    tokenizer = build_tokenizer()
+    # Llama architecture: AutoTokenizer maps model_type "qwen2" to Qwen2's byte-level BPE tokenizer,
+    # which would not load this character-level tokenizer faithfully.
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
+        intermediate_size=args.intermediate_size, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
+    )
+    model = LlamaForCausalLM(config)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"testbed model: {num_params / 1e6:.3f}M parameters, vocab {len(tokenizer)}")
+
+    train = make_arith_problems(args.batch_size * args.max_steps, "train", seed=args.seed)
+    val = make_arith_problems(args.num_eval, "test", seed=12345)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup_steps))
+
+    start, history = time.time(), []
+    model.train()
+    for step in range(1, args.max_steps + 1):
+        batch = train[(step - 1) * args.batch_size: step * args.batch_size]
+        ids, mask, labels = encode_sft_batch(tokenizer, batch)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % args.eval_every == 0:
+            acc, ent = sampled_accuracy(model, tokenizer, val, seed=args.seed)
+            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "val_entropy": ent})
+            print(f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  "
+                  f"({time.time() - start:.0f}s)", flush=True)
+            if acc >= args.target_accuracy:
+                break
+
+    model.generation_config = GenerationConfig(
+        do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+    )
+    os.makedirs(args.out_dir, exist_ok=True)
+    model.save_pretrained(args.out_dir)
+    tokenizer.save_pretrained(args.out_dir)
+    with open(os.path.join(args.out_dir, "build_info.json"), "w") as f:
+        json.dump({"args": vars(args), "num_params": num_params, "steps": step,
+                   "seconds": round(time.time() - start, 1), "torch": torch.__version__, "history": history}, f, indent=1)
+    reloaded = AutoTokenizer.from_pretrained(args.out_dir)
+    probe = build_prompt(val[0]["question"], "plain") + val[0]["solution"]
+    assert reloaded.decode(reloaded(probe, add_special_tokens=False)["input_ids"]) == probe, "tokenizer round trip failed"
+    print(f"wrote {args.out_dir} after {step} steps in {time.time() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

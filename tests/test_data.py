@@ -1,0 +1,347 @@
+"""Tests for common/data.py: real benchmark loaders (counts and documented oddities), bad-row handling,
+local files, data-dir resolution, the arith testbed task and the prompt templates."""
+
+import json
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.data import (  # noqa: E402
+    BENCHMARKS,
+    DAPO_INSTRUCTION,
+    QWEN_MATH_SYSTEM,
+    Problems,
+    build_prompt,
+    last_boxed,
+    load_problems,
+    make_arith_problems,
+    repair_control_chars,
+    resolve_data_dir,
+)
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character except newline
+
+
+@lru_cache(maxsize=None)
+def load(name, split=None):
+    """Each real file is parsed once per session (DAPO takes ~2 s)."""
+    return load_problems(name, split=split, data_dir=str(DATA_DIR), skip_invalid=(name == "math_train"))
+
+
+def raw_jsonl(rel):
+    return [json.loads(line) for line in open(DATA_DIR / rel, encoding="utf-8")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data: counts and oddities
+# ---------------------------------------------------------------------------------------------
+
+COUNTS = [
+    ("aime24", None, 30), ("aime25", None, 30), ("amc23", None, 40), ("math500", None, 500),
+    ("minerva_math", None, 272), ("olympiadbench", None, 675), ("gsm8k", "train", 7473),
+    ("gsm8k", "test", 1319), ("dapo_math_17k", None, 17398), ("math_train", None, 7498),
+]
+
+
+@needs_data
+@pytest.mark.parametrize("name,split,count", COUNTS)
+def test_counts_and_record_shape(name, split, count):
+    problems = load(name, split)
+    assert isinstance(problems, Problems) and isinstance(problems, list)
+    assert len(problems) == count
+    assert problems.skipped == (2 if name == "math_train" else 0)
+    for p in problems:
+        assert isinstance(p["id"], str) and p["source"] == name
+        assert isinstance(p["question"], str) and p["question"].strip() == p["question"] != ""
+        assert isinstance(p["answer"], str) and p["answer"].strip() == p["answer"] != ""
+        assert not CONTROL.search(p["question"]), (name, p["id"])
+    assert len({p["id"] for p in problems}) == count  # ids are unique
+
+
+@needs_data
+def test_default_split_and_aliases():
+    assert len(load("gsm8k")) == 1319  # default split is test
+    assert load_problems("dapo", data_dir=str(DATA_DIR), limit=3) == load("dapo_math_17k")[:3]
+    with pytest.raises(ValueError, match="splits"):
+        load_problems("aime24", split="train", data_dir=str(DATA_DIR))
+
+
+@needs_data
+def test_math_train_empty_golds():
+    with pytest.raises(ValueError) as err:
+        load_problems("math_train", data_dir=str(DATA_DIR))
+    message = str(err.value)
+    assert "math_train/train.parquet" in message and "row 5341 (0-based)" in message
+    assert "reward_model.ground_truth" in message and "empty" in message
+    problems = load("math_train")
+    assert problems.skipped == 2 and len(problems.skipped_rows) == 2
+    assert "row 5343" in problems.skipped_rows[1]
+    suffix = "Let's think step by step and output the final answer within"
+    assert not any(suffix in p["question"] for p in problems)
+    assert sum(p["level"] in ("Level 3", "Level 4", "Level 5") for p in problems) == 5586 - 2
+
+
+@needs_data
+def test_aime25_control_char_repair():
+    problems = {p["id"]: p for p in load("aime25")}
+    assert problems["18"]["question"].count("\\frac{\\log") == 5
+    assert "$\\frac{m}{n}$" in problems["27"]["question"]
+    assert "circumcircle of $\\triangle DEF$" in problems["19"]["question"]
+    for p in problems.values():
+        assert not re.search(r"[\x00-\x1f]", p["question"].replace("\n", "")), p["id"]
+    assert [problems[str(i)]["answer"] for i in range(3)] == ["70", "588", "16"]
+
+
+@needs_data
+def test_aime24_and_math500_golds_kept_verbatim():
+    assert [p["answer"] for p in load("aime24")][7] == "025"  # zero-padded: compare as numbers downstream
+    math500 = load("math500")
+    assert math500[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)" and math500[0]["id"] == "test/precalculus/807.json"
+    assert all(last_boxed(r["solution"]) == p["answer"] for r, p in zip(raw_jsonl("math500/test.jsonl"), math500))
+
+
+@needs_data
+def test_amc23_float_golds():
+    golds = [p["answer"] for p in load("amc23")]
+    assert golds[0] == "27" and "-1" in golds
+    assert not any(g.endswith(".0") for g in golds)
+
+
+@needs_data
+def test_gsm8k_thousands_separators():
+    raw = raw_jsonl("gsm8k/train.jsonl") + raw_jsonl("gsm8k/test.jsonl")
+    loaded = list(load("gsm8k", "train")) + list(load("gsm8k", "test"))
+    finals = [r["answer"].split("####")[-1].strip() for r in raw]
+    with_commas = [(f, p["answer"]) for f, p in zip(finals, loaded) if "," in f]
+    assert len(with_commas) == 93
+    assert ("2,125", "2125") in with_commas and ("1,450,000", "1450000") in with_commas
+    assert all(re.fullmatch(r"-?\d+", p["answer"]) for p in loaded)
+
+
+@needs_data
+def test_olympiadbench_golds_and_extras():
+    problems = load("olympiadbench")
+    raw = raw_jsonl("olympiadbench/test.jsonl")
+    by_raw = {r["final_answer"][0]: p for r, p in zip(raw, problems)}
+    assert by_raw["$69$,$84$"]["answer"] == "69,84"
+    assert by_raw["$2^{1009}$"]["answer"] == "2^{1009}"
+    assert by_raw["$(-\\infty, 0) \\cup\\{1\\}$."]["answer"] == "(-\\infty, 0) \\cup\\{1\\}"
+    assert by_raw["$-1$,$2$,$-2$"]["answer"] == "-1,2,-2"
+    assert not any("$" in p["answer"] or p["answer"].endswith(".") for p in problems)
+    assert sum(p["is_multiple_answer"] for p in problems) == 94
+    with_error = [p for p in problems if p["error"]]
+    assert len(with_error) == 1 and with_error[0]["error"] == "1e-1" and with_error[0]["unit"] == "%"
+    assert sum(p["unit"] is not None for p in problems) == 8
+    assert {p["answer_type"] for p in problems} == {"Numerical", "Expression", "Tuple", "Interval"}
+
+
+@needs_data
+def test_minerva_nested_brace_gold():
+    golds = [p["answer"] for p in load("minerva_math")]
+    assert golds[0] == "1.6"
+    planck = "\\frac{2 \\pi c^{2} R^{2}}{\\lambda^{5}\\left[e^{h c /(\\lambda k T)}-1\\right] d^{2}}"
+    assert planck in golds
+    assert all(g.count("{") == g.count("}") for g in golds)
+
+
+@needs_data
+def test_dapo_templates_removed():
+    problems = load("dapo_math_17k")
+    leftovers = ("Solve the following math problem step by step", "Remember to put your answer",
+                 "让我们一步一步地思考", "Answer: \\boxed{<final_answer>}", "不带任何标点或空格")
+    for p in problems:
+        assert not any(s in p["question"] for s in leftovers), p["id"]
+        assert re.fullmatch(r"-?\d+", p["answer"])
+    chinese = [p for p in problems if re.search(r"[\u4e00-\u9fff]", p["question"])]
+    assert len(chinese) >= 3282 - 10  # the Chinese-template rows (a few Chinese problems are almost symbol-only)
+    assert problems[0]["id"] == "9a9b6eb4-a1cb-49d1-8c1e-62eaf2f74079" and problems[0]["answer"] == "34"
+    assert problems[0]["question"].startswith("In triangle $ABC$, $\\sin \\angle A = \\frac{4}{5}$")
+    # escape damage repaired ("\x0crac" -> "\frac" in ~600 rows); ligature codes are covered by the CONTROL check
+    assert sum("in the form \\frac{m}{n}" in p["question"] for p in problems) >= 600
+    assert not any(re.search(r"(?<![a-z])rac\{", p["question"]) for p in problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad rows, local files, resolution (small temp files; no shared data needed)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_jsonl(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+BAD_JSONL = [
+    ({"question": "q"}, "answer", "missing"),
+    ({"problem": "q", "answer": "  "}, "answer", "empty gold"),
+    ({"problem": "q", "answer": {"value": 3}}, "answer", "dict"),
+    ({"answer": "3", "other": "x"}, "problem", "missing"),
+    ('{"problem": "q", "answer": "1"', "<json>", "malformed JSON"),
+]
+
+
+@pytest.mark.parametrize("bad,field,reason", BAD_JSONL)
+def test_bad_jsonl_row_names_file_line_field(tmp_path, bad, field, reason):
+    path = write_jsonl(tmp_path / "probs.jsonl", [{"problem": "1+1?", "answer": "2"}, bad])
+    with pytest.raises(ValueError) as err:
+        load_problems(str(path))
+    message = str(err.value)
+    assert str(path) in message and "line 2" in message and field in message and reason in message
+    problems = load_problems(str(path), skip_invalid=True)
+    assert len(problems) == 1 and problems.skipped == 1 and "line 2" in problems.skipped_rows[0]
+
+
+def test_skip_invalid_counts_all_bad_rows(tmp_path):
+    path = write_jsonl(tmp_path / "probs.jsonl", [{"problem": "ok", "answer": 5}, "", *[b for b, _, _ in BAD_JSONL]])
+    problems = load_problems(str(path), skip_invalid=True)
+    assert problems == [{"id": "0", "question": "ok", "answer": "5", "source": str(path)}]
+    assert problems.skipped == len(BAD_JSONL)
+    assert [s.split(": ")[0].rsplit(":", 1)[1] for s in problems.skipped_rows] == ["line 3", "line 4", "line 5", "line 6", "line 7"]
+
+
+def test_bad_parquet_rows(tmp_path):
+    path = tmp_path / "probs.parquet"
+    table = pa.table({
+        "problem": ["a?", "b?", "c?", None],
+        "reward_model": [{"ground_truth": "1"}, {"ground_truth": ""}, {"ground_truth": None}, {"ground_truth": "4"}],
+    })
+    pq.write_table(table, path)
+    with pytest.raises(ValueError) as err:
+        load_problems(str(path))
+    assert str(path) in str(err.value) and "row 1 (0-based)" in str(err.value)
+    assert "reward_model.ground_truth" in str(err.value)
+    problems = load_problems(str(path), skip_invalid=True)
+    assert [p["answer"] for p in problems] == ["1"] and problems.skipped == 3
+    assert "row 3 (0-based): problem" in problems.skipped_rows[2]
+
+
+def test_generic_files_fields_and_formats(tmp_path):
+    rows = [{"idx": 7, "meta": {"q": "What is 2+2?", "gold": 4.0}, "solution": "so \\boxed{\\frac{1}{2}}"}]
+    jsonl = write_jsonl(tmp_path / "custom.jsonl", rows)
+    p = load_problems(str(jsonl), question_field="meta.q", answer_field="meta.gold")
+    assert p == [{"id": "7", "question": "What is 2+2?", "answer": "4", "source": str(jsonl)}]
+    (tmp_path / "custom.json").write_text(json.dumps([{"question": "x?", "solution": "a \\boxed{1} b \\boxed{\\frac{1}{2}}"}]))
+    assert load_problems(str(tmp_path / "custom.json"))[0]["answer"] == "\\frac{1}{2}"
+    write_jsonl(tmp_path / "fa.jsonl", [{"question": "y?", "final_answer": ["$3$,$4$"]}])
+    assert load_problems(str(tmp_path / "fa.jsonl"))[0]["answer"] == "3,4"
+    many = write_jsonl(tmp_path / "many.jsonl", [{"problem": f"p{i}", "answer": str(i)} for i in range(10)])
+    assert [p["answer"] for p in load_problems(str(many), limit=3)] == ["0", "1", "2"]
+    assert load_problems(str(many), limit=0) == []
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_problems(str(tmp_path / "nope.jsonl"))
+
+
+def test_known_benchmark_file_path_gets_its_rules(tmp_path):
+    bench = tmp_path / "olympiadbench"
+    bench.mkdir()
+    row = {"id": 1, "question": "Q?", "final_answer": ["$69$,$84$"], "unit": None, "error": None,
+           "is_multiple_answer": True, "answer_type": "Numerical", "context": None}
+    write_jsonl(bench / "test.jsonl", [row])
+    (p,) = load_problems(str(bench / "test.jsonl"))
+    assert p["answer"] == "69,84" and p["source"] == "olympiadbench" and p["is_multiple_answer"] is True
+    gsm = tmp_path / "gsm8k"
+    gsm.mkdir()
+    write_jsonl(gsm / "train.jsonl", [{"question": "Q", "answer": "work <<1+1=2>>\n#### 1,000"}])
+    assert load_problems(str(gsm / "train.jsonl"))[0]["answer"] == "1000"
+
+
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    (tmp_path / "aime24").mkdir()
+    write_jsonl(tmp_path / "aime24" / "test.jsonl", [{"id": 60, "problem": "P", "answer": "025"}])
+    assert load_problems("aime24", data_dir=str(tmp_path))[0]["answer"] == "025"
+    monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))
+    assert resolve_data_dir() == tmp_path and resolve_data_dir("/elsewhere") == Path("/elsewhere")
+    assert load_problems("aime24")[0]["id"] == "60"
+    with pytest.raises(FileNotFoundError) as err:
+        load_problems("amc23")
+    assert str(tmp_path / "amc23" / "test.jsonl") in str(err.value)
+    monkeypatch.delenv("RLVR_DATA_DIR")
+    default = resolve_data_dir()
+    assert default == (DATA_DIR if DATA_DIR.is_dir() else None)
+
+
+def test_datasets_builder_source(tmp_path, monkeypatch):
+    """``json:<path>`` goes through datasets.load_dataset (offline); the hub path shares this code."""
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")  # keep ~/.cache clean
+    path = write_jsonl(tmp_path / "hf.jsonl", [{"problem": "a", "answer": "1"}, {"problem": "b", "answer": ""}])
+    with pytest.raises(ValueError, match=r"row 1 \(0-based\): answer: empty gold"):
+        load_problems(f"json:{path}")
+    problems = load_problems(f"json:{path}", skip_invalid=True)
+    assert [p["answer"] for p in problems] == ["1"] and problems.skipped == 1
+
+
+def test_repair_control_chars():
+    assert repair_control_chars("$\x0crac{m}{n}$ and $\triangle ABC$ and \x08eta") == "$\\frac{m}{n}$ and $\\triangle ABC$ and \\beta"
+    assert repair_control_chars("$\\left(x\right)$ $2\times 3$ $\nabla f$") == "$\\left(x\\right)$ $2\\times 3$ $\\nabla f$"
+    assert repair_control_chars("fi\x0cve, the \x0cfirst, \x0cnd, de\x0cne, di\x0bfference") == "five, the first, find, define, difference"
+    assert repair_control_chars("a\x0c\x0cand $x\x14 \\le$\x88") == "aand $x \\le$"
+    untouched = "Line one.\nLet $u$ be\tequal\n\ni) for\nu=1; mid\nmid[i]\treturn"
+    assert repair_control_chars(untouched) == untouched
+
+
+def test_last_boxed():
+    assert last_boxed("\\boxed{1} then \\boxed{\\frac{a}{b^{2}}} end") == "\\frac{a}{b^{2}}"
+    assert last_boxed("\\boxed {x}") == "x" and last_boxed("none") is None and last_boxed("\\boxed{open") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic arith task and templates
+# ---------------------------------------------------------------------------------------------
+
+
+def test_arith_splits_deterministic_and_disjoint():
+    train = load_problems("arith", limit=300)
+    test = load_problems("arith", split="test", limit=300)
+    assert train == load_problems("arith", split="train", limit=300) == make_arith_problems(300, "train", seed=0)
+    assert not {p["question"] for p in train} & {p["question"] for p in test}
+    assert all(p["source"] == "arith" and p["solution"].endswith(f"\\boxed{{{p['answer']}}}") for p in train)
+    assert len(load_problems("arith", split="test")) == 500
+
+
+def test_templates():
+    assert build_prompt("What is 1+1?", "plain") == "Q: What is 1+1?\nA: "
+    chatml = build_prompt("What is 1+1?", "qwen-math")
+    assert chatml == (f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    dapo = build_prompt("What is 1+1?", "dapo")
+    assert DAPO_INSTRUCTION.format(question="What is 1+1?") in dapo and 'after "Answer:".' in dapo
+    assert "Solve the following math problem step by step." in dapo and dapo.startswith("<|im_start|>user\n")
+    with pytest.raises(ValueError, match="unknown template"):
+        build_prompt("x", "r1")
+
+
+def test_templates_with_chat_template_tokenizer():
+    model_dir = Path(__file__).resolve().parents[1] / "testbed" / "model"
+    if model_dir.is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    else:  # a tiny in-memory tokenizer: only the Jinja chat template matters here
+        from tokenizers import Tokenizer, models
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    prompt = build_prompt("What is 1+1?", "qwen-math", tokenizer)
+    assert prompt == f"[system]{QWEN_MATH_SYSTEM}\n[user]What is 1+1?\n[assistant]"
+    assert build_prompt("Q", "dapo", tokenizer) == f"[user]{DAPO_INSTRUCTION.format(question='Q')}\n[assistant]"
+    assert build_prompt("Q", "plain", tokenizer) == "Q: Q\nA: "
+
+
+def test_benchmarks_tuple():
+    assert BENCHMARKS == ("aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench")
