@@ -1,0 +1,773 @@
+"""Verifiable reward for math answers: extract the final answer, decide if it equals the gold, score a batch.
+
+Public API
+----------
+- ``extract_answer(text, mode="auto")``: the final answer of a response, or None.
+  ``"boxed"``: content of the *last* ``\\boxed{...}`` / ``\\fbox{...}`` (brace matched; the space form
+  ``\\boxed 5`` too; an unclosed last box, e.g. a truncated response, gives None).
+  ``"answer"``: DAPO / verl ``math_dapo``: the last match of ``(?i)Answer\\s*:\\s*([^\\n]+)`` in the last
+  300 characters, ``$`` stripped, and the content of a ``\\boxed{}`` inside it if there is one.
+  ``"auto"``: boxed if present, else the Answer line. Linear time in ``len(text)``.
+- ``is_equiv(pred, gold)``: are two answer strings equivalent (in-process; soft time limit when called on
+  the main thread, see below).
+- ``score(responses, golds, mode="auto", timeout_s=5.0, num_workers=None, reward_range="01")``: grades a
+  batch; returns ``Scores`` (a ``list[float]`` with ``.timeouts`` and ``.crashes`` counts). ``"01"``
+  gives 1/0, ``"pm1"`` DAPO's +1/-1. A response with no extractable answer gets the incorrect value.
+- ``shutdown_workers()``: stop the worker pool (also registered with ``atexit``).
+
+How an answer pair is judged
+----------------------------
+1. Fast path (in the calling process, no IPC): both strings are cleaned and canonicalised (see
+   ``_canon``). Equal canonical strings -> correct. If both are *plain numbers* (integer, decimal,
+   ``4.5e33``, ``4.5\\times10^{33}``; thousands separators and zero padding allowed) they are compared
+   exactly as decimals: integers must match exactly, otherwise a relative tolerance of 1e-6 applies,
+   and a difference decides *incorrect*. The fast path never decides "incorrect" in any other case.
+2. Otherwise math-verify: ``parse("\\boxed{<answer>}", [LatexExtractionConfig(boxed_match_priority=0)])``
+   for gold and prediction, then ``verify(gold, pred)`` (gold first: verify is asymmetric). This gives
+   symbolic equality (``2\\sqrt2 = \\sqrt8``, ``x^2+2x+1 = (x+1)^2``), ordered tuples, intervals with
+   open/closed ends, unordered sets and comma lists, ``x = 3`` vs ``3``, mixed numbers, MC letters,
+   units in ``\\text{}``, float rounding to 6 decimals. One correction: math-verify compares some numbers
+   with an absolute tolerance (6-decimal rounding, ``evalf(chop=True)``), so ``1.6\\times10^{-19}`` would
+   equal ``1.7\\times10^{-19}``; when it says "equal" and both sides are plain numeric expressions whose
+   values differ by more than 1% relative, the answer is judged incorrect.
+3. Extracted answers longer than ``MAX_ANSWER_CHARS`` are judged by the fast path only.
+
+Equivalence rules (both directions; tested in ``tests/test_reward.py``): ``025 = 25``; ``1,000 = 1000``
+(only the pattern ``\\d{1,3}(,\\d{3})+``: ``(1,2)`` stays a tuple, ``1,3,5`` a list); ``5. = 5``;
+``10\\text{ cm} = 10\\mathrm{~cm} = 10``; ``90^\\circ = 90^{\\circ} = 90° = 90``; ``\\$``, ``\\%``/``%``,
+``\\left``/``\\right``, ``\\!``/``\\,`` are ignored; ``\\text{(B)} = \\textbf{(B)} = (B) = B``;
+``2\\frac{1}{2} = 5/2 = \\frac{5}{2}``; ``\\dfrac = \\tfrac = \\frac``; ``\\frac12 = \\frac{1}{2}``;
+``x=3 = 3``; ``k=\\frac12 = 0.5``; ``4.5e33 = 4.5\\times10^{33}``; ``(1,2) != (2,1)``;
+``[1,2) != (1,2)``; ``\\{1,2\\} = \\{2,1\\}``; ``1,3,5 = 5,3,1``.
+
+Safety: model output is untrusted. Nothing here evaluates a raw string as Python: no ``eval``/``exec``,
+no ``sympify``/``parse_expr`` on strings, no math-verify ``ExprExtractionConfig`` (which calls
+``parse_expr``). Answers go through math-verify's LaTeX parser only; plain numbers are read with
+``decimal.Decimal`` after a strict regex match.
+
+Why worker processes: math-verify's own time limit is ``signal.alarm`` based, so it only works on the
+main thread of a process, and a pathological answer (``9^{9^{9^{9}}}``, a 200 KB string) can take
+minutes or gigabytes. ``score`` therefore grades in a persistent pool of worker processes (started
+lazily, reused across calls, restarted as needed, stopped at exit). Each worker arms its own
+``SIGALRM`` per item at ``SOFT_TIMEOUT_FRACTION * timeout_s`` (cheap: the worker survives), and the
+parent enforces a hard limit: a worker that has not answered an item within ``timeout_s`` is killed
+(SIGKILL), the item scores as incorrect and counts in ``Scores.timeouts``, a replacement is started and
+the rest of its chunk goes to the other workers. A worker that dies (e.g. out of memory) costs its
+current item (``Scores.crashes``). ``score`` returns in bounded time whatever the input.
+
+Workers are plain ``subprocess`` children (``python -c`` loading this file by path), not
+``multiprocessing``: nothing is forked from the caller (which has usually imported torch and started
+threads), the caller's ``__main__`` is not re-imported (as ``spawn``/``forkserver`` would do), and the
+global multiprocessing state of the caller (start method, forkserver preload) is left alone. Workers
+import math-verify once at start; they talk JSON lines over stdin/stdout and exit when the parent does.
+The pool belongs to the process that created it: a forked child or another rank (``accelerate launch``
+with N processes) gets its own pool of ``num_workers`` workers on first use.
+
+``num_workers=0`` grades in the calling process (for debugging): no hard limit then, only the soft
+``SIGALRM`` limit, and only when called from the main thread.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import math
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from decimal import Decimal, InvalidOperation, localcontext
+from functools import lru_cache
+
+__all__ = ["Scores", "extract_answer", "is_equiv", "score", "shutdown_workers"]
+
+MAX_ANSWER_CHARS = 1000  # longer extracted answers (or golds) are judged by the fast path only
+SOFT_TIMEOUT_FRACTION: float | None = 0.8  # worker-side SIGALRM at this share of timeout_s; None: hard kill only
+IS_EQUIV_TIMEOUT_S = 5.0  # soft limit of is_equiv() / num_workers=0 grading when no timeout_s is given
+WORKER_START_TIMEOUT_S = 120.0  # a worker that is not ready by then is killed and restarted
+NUMERIC_REL_TOL = Decimal("1e-6")  # plain-number fast path
+VETO_REL_TOL = 1e-2  # math-verify "equal" on numbers differing more than this (relative) is overruled
+
+
+class Scores(list):
+    """``list[float]`` of per-response rewards, plus ``timeouts`` (items that hit the time limit) and
+    ``crashes`` (items whose worker died)."""
+
+    def __init__(self, values=(), timeouts: int = 0, crashes: int = 0):
+        super().__init__(values)
+        self.timeouts = timeouts
+        self.crashes = crashes
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------
+
+_BOX_CMDS = ("\\boxed", "\\fbox")
+_ANSWER_RE = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _match_brace(text: str, open_idx: int) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``open_idx`` (escaped ``\\{``/``\\}`` skipped), or None."""
+    depth, i, n = 0, open_idx, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def _last_box_start(text: str) -> tuple[int, int] | None:
+    """(start, end of command name) of the last ``\\boxed``/``\\fbox`` not followed by a letter."""
+    last = None
+    for last in _BOX_RE.finditer(text):
+        pass
+    return None if last is None else (last.start(), last.end())
+
+
+def _extract_boxed(text: str) -> str | None:
+    found = _last_box_start(text)
+    if found is None:
+        return None
+    _, i = found
+    n = len(text)
+    j = i
+    while j < n and text[j] in " \t":
+        j += 1
+    if j < n and text[j] == "{":
+        close = _match_brace(text, j)
+        return None if close is None else text[j + 1 : close].strip()
+    if j > i:  # space form: "\boxed 5" -> up to the next whitespace or "$"
+        m = re.compile(r"[^\s$]+").match(text, j)
+        return m.group(0) if m else None
+    return None
+
+
+def _extract_answer_line(text: str) -> str | None:
+    matches = _ANSWER_RE.findall(text[-300:])
+    if not matches:
+        return None
+    ans = matches[-1].strip()
+    if any(cmd in ans for cmd in _BOX_CMDS):
+        boxed = _extract_boxed(ans)
+        if boxed is not None:
+            ans = boxed
+    ans = ans.strip().rstrip(".").strip().strip("$").strip()
+    return ans or None
+
+
+def extract_answer(text: str, mode: str = "auto") -> str | None:
+    """Final answer of ``text``: ``"boxed"`` (last ``\\boxed{}``/``\\fbox{}``), ``"answer"`` (DAPO
+    ``Answer:`` line in the last 300 chars) or ``"auto"`` (boxed, else the Answer line). None if absent."""
+    if not isinstance(text, str):
+        return None
+    if mode == "boxed":
+        return _extract_boxed(text)
+    if mode == "answer":
+        return _extract_answer_line(text)
+    if mode == "auto":
+        boxed = _extract_boxed(text)
+        return boxed if boxed is not None else _extract_answer_line(text)
+    raise ValueError(f"mode must be 'auto', 'boxed' or 'answer', got {mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation and the fast path (pure string work, no parsing into math objects)
+# ----------------------------------------------------------------------------------------------
+
+_SCI_E_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d*)?|\.\d+)[eE]([+-]?\d{1,6})(?![\w.])")
+_THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![A-Za-z])")
+_SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad(?![A-Za-z])|\\displaystyle(?![A-Za-z])")
+_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?:\.|(?![A-Za-z]))|\\[bB]ig[glr]?(?![A-Za-z])")
+_TEXT_CMD = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)"
+_TEXT_UNWRAP_RE = re.compile(_TEXT_CMD + r"\s*\{([^{}]*)\}")
+# a trailing unit: "10\text{ cm}", "10 \mathrm{~cm}", "864 \mbox{ inches}^2" (not "3\mathrm{i}": one letter, no space)
+_TRAILING_UNIT_RE = re.compile(
+    r"^(.*?[\d}])\s*" + _TEXT_CMD + r"\s*\{(?:[\s~][^{}]*|[^{}\s~]{2,}[^{}]*)\}(?:\^\{?\d\}?)?$"
+)
+_FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
+_SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d)")
+_MC_RE = re.compile(r"^\(([A-Z])\)$|^([A-Z])\)$")
+_VAR_EQ_RE = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?=(?!=)")
+_PLAIN_NUM_RE = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,6})|(?:\\times|\\cdot|\*)10\^\{?([+-]?\d{1,6})\}?)?")
+
+
+def _unwrap_outer(s: str) -> str:
+    """Strip math delimiters and a ``\\boxed{...}`` that covers the whole string."""
+    for _ in range(3):
+        s = s.strip()
+        if s.startswith("\\(") and s.endswith("\\)") or s.startswith("\\[") and s.endswith("\\]"):
+            s = s[2:-2]
+            continue
+        for cmd in _BOX_CMDS:
+            if s.startswith(cmd + "{") and _match_brace(s, len(cmd)) == len(s) - 1:
+                s = s[len(cmd) + 1 : -1]
+                break
+        else:
+            break
+    return s.strip()
+
+
+@lru_cache(maxsize=8192)
+def _clean(s: str) -> str:
+    """Meaning-preserving cleanup applied to both sides before the fast path and before math-verify."""
+    s = _unwrap_outer(s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace("{,}", ",")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = _DEGREE_RE.sub("", s)
+    s = _SPACING_RE.sub(" ", s)
+    s = _LEFT_RIGHT_RE.sub("", s)
+    s = s.replace("\n", " ").strip()
+    s = re.sub(r"(?<!\.)\.$", "", s).strip()  # trailing period ("5." -> "5"), not an ellipsis
+    if _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    return s
+
+
+@lru_cache(maxsize=8192)
+def _canon(s: str) -> str:
+    """Aggressive canonical form, used only to detect *equal* answers."""
+    s = _clean(s)
+    m = _TRAILING_UNIT_RE.match(s)
+    if m and m.group(1).strip():
+        s = m.group(1)
+    for _ in range(3):
+        s2 = _TEXT_UNWRAP_RE.sub(r"\1", s)
+        if s2 == s:
+            break
+        s = s2
+    s = _FRAC_SHORT_RE.sub(lambda m: "\\frac{%s}{%s}" % (m.group(1).strip("{}"), m.group(2).strip("{}")), s)
+    s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
+    s = re.sub(r"\s+|~", "", s)
+    if s.count("=") == 1 and "<" not in s and ">" not in s:
+        m = _VAR_EQ_RE.match(s)
+        if m and s[m.end():]:
+            s = s[m.end():]
+    m = _MC_RE.match(s)
+    if m:
+        s = m.group(1) or m.group(2)
+    if _THOUSANDS_RE.fullmatch(s):
+        s = s.replace(",", "")
+    return s
+
+
+def _plain_number(s: str) -> tuple[Decimal, bool] | None:
+    """(value, is_integer_literal) if ``s`` is a plain number literal, else None."""
+    m = _PLAIN_NUM_RE.fullmatch(s)
+    if not m:
+        return None
+    sign, mant, exp1, exp2 = m.groups()
+    exp = exp1 if exp1 is not None else exp2
+    try:
+        value = Decimal(sign + mant + (f"e{exp}" if exp is not None else ""))
+    except InvalidOperation:
+        return None
+    return value, exp is None and "." not in mant
+
+
+def _numbers_equal(a: tuple[Decimal, bool], b: tuple[Decimal, bool]) -> bool:
+    (x, x_int), (y, y_int) = a, b
+    with localcontext() as ctx:
+        ctx.prec, ctx.Emax, ctx.Emin = 60, 10**7, -(10**7)
+        if x == y:
+            return True
+        if x_int and y_int:
+            return False
+        return abs(x - y) <= NUMERIC_REL_TOL * max(abs(x), abs(y))
+
+
+def _fast_equiv(pred: str, gold: str) -> bool | None:
+    """True / False when decided by string work alone, None when math-verify must decide."""
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        if pred.strip() == gold.strip():
+            return True
+        return None
+    p, g = _canon(pred), _canon(gold)
+    if not p or not g:  # an empty answer is never correct
+        return False
+    if p == g:
+        return True
+    np_, ng = _plain_number(p), _plain_number(g)
+    if np_ is not None and ng is not None:
+        return _numbers_equal(np_, ng)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# math-verify (slow path); runs in worker processes (or in-process for is_equiv / num_workers=0)
+# ----------------------------------------------------------------------------------------------
+
+_MV = None  # (parse, verify, config, TimeoutException, sympy.Expr)
+
+
+def _mv():
+    global _MV
+    if _MV is None:
+        import logging
+
+        import sympy
+        from math_verify import LatexExtractionConfig, parse, verify
+        from math_verify import grader as _grader
+        from math_verify import parser as _parser
+        from math_verify.errors import TimeoutException
+
+        # we pass timeouts=None (our own limits apply); silence math-verify's one-time warning about it
+        _parser.TIMEOUT_WARNING_SHOWN = True
+        _grader.TIMEOUT_WARNING_SHOWN = True
+        for name in ("math_verify", "latex2sympy2_extended"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        _MV = (parse, verify, [LatexExtractionConfig(boxed_match_priority=0)], TimeoutException, sympy.Expr)
+    return _MV
+
+
+def _mv_input(s: str) -> str:
+    """LaTeX for math-verify: cleaned, ``4.5e33`` rewritten as ``4.5\\times10^{33}`` (else e = Euler)."""
+    s = _SCI_E_RE.sub(lambda m: f"{m.group(1)}\\times10^{{{int(m.group(2))}}}", _clean(s))
+    return "\\boxed{" + s + "}"
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str):
+    parse, _, cfg, _, _ = _mv()
+    return parse(_mv_input(gold), extraction_config=cfg, parsing_timeout=None)
+
+
+def _numeric_veto(gold_parsed, pred_parsed) -> bool:
+    """True if both sides are plain numeric expressions whose values differ by > VETO_REL_TOL."""
+    expr = _mv()[4]
+    g = next((x for x in gold_parsed if isinstance(x, expr)), None)
+    p = next((x for x in pred_parsed if isinstance(x, expr)), None)
+    if g is None or p is None or not g.is_number or not p.is_number:
+        return False
+    try:
+        gv, pv = complex(g.evalf(30)), complex(p.evalf(30))
+    except Exception:
+        return False
+    scale = max(abs(gv), abs(pv))
+    if not math.isfinite(scale) or scale == 0:
+        return False
+    return abs(gv - pv) > VETO_REL_TOL * scale
+
+
+def _mv_equiv(pred: str, gold: str) -> bool:
+    """math-verify equivalence. Exceptions (and math-verify's TimeoutException) give False; our own
+    soft-limit exception (_SoftTimeout) is deliberately *not* caught here."""
+    parse, verify, cfg, mv_timeout, _ = _mv()
+    try:
+        gold_parsed = _parse_gold(gold)
+        pred_parsed = parse(_mv_input(pred), extraction_config=cfg, parsing_timeout=None)
+        if not gold_parsed or not pred_parsed:
+            return False
+        if not verify(gold_parsed, pred_parsed, timeout_seconds=None):
+            return False
+        return not _numeric_veto(gold_parsed, pred_parsed)
+    except (Exception, mv_timeout):
+        return False
+
+
+class _SoftTimeout(BaseException):
+    """Raised by our SIGALRM handler; a BaseException so that math-verify/sympy don't swallow it."""
+
+
+def _raise_soft_timeout(signum, frame):
+    raise _SoftTimeout()
+
+
+def _grade_soft(pred: str, gold: str, soft_s: float | None) -> tuple[bool, bool]:
+    """(correct, timed_out) with a SIGALRM limit of ``soft_s`` (main thread only; None: no limit)."""
+    use_alarm = bool(soft_s) and threading.current_thread() is threading.main_thread()
+    armed, old_handler = False, None
+    try:
+        if use_alarm:
+            old_handler = signal.signal(signal.SIGALRM, _raise_soft_timeout)
+            armed = True
+            signal.setitimer(signal.ITIMER_REAL, max(soft_s, 0.01))
+        try:
+            return _mv_equiv(pred, gold), False
+        finally:
+            if armed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    except _SoftTimeout:
+        return False, True
+    finally:
+        if armed:
+            signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+
+
+def _gold_str(gold) -> str:
+    if isinstance(gold, float) and gold.is_integer():
+        return str(int(gold))
+    return gold if isinstance(gold, str) else str(gold)
+
+
+def is_equiv(pred: str, gold: str) -> bool:
+    """Is the answer ``pred`` equivalent to the gold answer ``gold``? Never raises (errors -> False).
+    Runs in the calling process: fast path, then math-verify under a ``SIGALRM`` limit of
+    ``IS_EQUIV_TIMEOUT_S`` when called from the main thread (no limit from other threads)."""
+    try:
+        if pred is None or gold is None:
+            return False
+        pred, gold = str(pred), _gold_str(gold)
+        fast = _fast_equiv(pred, gold)
+        if fast is not None:
+            return fast
+        if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+            return False
+        return _grade_soft(pred, gold, IS_EQUIV_TIMEOUT_S)[0]
+    except BaseException as e:  # noqa: BLE001 - TimeoutException / _SoftTimeout are BaseExceptions
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes
+# ----------------------------------------------------------------------------------------------
+
+_WORKER_BOOT = (
+    "# common/reward.py grading worker\n"
+    "import sys\n"
+    "if sys.path and sys.path[0] in ('', '.'): sys.path.pop(0)\n"
+    "import importlib.util as u\n"
+    "s = u.spec_from_file_location('_rlvr_reward_worker', sys.argv[1])\n"
+    "m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m)\n"
+    "m._worker_main()\n"
+)
+
+
+def _worker_main() -> None:
+    """Worker loop: read JSON-line tasks on stdin, write one JSON line per graded item."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
+    parent = os.getppid()
+
+    def watchdog():  # exit if the parent goes away (stdin EOF covers the idle case)
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+
+    def send(obj) -> None:
+        out.write((json.dumps(obj) + "\n").encode())
+
+    _mv()
+    _grade_soft("\\frac{1}{2}", "0.5", None)  # warm up the parser
+    send({"ready": os.getpid()})
+    for line in sys.stdin.buffer:
+        msg = json.loads(line)
+        if msg.get("op") == "exit":
+            break
+        soft = msg.get("soft")
+        for idx, pred, gold in msg["items"]:
+            try:
+                ok, timed_out = _grade_soft(pred, gold, soft)
+            except _SoftTimeout:  # the alarm fired in a cleanup block
+                ok, timed_out = False, True
+            except Exception:
+                ok, timed_out = False, False
+            send({"i": idx, "ok": bool(ok), "to": bool(timed_out)})
+
+
+class _Worker:
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.buf = b""
+        self.ready = False
+        self.started = time.monotonic()
+        self.items: deque = deque()  # items of the current chunk not yet answered
+        self.item_start = 0.0
+
+    @property
+    def fd(self) -> int:
+        return self.proc.stdout.fileno()
+
+    def send(self, obj) -> bool:
+        try:
+            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def read(self) -> tuple[list, bool]:
+        """Complete messages available now, and whether the pipe hit EOF."""
+        eof = False
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            except OSError:
+                eof = True
+                break
+            if not data:
+                eof = True
+                break
+            self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        msgs = []
+        for line in lines:
+            try:
+                msgs.append(json.loads(line))
+            except ValueError:
+                pass
+        return msgs, eof
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class _Pool:
+    """Worker processes owned by one parent process; used under ``_POOL_LOCK``."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.workers: list[_Worker] = []
+
+    def ensure(self, n: int) -> list[_Worker]:
+        alive = []
+        for w in self.workers:
+            if w.proc.poll() is None:
+                alive.append(w)
+            else:
+                w.kill()  # reap and close its pipes
+        self.workers = alive
+        while len(self.workers) < n:
+            self.workers.append(_Worker())
+        return self.workers[:n]
+
+    def replace(self, old: _Worker) -> _Worker:
+        old.kill()
+        new = _Worker()
+        self.workers[self.workers.index(old)] = new
+        return new
+
+    def wait_ready(self, n: int, timeout: float = WORKER_START_TIMEOUT_S) -> None:
+        """Block until ``n`` workers are ready (the benchmark uses it to time start-up separately)."""
+        workers = self.ensure(n)
+        deadline = time.monotonic() + timeout
+        while not all(w.ready for w in workers):
+            for w in workers:
+                if not w.ready:
+                    msgs, eof = w.read()
+                    if any("ready" in m for m in msgs):
+                        w.ready = True
+                    elif eof:
+                        raise RuntimeError("reward worker died during start-up (see its stderr above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("reward workers did not start in time")
+            time.sleep(0.01)
+
+    def grade(self, items: list[tuple[int, str, str]], n: int, timeout_s: float) -> dict[int, tuple[bool, str]]:
+        """Grade ``(key, pred, gold)`` items on ``n`` workers: {key: (correct, "" | "timeout" | "crash")}."""
+        results: dict[int, tuple[bool, str]] = {}
+        start_failures = 0
+        soft = SOFT_TIMEOUT_FRACTION * timeout_s if SOFT_TIMEOUT_FRACTION else None
+        chunk = max(1, min(32, math.ceil(len(items) / (4 * n))))
+        queue = deque(items[i : i + chunk] for i in range(0, len(items), chunk))
+        workers = self.ensure(n)
+        sel = selectors.DefaultSelector()
+
+        def swap(w: _Worker) -> None:  # kill w, requeue its unanswered items, start a replacement
+            sel.unregister(w.fd)
+            if w.items:
+                queue.appendleft(list(w.items))
+                w.items.clear()
+            new = self.replace(w)
+            workers[workers.index(w)] = new
+            sel.register(new.fd, selectors.EVENT_READ, new)
+
+        def start_failed() -> None:
+            nonlocal start_failures
+            start_failures += 1
+            if start_failures >= 3 * n:
+                raise RuntimeError("reward workers keep failing to start (see their stderr above)")
+
+        try:
+            for w in workers:
+                sel.register(w.fd, selectors.EVENT_READ, w)
+            while len(results) < len(items):
+                now = time.monotonic()
+                for w in list(workers):  # dispatch a chunk to every idle ready worker
+                    if w.ready and not w.items and queue:
+                        batch = queue.popleft()
+                        w.items.extend(batch)
+                        w.item_start = now
+                        if not w.send({"soft": soft, "items": batch}):
+                            swap(w)
+                deadlines = [w.item_start + timeout_s for w in workers if w.items]
+                deadlines += [w.started + WORKER_START_TIMEOUT_S for w in workers if not w.ready]
+                wait = min(deadlines, default=now + 1.0) - time.monotonic()
+                for key, _ in sel.select(timeout=min(max(wait, 0.0), 1.0) + 0.001):
+                    w = key.data
+                    msgs, eof = w.read()
+                    t = time.monotonic()
+                    for m in msgs:
+                        if "ready" in m:
+                            w.ready = True
+                            start_failures = 0
+                        elif "i" in m and w.items and w.items[0][0] == m["i"]:
+                            w.items.popleft()
+                            results[m["i"]] = (bool(m["ok"]), "timeout" if m.get("to") else "")
+                            w.item_start = t
+                    if eof:
+                        if w.items:  # died while grading (e.g. out of memory): its current item is lost
+                            results[w.items.popleft()[0]] = (False, "crash")
+                        elif not w.ready:
+                            start_failed()
+                        swap(w)
+                now = time.monotonic()
+                for w in list(workers):  # the hard limits
+                    if w.items and now - w.item_start > timeout_s:
+                        results[w.items.popleft()[0]] = (False, "timeout")
+                        swap(w)
+                    elif not w.ready and now - w.started > WORKER_START_TIMEOUT_S:
+                        start_failed()
+                        swap(w)
+        finally:
+            sel.close()
+        return results
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.send({"op": "exit"})
+        deadline = time.monotonic() + 1.0
+        for w in self.workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            w.kill()
+        self.workers = []
+
+
+_POOL: _Pool | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _get_pool() -> _Pool:
+    global _POOL
+    if _POOL is None or _POOL.pid != os.getpid():  # a forked child never touches its parent's workers
+        _POOL = _Pool()
+    return _POOL
+
+
+def shutdown_workers() -> None:
+    """Stop the worker processes of this process's pool (a later ``score`` starts new ones)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None and _POOL.pid == os.getpid():
+            _POOL.close()
+        _POOL = None
+
+
+atexit.register(shutdown_workers)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch scoring
+# ----------------------------------------------------------------------------------------------
+
+
+def score(
+    responses: list[str],
+    golds: list[str],
+    mode: str = "auto",
+    timeout_s: float = 5.0,
+    num_workers: int | None = None,
+    reward_range: str = "01",
+) -> Scores:
+    """Reward of each response against its gold: 1.0 if its extracted answer is equivalent, else 0.0
+    (``reward_range="pm1"``: +1 / -1, as DAPO). Each item that needs math-verify gets at most
+    ``timeout_s`` seconds of a worker (default ``num_workers = min(2, os.cpu_count())``); an item over the
+    limit scores incorrect and counts in ``.timeouts``. ``num_workers=0`` grades in-process (debugging;
+    only the soft SIGALRM limit, main thread only)."""
+    if len(responses) != len(golds):
+        raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
+    if reward_range not in ("01", "pm1"):
+        raise ValueError(f"reward_range must be '01' or 'pm1', got {reward_range!r}")
+    if mode not in ("auto", "boxed", "answer"):
+        raise ValueError(f"mode must be 'auto', 'boxed' or 'answer', got {mode!r}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+    if num_workers is None:
+        num_workers = min(2, os.cpu_count() or 1)
+    right, wrong = 1.0, (0.0 if reward_range == "01" else -1.0)
+
+    correct = [False] * len(responses)
+    pending: dict[tuple[str, str], list[int]] = {}  # identical (pred, gold) pairs are graded once
+    for i, (response, gold) in enumerate(zip(responses, golds)):
+        pred = extract_answer(response, mode) if isinstance(response, str) else None
+        if pred is None or gold is None:
+            continue
+        gold = _gold_str(gold)
+        try:
+            fast = _fast_equiv(pred, gold)
+        except Exception:
+            fast = None
+        if fast is not None:
+            correct[i] = fast
+        elif len(pred) <= MAX_ANSWER_CHARS and len(gold) <= MAX_ANSWER_CHARS:
+            pending.setdefault((pred, gold), []).append(i)
+
+    timeouts = crashes = 0
+    if pending:
+        keys = list(pending)
+        if num_workers <= 0:
+            soft = SOFT_TIMEOUT_FRACTION * timeout_s if SOFT_TIMEOUT_FRACTION else timeout_s
+            verdicts = {}
+            for k, (pred, gold) in enumerate(keys):
+                try:
+                    ok, timed_out = _grade_soft(pred, gold, soft)
+                except _SoftTimeout:  # the alarm fired in a cleanup block
+                    ok, timed_out = False, True
+                verdicts[k] = (ok, "timeout" if timed_out else "")
+        else:
+            with _POOL_LOCK:
+                verdicts = _get_pool().grade(
+                    [(k, pred, gold) for k, (pred, gold) in enumerate(keys)], num_workers, timeout_s
+                )
+        for k, key in enumerate(keys):
+            ok, status = verdicts.get(k, (False, ""))
+            timeouts += len(pending[key]) * (status == "timeout")
+            crashes += len(pending[key]) * (status == "crash")
+            for i in pending[key]:
+                correct[i] = ok
+    return Scores([right if c else wrong for c in correct], timeouts=timeouts, crashes=crashes)

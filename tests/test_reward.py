@@ -1,0 +1,375 @@
+"""Tests for common/reward.py: extraction, equivalence rules, safety, time limits, real benchmark golds.
+
+    pytest tests/test_reward.py -q
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import reward  # noqa: E402
+from common.reward import Scores, extract_answer, is_equiv, score, shutdown_workers  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A started pool of 2 workers (so timings below exclude start-up); stopped after the module."""
+    with reward._POOL_LOCK:
+        reward._get_pool().wait_ready(2)
+    yield reward._POOL
+    shutdown_workers()
+
+
+# ----------------------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, mode, expected",
+    [
+        ("first \\boxed{1} then \\boxed{2}", "boxed", "2"),
+        ("so $\\boxed{\\frac{1}{\\sqrt{2}}}$.", "boxed", "\\frac{1}{\\sqrt{2}}"),
+        ("\\boxed{\\left\\{ 1, 2 \\right\\}}", "boxed", "\\left\\{ 1, 2 \\right\\}"),
+        ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "boxed", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+        ("the answer is \\fbox{7}", "boxed", "7"),
+        ("\\boxed{1} and later \\fbox{x+1}", "boxed", "x+1"),
+        ("\\boxed 5$ is it", "boxed", "5"),
+        ("\\boxed{3} then truncated \\boxed{12", "boxed", None),
+        ("no box here", "boxed", None),
+        ("reasoning...\nAnswer: 42", "answer", "42"),
+        ("Answer: 1\nmore\nanswer : $\\frac{3}{4}$.", "answer", "\\frac{3}{4}"),
+        ("Answer: \\boxed{17}", "answer", "17"),
+        ("ANSWER:   x = 2  ", "answer", "x = 2"),
+        ("Answer: 5\n" + "filler " * 100, "answer", None),  # only the last 300 chars are searched
+        ("no answer line", "answer", None),
+        ("\\boxed{3}\nAnswer: 4", "auto", "3"),
+        ("work\nAnswer: 4", "auto", "4"),
+        ("\\boxed{3", "auto", None),
+        ("nothing", "auto", None),
+    ],
+)
+def test_extract_answer(text, mode, expected):
+    assert extract_answer(text, mode) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\boxed{" * 30000,
+        "{" * 200000,
+        "\\boxed{" + "{" * 200000,
+        "\\boxedx" * 30000,
+        "Answer:" + " " * 200000,
+        "\\boxed{1}" + "}" * 200000,
+        "Answer" * 40000,
+    ],
+    ids=["open-boxes", "open-braces", "box-open-braces", "boxedx", "answer-spaces", "close-braces", "answer-words"],
+)
+def test_extract_answer_linear_time(text):
+    t0 = time.perf_counter()
+    for mode in ("boxed", "answer", "auto"):
+        extract_answer(text, mode)
+    assert time.perf_counter() - t0 < 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Equivalence
+# ----------------------------------------------------------------------------------------------
+
+EQUAL = [
+    ("025", "25"),  # zero padding (AIME)
+    ("25", "025"),
+    ("1,000", "1000"),  # thousands separators
+    ("1000", "1{,}000"),
+    ("1450000", "1,450,000"),
+    ("5.", "5"),  # trailing punctuation
+    ("10\\text{ cm}", "10"),  # units
+    ("10 \\mathrm{~cm}", "10"),
+    ("864 \\mbox{ inches}^2", "864"),
+    ("90^\\circ", "90"),  # degrees
+    ("90", "90^{\\circ}"),
+    ("90°", "90^\\circ"),
+    ("\\$5", "5"),  # currency
+    ("50\\%", "50"),  # percent
+    ("50%", "50\\%"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),  # \left \right
+    ("10\\!000", "10000"),  # spacing commands
+    ("1\\,000", "1000"),
+    ("\\text{(B)}", "B"),  # multiple choice
+    ("B", "\\text{(B)}"),
+    ("(B)", "B"),
+    ("\\textbf{(B)}", "(B)"),
+    ("2\\frac{1}{2}", "5/2"),  # mixed numbers
+    ("\\frac{5}{2}", "2\\frac{1}{2}"),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}"),  # \dfrac \tfrac
+    ("\\tfrac{3}{4}", "0.75"),
+    ("\\frac12", "\\frac{1}{2}"),  # \frac12
+    ("x=3", "3"),  # single-variable equations
+    ("3", "x=3"),
+    ("k = \\frac{1}{2}", "0.5"),
+    ("2\\sqrt{2}", "\\sqrt{8}"),  # symbolic
+    ("x^2+2x+1", "(x+1)^2"),
+    ("6 - 5i", "-5i+6"),
+    ("(1,2)", "\\left(1, 2\\right)"),  # tuples, same order
+    ("[1,2)", "\\left[1,2\\right)"),  # intervals, same ends
+    ("\\{1,2\\}", "\\{2,1\\}"),  # unordered sets
+    ("1,3,5", "5,3,1"),  # comma lists as sets
+    ("4.5e33", "4.5\\times10^{33}"),  # scientific notation
+    ("4.5\\times 10^{33}", "4.5e33"),
+    ("4.50e33", "4.5\\times10^{33}"),
+    ("0.333333", "\\frac{1}{3}"),  # float rounding (math-verify: 6 decimals)
+    ("3.14159265", "3.14159265"),
+    ("\\text{Evelyn}", "Evelyn"),
+    ("(-\\infty, 0) \\cup\\{1\\}", "(-\\infty,0)\\cup\\{1\\}"),
+]
+
+UNEQUAL = [
+    ("25", "26"),
+    ("\\frac{1}{2}", "\\frac{1}{3}"),
+    ("(1,2)", "(2,1)"),  # ordered tuples
+    ("(2,1)", "(1,2)"),
+    ("[1,2]", "(1,2)"),  # interval ends
+    ("[1,2)", "(1,2)"),
+    ("(1,2]", "(1,2)"),
+    ("B", "C"),
+    ("\\text{(B)}", "\\text{(C)}"),
+    ("x=3", "4"),
+    ("4", "x=3"),
+    ("\\{1,2\\}", "\\{1,2,3\\}"),
+    ("1,3", "1,3,5"),
+    ("4.5e33", "4.6e33"),
+    ("1.6\\times10^{-19}", "1.7\\times10^{-19}"),  # math-verify alone would call these equal
+    ("3.89e-10", "3.61e-10"),
+    ("2\\sqrt{2}", "\\sqrt{6}"),
+    ("x^2+2x+1", "(x-1)^2"),
+    ("0.33", "\\frac{1}{3}"),
+    ("\\text{Evelyn}", "\\text{Bob}"),
+    ("", "0"),
+    ("1,000", "1,001"),
+]
+
+
+@pytest.mark.parametrize("pred, gold", EQUAL)
+def test_is_equiv_equal(pred, gold):
+    assert is_equiv(pred, gold)
+
+
+@pytest.mark.parametrize("pred, gold", UNEQUAL)
+def test_is_equiv_unequal(pred, gold):
+    assert not is_equiv(pred, gold)
+
+
+def test_tables_through_worker_pool(pool):
+    """The same tables graded by ``score`` in worker processes (the production path)."""
+    pairs = EQUAL + UNEQUAL
+    got = score([f"The answer is $\\boxed{{{p}}}$." for p, _ in pairs], [g for _, g in pairs], timeout_s=10)
+    assert got == [1.0] * len(EQUAL) + [0.0] * len(UNEQUAL)
+    assert got.timeouts == 0
+
+
+def test_fast_path_never_decides_false_for_non_numbers():
+    assert reward._fast_equiv("2\\sqrt{2}", "\\sqrt{8}") is None
+    assert reward._fast_equiv("25", "26") is False
+    assert reward._fast_equiv("025", "25") is True
+
+
+# ----------------------------------------------------------------------------------------------
+# Untrusted model output: nothing is executed
+# ----------------------------------------------------------------------------------------------
+
+
+def _code_payloads(target: Path) -> list[str]:
+    t = str(target)
+    return [
+        f"\\boxed{{__import__('os').system('touch {t}')}}",
+        f"\\boxed{{open('{t}','w').write('x')}}",
+        f"\\boxed{{exec(\"open('{t}','w')\")}}",
+        f"Answer: __import__('os').system('touch {t}')",
+        f"The answer is $__import__('os').system('touch {t}')$ and \\boxed{{eval(\"open('{t}','w')\")}}",
+    ]
+
+
+@pytest.mark.parametrize("num_workers", [2, 0], ids=["workers", "in-process"])
+def test_untrusted_code_is_not_executed(tmp_path, num_workers, pool):
+    target = tmp_path / "pwned"
+    payloads = _code_payloads(target)
+    got = score(payloads, ["1"] * len(payloads), num_workers=num_workers, timeout_s=10)
+    assert got == [0.0] * len(payloads)
+    for p in payloads:
+        pred = extract_answer(p)
+        assert not is_equiv(pred, "1")
+        assert not is_equiv("1", pred)  # also as the gold
+    assert not target.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Time limits
+# ----------------------------------------------------------------------------------------------
+
+JUNK_BOXED = "\\boxed{" + "1+" * 100_000 + "1}"  # 200 KB answer: judged by the fast path only
+JUNK_TEXT = ("lorem ipsum \\frac{" * 12_000)[:200_000]  # 200 KB, no extractable answer
+
+
+def _batch():
+    responses = [POWER_TOWER, JUNK_BOXED, JUNK_TEXT, "so \\boxed{2\\sqrt{2}}"]
+    return responses, ["1", "1", "1", "\\sqrt{8}"]
+
+
+def test_timeout_soft_limit(pool):
+    """Default path: the worker's own SIGALRM stops the power tower; the worker survives."""
+    pids = [w.proc.pid for w in reward._POOL.workers]
+    limit = 2.0
+    t0 = time.perf_counter()
+    got = score(*_batch(), timeout_s=limit)
+    elapsed = time.perf_counter() - t0
+    assert got == [0.0, 0.0, 0.0, 1.0]
+    assert got.timeouts == 1 and got.crashes == 0
+    assert elapsed < 4 * limit
+    assert [w.proc.pid for w in reward._POOL.workers] == pids  # nobody was killed
+
+
+def test_timeout_hard_kill(pool, monkeypatch):
+    """Without the worker-side alarm the power tower really does not finish (math-verify with no
+    limit blocks in sympy/int arithmetic): the parent must SIGKILL the worker, and ``score`` still
+    returns in bounded time, scores it 0, counts it, and the pool recovers."""
+    monkeypatch.setattr(reward, "SOFT_TIMEOUT_FRACTION", None)
+    pids = {w.proc.pid for w in reward._POOL.workers}
+    limit = 2.0
+    t0 = time.perf_counter()
+    got = score(*_batch(), timeout_s=limit)
+    elapsed = time.perf_counter() - t0
+    assert got == [0.0, 0.0, 0.0, 1.0]
+    assert got.timeouts == 1
+    assert elapsed < 4 * limit
+    killed = pids - {w.proc.pid for w in reward._POOL.workers}
+    assert len(killed) == 1  # exactly one worker was replaced
+    with pytest.raises(ProcessLookupError):
+        os.kill(killed.pop(), 0)  # and it is gone (killed and reaped)
+    again = score(["\\boxed{x^2+2x+1}", "\\boxed{(1,2)}"], ["(x+1)^2", "(2,1)"], timeout_s=10)
+    assert again == [1.0, 0.0] and again.timeouts == 0
+
+
+def test_worker_crash_is_survived(pool, monkeypatch):
+    """A worker that dies mid-item (here: killed from outside) costs only that item."""
+    monkeypatch.setattr(reward, "SOFT_TIMEOUT_FRACTION", None)
+    with reward._POOL_LOCK:
+        reward._get_pool().wait_ready(2)
+
+    def assassin():
+        time.sleep(0.7)
+        for w in list(reward._POOL.workers):
+            if w.items and w.items[0][1] == "9^{9^{9^{9^{9}}}}":
+                w.proc.kill()
+
+    thread = threading.Thread(target=assassin)
+    thread.start()
+    t0 = time.perf_counter()
+    got = score([POWER_TOWER, "\\boxed{2\\sqrt{2}}"], ["1", "\\sqrt{8}"], timeout_s=5)
+    thread.join()
+    assert got == [0.0, 1.0]
+    assert got.crashes == 1 and got.timeouts == 0
+    assert time.perf_counter() - t0 < 5
+
+
+def test_in_process_mode_has_soft_limit():
+    t0 = time.perf_counter()
+    got = score([POWER_TOWER, "\\boxed{5}"], ["1", "5"], num_workers=0, timeout_s=1.0)
+    assert got == [0.0, 1.0] and got.timeouts == 1
+    assert time.perf_counter() - t0 < 4
+
+
+# ----------------------------------------------------------------------------------------------
+# API details
+# ----------------------------------------------------------------------------------------------
+
+
+def test_reward_range_pm1(pool):
+    got = score(["\\boxed{5}", "\\boxed{6}", "no answer", "Answer: 5"], ["5"] * 4, reward_range="pm1")
+    assert got == [1.0, -1.0, -1.0, 1.0]
+    got = score(["\\boxed{\\frac{10}{2}}", "\\boxed{\\sqrt{26}}"], ["5", "5"], reward_range="pm1")
+    assert got == [1.0, -1.0]
+
+
+def test_scores_is_a_list_and_edge_cases(pool):
+    got = score([], [])
+    assert isinstance(got, Scores) and isinstance(got, list) and got == [] and got.timeouts == 0
+    assert score([], [], num_workers=0) == []
+    with pytest.raises(ValueError):
+        score(["a"], [])
+    with pytest.raises(ValueError):
+        score(["a"], ["a"], reward_range="bad")
+    assert score(["\\boxed{27}"], [27.0]) == [1.0]  # a float gold such as amc23's 27.0
+    assert score(["Answer: 5", "\\boxed{5}"], ["5", "5"], mode="answer") == [1.0, 0.0]
+    assert score(["Answer: 5", "\\boxed{5}"], ["5", "5"], mode="boxed") == [0.0, 1.0]
+
+
+def test_score_from_a_thread(pool):
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("s", score(["\\boxed{\\sqrt{8}}"], ["2\\sqrt{2}"])))
+    thread.start()
+    thread.join(30)
+    assert out["s"] == [1.0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Real benchmark golds
+# ----------------------------------------------------------------------------------------------
+
+BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench", "gsm8k"]
+
+
+def _load(name):
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"benchmark data not found at {DATA_DIR}")
+    from common.data import load_problems
+
+    return load_problems(name, split="test") if name == "gsm8k" else load_problems(name)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmark_golds(name, pool):
+    problems = _load(name)
+    golds = [p["answer"] for p in problems]
+    assert golds and all(isinstance(g, str) and g for g in golds)
+
+    # 1. every gold, written the way a model writes it, is correct
+    responses = [f"Thus the final answer is $\\boxed{{{g}}}$." for g in golds]
+    if name in ("aime24", "aime25"):
+        responses += [f"\\boxed{{{int(g)}}}" for g in golds]  # without zero padding
+        golds_1 = golds + golds
+    else:
+        golds_1 = golds
+    got = score(responses, golds_1, timeout_s=10)
+    failing = [(problems[i % len(problems)]["id"], golds_1[i]) for i, s in enumerate(got) if s != 1.0]
+    assert not failing, f"{name}: golds not matched by themselves: {failing}"
+
+    # 2. the gold of another problem (the next one whose canonical answer differs) is wrong
+    others = []
+    for i, g in enumerate(golds):
+        j = (i + 1) % len(golds)
+        while reward._canon(golds[j]) == reward._canon(g):
+            j = (j + 1) % len(golds)
+        others.append(golds[j])
+    got = score([f"\\boxed{{{o}}}" for o in others], golds, timeout_s=3)
+    wrongly_accepted = [(problems[i]["id"], golds[i], others[i]) for i, s in enumerate(got) if s != 0.0]
+    assert not wrongly_accepted, f"{name}: another problem's gold accepted: {wrongly_accepted}"
+
+
+def test_restart_after_shutdown():
+    """shutdown_workers() stops the pool; the next score() starts a new one."""
+    shutdown_workers()
+    assert reward._POOL is None
+    assert score(["\\boxed{\\frac{6}{4}}"], ["1.5"]) == [1.0]
+    shutdown_workers()
