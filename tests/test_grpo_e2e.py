@@ -1,0 +1,89 @@
+"""End-to-end runs of grpo.py on the testbed model, in subprocesses (CPU)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--num-eval-problems", "8",
+        "--micro-batch-size", "8", "--grader-workers", "1", "--log-completions-every", "1"]
+EXPECTED_METRICS = {
+    "rollout/reward", "rollout/accuracy", "rollout/filtered_group_frac", "rollout/zero_std_group_frac",
+    "rollout/response_length_mean", "rollout/response_length_max", "rollout/truncated_frac",
+    "rollout/logp_diff_mean", "rollout/logp_diff_max", "rollout/grader_timeouts", "rollout/gen_batches",
+    "rollout/advantage_abs_mean", "entropy/mean", "entropy/flow_increase", "entropy/flow_decrease", "entropy/flow_net",
+    "entropy/increase_frac", "entropy/cov_adv_logp", "train/policy_loss", "train/clip_frac_low", "train/clip_frac_high",
+    "train/ppo_kl", "train/grad_norm", "train/learning_rate", "train/skipped_updates", "time/rollout_s",
+    "time/grading_s", "time/training_s", "time/step_s", "time/tokens_per_s",
+}
+
+
+def run(args, cwd=REPO, launcher=(sys.executable,), timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*launcher, "grpo.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, "grpo.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for flag in ["--total-steps", "--clip-high", "--loss-agg-mode", "--pos-weight-schedule", "--rollout-engine", "--resume"]:
+        assert flag in out.stdout
+
+
+def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
+    proc = run([*TINY, "--total-steps", "2", "--eval-every", "2", "--measure-entropy-change",
+                "--output-dir", str(tmp_path), "--run-name", "e2e"])
+    run_dir = tmp_path / "e2e"
+    assert f"run directory: {run_dir}" in proc.stdout
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert EXPECTED_METRICS <= set(row), EXPECTED_METRICS - set(row)
+        assert 0.0 <= row["rollout/accuracy"] <= 1.0 and row["entropy/mean"] > 0
+        assert row["rollout/logp_diff_mean"] < 1e-3  # HF engine: same weights, so only float noise
+        assert "entropy/realised_change" in row
+    assert "eval/accuracy" in rows[1]
+    assert (run_dir / "checkpoints" / "step_000002" / "hf" / "config.json").exists()
+    assert (run_dir / "completions.jsonl").exists()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "final")
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    """A run stopped after its step-2 checkpoint and resumed ends with the same metrics as one that was not."""
+    common = [*TINY, "--total-steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--eval-every", "0",
+              "--output-dir", str(tmp_path)]
+    run([*common, "--run-name", "full"])
+    full = metrics(tmp_path / "full")
+    # the interrupted run: everything after the step-2 checkpoint is lost
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000004")
+    shutil.rmtree(tmp_path / "cut" / "final")
+    run([*common, "--resume", str(tmp_path / "cut")])
+    resumed = metrics(tmp_path / "cut")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    timing = lambda row: {k: v for k, v in row.items() if not k.startswith("time/")}  # noqa: E731
+    assert [timing(r) for r in resumed] == [timing(r) for r in full]
+
+
+def test_two_process_cpu_run_through_accelerate(tmp_path):
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no")
+    run([*TINY, "--total-steps", "2", "--eval-every", "2", "--filter-groups", "--max-gen-batches", "2",
+         "--output-dir", str(tmp_path), "--run-name", "ddp"], launcher=launcher)
+    rows = metrics(tmp_path / "ddp")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(EXPECTED_METRICS <= set(r) for r in rows)
+    assert rows[-1]["rollout/gen_batches"] >= 1 and "eval/accuracy" in rows[-1]

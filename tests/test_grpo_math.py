@@ -1,0 +1,211 @@
+"""Unit tests of grpo.py's math: token statistics, entropy change, advantages, clipping, aggregation."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import grpo
+
+
+def naive_stats(logits, tokens):
+    logp_all = torch.log_softmax(logits.double(), -1)
+    p = logp_all.exp()
+    entropy = -(p * logp_all).sum(-1)
+    g = (p.square() * (logp_all + entropy[:, None])).sum(-1)
+    return logp_all.gather(1, tokens[:, None]).squeeze(1), entropy, g
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_token_stats_matches_naive(chunk):
+    torch.manual_seed(0)
+    logits = torch.randn(37, 501) * 3
+    tokens = torch.randint(0, 501, (37,))
+    logp, entropy, g = grpo.token_stats(logits, tokens, chunk)
+    ref = naive_stats(logits, tokens)
+    for got, want in zip((logp, entropy, g), ref):
+        assert got.dtype == torch.float32 and got.shape == (37,)
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_token_stats_bf16_logits_within_tolerance():
+    torch.manual_seed(1)
+    logits = (torch.randn(16, 300) * 4).bfloat16()
+    tokens = torch.randint(0, 300, (16,))
+    got = grpo.token_stats(logits, tokens, 5)
+    want = naive_stats(logits.float(), tokens)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
+
+
+def test_token_stats_gradients_match_autograd():
+    torch.manual_seed(2)
+    logits = torch.randn(11, 53, dtype=torch.float64, requires_grad=True)
+    tokens = torch.randint(0, 53, (11,))
+    w_logp, w_ent = torch.randn(11, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    logp, entropy, g = grpo.token_stats(logits, tokens, 4)
+    assert not g.requires_grad
+    ((logp * w_logp).sum() + (entropy * w_ent).sum()).backward()
+    got = logits.grad.clone()
+    logits.grad = None
+    ref_logp, ref_ent, _ = naive_stats(logits, tokens)
+    ((ref_logp * w_logp).sum() + (ref_ent * w_ent).sum()).backward()
+    torch.testing.assert_close(got, logits.grad, atol=1e-6, rtol=1e-5)  # fp32 internals
+    # only log-probs used: the entropy path receives no gradient
+    logits.grad = None
+    logp, _, _ = grpo.token_stats(logits, tokens, 3)
+    logp.sum().backward()
+    torch.testing.assert_close(logits.grad, (torch.nn.functional.one_hot(tokens, 53) - torch.softmax(logits, -1)).detach())
+
+
+def entropy_of(z):
+    logp = torch.log_softmax(z, -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("scale,vocab", [(8.0, 3000), (0.3, 2000)])  # peaked (LLM-like) and flat distributions
+def test_entropy_delta_matches_finite_difference(scale, vocab):
+    """ΔH_t = −A r [π(ℓ+H) − G] predicts H(z + η A r (e_a − p)) − H(z) to first order (§1.1, §1.2)."""
+    torch.manual_seed(3)
+    eta, rows = 1e-3, 64
+    z = (torch.randn(rows, vocab, dtype=torch.float64) * scale)
+    p = torch.softmax(z, -1)
+    tokens = torch.multinomial(p, 1).squeeze(1)  # on-policy samples
+    adv = torch.where(torch.rand(rows) < 0.5, -1.0, 1.0).double() * torch.rand(rows, dtype=torch.float64).add(0.5)
+    ratio = torch.rand(rows, dtype=torch.float64) * 0.4 + 0.8
+    logp, entropy, g = grpo.token_stats(z, tokens, 16)
+    predicted = eta * grpo.entropy_delta(adv, ratio, logp.double(), entropy.double(), g.double(), torch.zeros(rows, dtype=torch.bool))
+    step = eta * (adv * ratio)[:, None] * (torch.nn.functional.one_hot(tokens, vocab) - p)
+    realised = entropy_of(z + step) - entropy_of(z)
+    big = realised.abs() > 1e-9
+    assert (torch.sign(predicted[big]) == torch.sign(realised[big])).all()
+    rel = ((predicted - realised).abs() / realised.abs().clamp(min=1e-12))[big]
+    assert rel.median() < 1e-2 and rel.max() < 0.2
+    # a clipped token predicts no change
+    clipped = torch.zeros(rows, dtype=torch.bool)
+    clipped[0] = True
+    assert grpo.entropy_delta(adv, ratio, logp, entropy, g, clipped)[0] == 0
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    adv = grpo.group_advantages(rewards, 4, "group")
+    std = torch.tensor([1.0, 0, 0, 0]).std()  # unbiased: 0.5
+    assert torch.allclose(adv[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (std + 1e-6))
+    assert torch.allclose(adv[4:], torch.zeros(4))  # all-equal group carries no signal
+    assert torch.allclose(grpo.group_advantages(rewards, 4, "none")[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    batch = grpo.group_advantages(rewards, 4, "batch")
+    assert torch.allclose(batch[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (rewards.std() + 1e-6))
+    with pytest.raises(ValueError):
+        grpo.group_advantages(rewards, 4, "bogus")
+
+
+def test_dynamic_sampling_filter_and_overlong():
+    rewards = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0, 1], dtype=torch.float32)
+    assert grpo.informative_groups(rewards, 3).tolist() == [False, False, True]
+    pen = grpo.overlong_penalty(torch.tensor([10, 12, 16, 20]), max_len=20, buffer=8, factor=1.0)
+    assert torch.allclose(pen, torch.tensor([0.0, 0.0, -0.5, -1.0]))
+    assert torch.all(grpo.overlong_penalty(torch.tensor([20]), 20, 0, 1.0) == 0)
+
+
+def test_clipped_surrogate_by_hand():
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0, 2.0])
+    ratio = torch.tensor([1.1, 1.5, 0.9, 0.5, 20.0, 0.5])
+    loss, low, high = grpo.clipped_surrogate(adv, ratio, 0.2, 0.28, 10.0)
+    # max(−A r, −A clip(r)): 1) inside → −1.1; 2) clipped above → −1.28; 3) inside → 0.9;
+    # 4) A<0, r<0.8 → max(0.5, 0.8) = 0.8; 5) dual clip: min(max(20, 1.28), 10) = 10; 6) A>0, r<1 → −A r = −1
+    assert torch.allclose(loss, torch.tensor([-1.1, -1.28, 0.9, 0.8, 10.0, -1.0]))
+    assert high.tolist() == [False, True, False, False, False, False]
+    assert low.tolist() == [False, False, False, True, True, False]
+    # the gradient vanishes exactly where the indicators say so
+    r = ratio.clone().requires_grad_(True)
+    grpo.clipped_surrogate(adv, r, 0.2, 0.28, 10.0)[0].sum().backward()
+    assert ((r.grad == 0) == (low | high)).all()
+
+
+def test_aggregate_loss_modes_by_hand():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    agg = lambda mode: grpo.aggregate_loss(loss, mask, mode, 4.0, 2.0, 1, 10.0).item()  # noqa: E731
+    assert agg("token-mean") == pytest.approx(10 / 4)
+    assert agg("seq-mean-token-sum") == pytest.approx((6 + 4) / 2)
+    assert agg("seq-mean-token-mean") == pytest.approx((2 + 4) / 2)
+    assert agg("seq-mean-token-sum-norm") == pytest.approx(10 / 10)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_aggregation_independent_of_micro_batch_split(mode):
+    """Accumulating micro-batch losses gives the same gradient however the minibatch is split."""
+    torch.manual_seed(4)
+    theta = torch.randn(5, requires_grad=True)
+    features = torch.randn(6, 9, 5)
+    mask = (torch.rand(6, 9) < 0.7).float()
+    mask[:, 0] = 1
+
+    def grad_with(split: int):
+        theta.grad = None
+        tokens, seqs = mask.sum().item(), 6.0
+        for rows in torch.arange(6).split(split):
+            per_token = (features[rows] @ theta).sin()
+            grpo.aggregate_loss(per_token, mask[rows], mode, tokens, seqs, 1, 9.0).backward()
+        return theta.grad.clone()
+
+    whole = grad_with(6)
+    for split in (1, 2, 4):
+        torch.testing.assert_close(grad_with(split), whole)
+
+
+def test_k3_kl_nonnegative_and_zero_at_equality():
+    a = torch.randn(100)
+    b = torch.randn(100)
+    assert torch.all(grpo.k3_kl(a, b) >= 0)
+    assert torch.allclose(grpo.k3_kl(a, a), torch.zeros(100))
+
+
+def test_pos_weight_schedule():
+    assert grpo.pos_weight_update(0.0, entropy=0.1, target=0.2, step=0.05) == 0.0
+    assert grpo.pos_weight_update(0.0, entropy=0.3, target=0.2, step=0.05) == pytest.approx(0.05)
+    assert grpo.pos_weight_update(1.0, entropy=0.3, target=0.2, step=0.05) == 1.0
+    assert grpo.pos_weight_update(0.5, entropy=0.1, target=0.2, step=0.05) == pytest.approx(0.45)
+    args = grpo.Args(pos_weight=0.3)
+    state = grpo.init_algorithm_state(args)
+    mb = {"logp": torch.zeros(2, 2), "logp_old": torch.zeros(2, 2), "adv": torch.tensor([[1.0, 1.0], [-1.0, -1.0]])}
+    loss, _ = grpo.compute_policy_loss(mb, args, state)
+    assert torch.allclose(loss, torch.tensor([[-0.3, -0.3], [1.0, 1.0]]))  # λ on A>0 tokens only
+
+
+def test_split_response_and_collate():
+    assert grpo.split_response([5, 6, 1, 9, 9], eos_id=1, max_new_tokens=5) == ([5, 6, 1], False)
+    assert grpo.split_response([5, 6, 7], eos_id=1, max_new_tokens=3) == ([5, 6, 7], True)
+    batch = grpo.collate([
+        {"prompt_ids": [3, 4], "response_ids": [7, 1], "rollout_logp": [-0.1, -0.2], "truncated": False},
+        {"prompt_ids": [5], "response_ids": [8, 9, 9], "rollout_logp": [-1.0, -2.0, -3.0], "truncated": True},
+    ], pad_id=0)
+    assert batch["input_ids"].tolist() == [[3, 4, 7, 1, 0], [0, 5, 8, 9, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]]
+    assert batch["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert batch["rollout_logp"][1].tolist() == [-1.0, -2.0, -3.0]
+    assert batch["truncated"].tolist() == [False, True]
+
+
+def test_vllm_request_building_and_output_parsing():
+    """The vLLM block's pure parts: request dicts, sampling arguments, and RequestOutput parsing
+    (shaped like vLLM 0.33's RequestOutput / CompletionOutput / Logprob)."""
+    kwargs = grpo.vllm_sampling_kwargs(n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, eos_id=1, seed=None)
+    assert kwargs == dict(n=2, temperature=1.0, top_p=1.0, top_k=0, max_tokens=3, logprobs=0,
+                          stop_token_ids=[1], seed=None, skip_special_tokens=False)
+    assert grpo.vllm_requests([[3, 4], [5]]) == [{"prompt_token_ids": [3, 4]}, {"prompt_token_ids": [5]}]
+
+    def completion(tokens, finish):
+        logprobs = [{t: SimpleNamespace(logprob=-0.5 * (i + 1)), 99: SimpleNamespace(logprob=-9.0)} for i, t in enumerate(tokens)]
+        return SimpleNamespace(token_ids=tokens, logprobs=logprobs, finish_reason=finish)
+
+    outputs = [SimpleNamespace(outputs=[completion([7, 1], "stop"), completion([7, 8, 9], "length")]),
+               SimpleNamespace(outputs=[completion([6, 6, 1], "stop"), completion([2], "stop")])]
+    parsed = grpo.parse_vllm_outputs(outputs, [[3, 4], [5]], eos_id=1, max_new_tokens=3)
+    assert [p["response_ids"] for p in parsed] == [[7, 1], [7, 8, 9], [6, 6, 1], [2, 1]]
+    assert [p["truncated"] for p in parsed] == [False, True, False, False]
+    assert parsed[0]["rollout_logp"] == [-0.5, -1.0]
+    assert parsed[3]["rollout_logp"] == [-0.5, 0.0]  # a stop whose EOS was not echoed gets it appended
+    assert [p["prompt_ids"] for p in parsed] == [[3, 4], [3, 4], [5], [5]]
