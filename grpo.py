@@ -232,22 +232,22 @@ class _TokenStats(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, tokens, chunk_size):
         n = logits.shape[0]
-        logp = torch.empty(n, dtype=torch.float32, device=logits.device)
+        compute_dtype = torch.promote_types(logits.dtype, torch.float32)  # fp32 (fp64 for fp64 logits)
+        logp = torch.empty(n, dtype=compute_dtype, device=logits.device)
         entropy = torch.empty_like(logp)
         g = torch.empty_like(logp)
         lse_all = torch.empty_like(logp)
         with torch.no_grad():
             for start in range(0, n, chunk_size):
                 rows = slice(start, start + chunk_size)
-                z = logits[rows].float()  # [c, V] fp32, the only full-width buffer
+                z = logits[rows].to(compute_dtype)  # [c, V] fp32: with p, the only full-width buffers
                 lse = torch.logsumexp(z, dim=-1)
-                z -= lse[:, None]  # log p, in place
-                logp[rows] = z.gather(1, tokens[rows, None]).squeeze(1)
-                p = z.exp()
-                h = -(p * z).sum(-1)
+                p = torch.softmax(z, dim=-1)
+                h = lse - (p[:, None, :] @ z[:, :, None]).view(-1)  # H = lse − Σ p z
+                logp[rows] = z.gather(1, tokens[rows, None]).squeeze(1) - lse
                 entropy[rows] = h
-                p.square_()
-                g[rows] = (p * z).sum(-1) + h * p.sum(-1)  # Σ p² log p + H Σ p²
+                p.square_()  # G = Σ p²(z − lse + H) = Σ p² z + (H − lse) Σ p²
+                g[rows] = (p[:, None, :] @ z[:, :, None]).view(-1) + (h - lse) * p.sum(-1)
                 lse_all[rows] = lse
                 del z, p
         ctx.save_for_backward(logits, tokens, lse_all, entropy)
@@ -264,20 +264,20 @@ class _TokenStats(torch.autograd.Function):
         grad_entropy = zero.expand(logits.shape[0]) if grad_entropy is None else grad_entropy
         for start in range(0, logits.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            logp_full = logits[rows].float() - lse_all[rows, None]  # [c, V]
+            logp_full = logits[rows].to(lse_all.dtype) - lse_all[rows, None]  # [c, V]
             p = logp_full.exp()
             # dℓ/dz = e_a − p ;  dH/dz = −p (log p + H)
             logp_full += entropy[rows, None]
             chunk_grad = -p * (grad_logp[rows, None] + grad_entropy[rows, None] * logp_full)
-            chunk_grad.scatter_add_(1, tokens[rows, None], grad_logp[rows, None].float())
+            chunk_grad.scatter_add_(1, tokens[rows, None], grad_logp[rows, None].to(chunk_grad.dtype))
             grad[rows] = chunk_grad.to(grad.dtype)
             del logp_full, p, chunk_grad
         return grad, None, None
 
 
 def token_stats(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024):
-    """(logp, entropy, g), each fp32 [N], from logits [N, V] (already divided by the temperature) and
-    sampled tokens [N]. logp and entropy carry gradients when `logits` does; g never does."""
+    """(logp, entropy, g), each fp32 [N] (fp64 for fp64 logits), from logits [N, V] (already divided by
+    the temperature) and sampled tokens [N]. logp and entropy carry gradients when `logits` does; g never does."""
     return _TokenStats.apply(logits, tokens, chunk_size)
 
 

@@ -1,0 +1,217 @@
+"""Tests for eval_math.py: pass@k against brute force, equivalence-aware maj@n, diversity, settings, the HF
+generation and entropy helpers on a tiny random model, the vLLM request/output helpers with stand-in
+objects, an end-to-end CPU run on the testbed model and a dry run over the six real benchmarks."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import eval_math as em  # noqa: E402
+from common.data import BENCHMARKS  # noqa: E402
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+TESTBED = REPO / "testbed" / "model"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# ─── pass@k, maj@n, diversity ───────────────────────────────────────────────────────────────────
+def brute_pass_at_k(n, c, k):
+    samples = [1] * c + [0] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_enumeration_over_all_k_subsets():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert em.pass_at_k(n, c, k) == pytest.approx(brute_pass_at_k(n, c, k), abs=1e-12), (n, c, k)
+    assert em.pass_at_k(32, 1, 1) == pytest.approx(1 / 32)
+    assert 0.0 < em.pass_at_k(1024, 3, 512) <= 1.0  # stable for large n (no giant binomials)
+    with pytest.raises(ValueError):
+        em.pass_at_k(4, 5, 1)
+
+
+def test_pass_k_values_are_powers_of_two_and_n():
+    assert em.pass_k_values(1) == [1]
+    assert em.pass_k_values(32) == [1, 2, 4, 8, 16, 32]
+    assert em.pass_k_values(6) == [1, 2, 4, 6]
+
+
+def sample(answer, score, text=None, length=3):
+    return {"answer": answer, "score": score, "response": text or f"so \\boxed{{{answer}}}", "length": length,
+            "truncated": False, "entropy_sum": 0.3 * length, "entropy_count": length}
+
+
+def test_majority_vote_clusters_equivalent_spellings():
+    # three spellings of 1/2 outnumber a more frequent single wrong string
+    answers = ["3", "\\frac{1}{2}", "3", "0.5", "1/2", None]
+    assert em.cluster_answers(answers) == [[0, 2], [1, 3, 4]]
+    assert em.majority_vote(answers) == 1
+    gold_scores = [0, 1, 0, 1, 1, 0]
+    m = em.benchmark_metrics([{"id": "p", "samples": [sample(a, s) for a, s in zip(answers, gold_scores)]}], n=6)
+    assert m["maj@n"] == 1.0 and m["avg@n"] == pytest.approx(0.5)
+    assert m["distinct_answer_frac"] == pytest.approx(2 / 6) and m["answer_rate"] == pytest.approx(5 / 6)
+    # the reverse: the wrong answer is the largest cluster
+    answers = ["\\frac{1}{2}", "7", "0.5", "7", "7"]
+    m = em.benchmark_metrics([{"id": "p", "samples": [sample(a, s) for a, s in zip(answers, [1, 0, 1, 0, 0])]}], n=5)
+    assert em.majority_vote(answers) == 1 and m["maj@n"] == 0.0
+    # a tie goes to the cluster that appears first
+    assert em.majority_vote(["7", "1/2", "0.5", "7"]) == 0
+    assert em.majority_vote(["1/2", "7", "7", "0.5"]) == 0
+    assert em.majority_vote([None, None]) is None
+
+
+def test_benchmark_metrics_aggregates():
+    problems = [
+        {"id": "a", "samples": [sample("1", 1, "a b c d", 4), sample("1", 1, "a b c d", 6)]},
+        {"id": "b", "samples": [sample("2", 0, "x y", 2), {**sample(None, 0, "x y z", 10), "truncated": True}]},
+    ]
+    m = em.benchmark_metrics(problems, n=2)
+    assert m["avg@n"] == pytest.approx(0.5) and m["pass@k"] == {"1": pytest.approx(0.5), "2": pytest.approx(0.5)}
+    assert m["maj@n"] == pytest.approx(0.5)
+    assert (m["response_length_mean"], m["response_length_median"], m["response_length_max"]) == (5.5, 5.0, 10)
+    assert m["truncation_rate"] == pytest.approx(0.25) and m["answer_rate"] == pytest.approx(0.75)
+    assert m["entropy_mean"] == pytest.approx(0.3)
+    # distinct-1: problem a has 4 distinct of 8 words, b 3 of 5; distinct-4: a 1 of 2, b none (skipped)
+    assert m["distinct_ngrams"]["1"] == pytest.approx((4 / 8 + 3 / 5) / 2)
+    assert m["distinct_ngrams"]["4"] == pytest.approx(0.5)
+    assert m["distinct_answer_frac"] == pytest.approx((1 / 2 + 1 / 2) / 2)
+
+
+def test_parse_benchmarks_and_opefo_preset():
+    assert em.parse_benchmarks(None, "none", 4) == [("arith", 4)]
+    assert em.parse_benchmarks(None, "opefo", 4) == [("aime24", 32), ("aime25", 32), ("amc23", 32), ("math500", 1),
+                                                     ("minerva_math", 1), ("olympiadbench", 1)]
+    assert em.parse_benchmarks("aime24@8, math500", "opefo", 4) == [("aime24", 8), ("math500", 1)]
+    assert em.parse_benchmarks("json:/x/a@b.jsonl,arith@2", "none", 3) == [("json:/x/a@b.jsonl", 3), ("arith", 2)]
+    with pytest.raises(ValueError):
+        em.parse_benchmarks("arith,arith", "none", 1)
+
+
+def test_resolve_model_path_for_runs_and_checkpoints(tmp_path):
+    run = tmp_path / "arith__grpo__1__123"
+    for sub in ("checkpoints/step_000010/hf", "checkpoints/step_000020/hf", "checkpoints/step_000030.tmp/hf"):
+        (run / sub).mkdir(parents=True)
+        (run / sub / "config.json").write_text("{}")
+    assert em.resolve_model_path(str(run)) == str(run / "checkpoints" / "step_000020" / "hf")
+    assert em.resolve_model_path(str(run / "checkpoints" / "step_000010")) == str(run / "checkpoints" / "step_000010" / "hf")
+    (run / "final").mkdir()
+    (run / "final" / "config.json").write_text("{}")
+    assert em.resolve_model_path(str(run)) == str(run / "final")
+    assert em.resolve_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+    assert em.model_display_name(str(run / "checkpoints" / "step_000020" / "hf")) == "arith__grpo__1__123__step_000020"
+    assert em.model_display_name("Qwen/Qwen2.5-Math-7B") == "Qwen2.5-Math-7B"
+
+
+# ─── HF generation and entropy on a tiny random model ──────────────────────────────────────────
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=64, eos_token_id=1, pad_token_id=0, bos_token_id=1)
+    return LlamaForCausalLM(config).eval()
+
+
+def teacher_forced(model, prompt, response, temperature):
+    ids = torch.tensor([prompt + response])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1: len(prompt) + len(response) - 1].float() / temperature
+    logp = torch.log_softmax(logits, -1)
+    return logp.gather(1, torch.tensor(response)[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
+
+
+def test_hf_generate_records_sampled_logprobs_and_full_entropy_matches(tiny_model):
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    # settings in the model's own generation_config must not leak into sampling (they would change the logps)
+    tiny_model.generation_config.repetition_penalty, tiny_model.generation_config.no_repeat_ngram_size = 5.0, 1
+    torch.manual_seed(1)
+    out = em.hf_generate(tiny_model, prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=6, stop_ids=[1],
+                         pad_id=0, batch_size=4)
+    assert [len(s) for s in out] == [3, 3, 3]
+    seqs = []
+    for prompt, samples in zip(prompts, out):
+        for s in samples:
+            r = s["response_ids"]
+            assert 1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1)
+            logp, _ = teacher_forced(tiny_model, prompt, r, 0.7)
+            assert s["logps"] == pytest.approx(logp.tolist(), abs=1e-4)  # left padding does not change them
+            seqs.append((prompt, r))
+    ents = em.full_entropy(tiny_model, seqs, temperature=0.7, pad_id=0, batch_size=4, chunk_size=5)
+    for (prompt, r), e in zip(seqs, ents):
+        assert e == pytest.approx(teacher_forced(tiny_model, prompt, r, 0.7)[1].tolist(), abs=1e-4)
+    torch.manual_seed(1)
+    again = em.hf_generate(tiny_model, prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=6, stop_ids=[1],
+                           pad_id=0, batch_size=4)
+    assert again == out  # fixed seed, same samples
+    assert tiny_model.generation_config.repetition_penalty == 5.0  # restored afterwards
+
+
+# ─── vLLM helpers with stand-in objects ─────────────────────────────────────────────────────────
+def test_vllm_request_and_output_helpers():
+    assert em.vllm_requests([[1, 2], (3,)]) == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
+    kw = em.vllm_sampling_kwargs(n=4, temperature=1.0, top_p=0.95, max_new_tokens=3000, seed=7, stop_ids=[151643, 151645])
+    assert kw["n"] == 4 and kw["top_k"] == 0 and kw["logprobs"] == 0 and kw["seed"] == 7 and kw["max_tokens"] == 3000
+    assert kw["stop_token_ids"] == [151643, 151645] and kw["temperature"] == 1.0 and kw["top_p"] == 0.95
+
+    lp = lambda tok, x: {tok: SimpleNamespace(logprob=x)}  # noqa: E731
+    done = SimpleNamespace(index=0, token_ids=(5, 6, 2), finish_reason="stop", logprobs=[lp(5, -0.1), lp(6, -0.2), lp(2, -0.3)])
+    cut = SimpleNamespace(index=1, token_ids=[7, 7], finish_reason="length", logprobs=[lp(7, -1.0), lp(7, -2.0)])
+    no_lp = SimpleNamespace(index=0, token_ids=[9], finish_reason="stop", logprobs=None)
+    outputs = [SimpleNamespace(outputs=[cut, done]), SimpleNamespace(outputs=[no_lp, no_lp])]
+    parsed = em.parse_vllm_outputs(outputs, n=2)
+    assert parsed[0][0] == {"response_ids": [5, 6, 2], "logps": [-0.1, -0.2, -0.3], "truncated": False}
+    assert parsed[0][1] == {"response_ids": [7, 7], "logps": [-1.0, -2.0], "truncated": True}
+    assert parsed[1][0]["logps"] is None
+    with pytest.raises(ValueError):
+        em.parse_vllm_outputs(outputs, n=3)
+
+
+# ─── CLI runs ───────────────────────────────────────────────────────────────────────────────────
+@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model not built yet at {TESTBED}")
+def test_end_to_end_testbed_run_writes_outputs(tmp_path):
+    out = tmp_path / "ev"
+    proc = subprocess.run([sys.executable, "eval_math.py", "--limit", "4", "--n", "2", "--output-dir", str(out),
+                           "--grader-workers", "1"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    m = results["benchmarks"]["arith"]
+    assert m["num_problems"] == 4 and m["n"] == 2 and m["num_samples"] == 8
+    assert 0 <= m["avg@n"] <= m["pass@k"]["2"] <= 1 and m["pass@k"]["1"] == pytest.approx(m["avg@n"])
+    assert 0 <= m["maj@n"] <= 1 and 0 < m["response_length_mean"] <= 64 and m["entropy_mean"] > 0
+    s = results["settings"]
+    assert (s["template"], s["engine"], s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"]) == ("plain", "hf", 1.0, 1.0, 64, 0)
+    assert s["versions"]["torch"] and s["versions"]["transformers"] and "math-verify" in s["versions"]
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["sample_index"] for r in rows} == {0, 1}
+    for r in rows:
+        assert r["benchmark"] == "arith" and r["prompt"].startswith("Q: Compute") and r["score"] in (0.0, 1.0)
+        assert r["length"] >= 1 and isinstance(r["truncated"], bool)
+        assert (r["score"] == 1.0) <= (r["extracted_answer"] is not None)
+    table = (out / "results.md").read_text()
+    assert "| arith | 4 | 2 |" in table and table in proc.stdout
+
+
+@pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
+@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
+def test_dry_run_loads_all_six_benchmarks():
+    proc = subprocess.run([sys.executable, "eval_math.py", "--benchmarks", ",".join(BENCHMARKS), "--template", "qwen-math",
+                           "--data-dir", str(DATA_DIR), "--dry-run", "--grader-workers", "1"],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    expected = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva_math": 272, "olympiadbench": 675}
+    for name, count in expected.items():
+        assert f"{name}: {count} problems" in proc.stdout
+        assert f"against themselves: {count}/{count}" in proc.stdout, proc.stdout
+    assert "1547 problems in 6 benchmarks" in proc.stdout
