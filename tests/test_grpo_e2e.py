@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--num-eval-problems", "8",
         "--micro-batch-size", "8", "--grader-workers", "1", "--log-completions-every", "1"]
 EXPECTED_METRICS = {
-    "rollout/reward", "rollout/accuracy", "rollout/filtered_group_frac", "rollout/zero_std_group_frac",
+    "rollout/reward", "rollout/accuracy", "rollout/filtered_group_frac", "rollout/all_correct_group_frac",
+    "rollout/all_wrong_group_frac",
     "rollout/response_length_mean", "rollout/response_length_max", "rollout/truncated_frac",
     "rollout/logp_diff_mean", "rollout/logp_diff_max", "rollout/grader_timeouts", "rollout/gen_batches",
     "rollout/advantage_abs_mean", "entropy/mean", "entropy/flow_increase", "entropy/flow_decrease", "entropy/flow_net",

@@ -176,8 +176,9 @@ def test_pos_weight_schedule():
 
 
 def test_split_response_and_collate():
-    assert grpo.split_response([5, 6, 1, 9, 9], eos_id=1, max_new_tokens=5) == ([5, 6, 1], False)
-    assert grpo.split_response([5, 6, 7], eos_id=1, max_new_tokens=3) == ([5, 6, 7], True)
+    assert grpo.split_response([5, 6, 1, 9, 9], stop_ids=[1], max_new_tokens=5) == ([5, 6, 1], False)
+    assert grpo.split_response([5, 2, 1, 9], stop_ids=[1, 2], max_new_tokens=5) == ([5, 2], False)
+    assert grpo.split_response([5, 6, 7], stop_ids=[1], max_new_tokens=3) == ([5, 6, 7], True)
     batch = grpo.collate([
         {"prompt_ids": [3, 4], "response_ids": [7, 1], "rollout_logp": [-0.1, -0.2], "truncated": False},
         {"prompt_ids": [5], "response_ids": [8, 9, 9], "rollout_logp": [-1.0, -2.0, -3.0], "truncated": True},
@@ -192,9 +193,9 @@ def test_split_response_and_collate():
 def test_vllm_request_building_and_output_parsing():
     """The vLLM block's pure parts: request dicts, sampling arguments, and RequestOutput parsing
     (shaped like vLLM 0.33's RequestOutput / CompletionOutput / Logprob)."""
-    kwargs = grpo.vllm_sampling_kwargs(n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, eos_id=1, seed=None)
-    assert kwargs == dict(n=2, temperature=1.0, top_p=1.0, top_k=0, max_tokens=3, logprobs=0,
-                          stop_token_ids=[1], seed=None, skip_special_tokens=False)
+    kwargs = grpo.vllm_sampling_kwargs(n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, stop_ids=[1, 4])
+    assert kwargs == dict(n=2, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=3,
+                          logprobs=0, stop_token_ids=[1, 4], skip_special_tokens=False)
     assert grpo.vllm_requests([[3, 4], [5]]) == [{"prompt_token_ids": [3, 4]}, {"prompt_token_ids": [5]}]
 
     def completion(tokens, finish):
@@ -202,10 +203,40 @@ def test_vllm_request_building_and_output_parsing():
         return SimpleNamespace(token_ids=tokens, logprobs=logprobs, finish_reason=finish)
 
     outputs = [SimpleNamespace(outputs=[completion([7, 1], "stop"), completion([7, 8, 9], "length")]),
-               SimpleNamespace(outputs=[completion([6, 6, 1], "stop"), completion([2], "stop")])]
-    parsed = grpo.parse_vllm_outputs(outputs, [[3, 4], [5]], eos_id=1, max_new_tokens=3)
-    assert [p["response_ids"] for p in parsed] == [[7, 1], [7, 8, 9], [6, 6, 1], [2, 1]]
-    assert [p["truncated"] for p in parsed] == [False, True, False, False]
-    assert parsed[0]["rollout_logp"] == [-0.5, -1.0]
-    assert parsed[3]["rollout_logp"] == [-0.5, 0.0]  # a stop whose EOS was not echoed gets it appended
+               SimpleNamespace(outputs=[completion([6, 6, 4], "stop"), completion([2], "abort")])]
+    parsed = grpo.parse_vllm_outputs(outputs, [[3, 4], [5]])
+    assert [p["response_ids"] for p in parsed] == [[7, 1], [7, 8, 9], [6, 6, 4], [2]]  # stop tokens kept as sampled
+    assert [p["truncated"] for p in parsed] == [False, True, False, True]
+    assert parsed[0]["rollout_logp"] == [-0.5, -1.0]  # the sampled token's entry, not the other one
     assert [p["prompt_ids"] for p in parsed] == [[3, 4], [3, 4], [5], [5]]
+
+
+def test_token_stats_full_precision_under_autocast_and_input_untouched():
+    torch.manual_seed(5)
+    logits = torch.randn(40, 700) * 3
+    before = logits.clone()
+    tokens = torch.randint(0, 700, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = grpo.token_stats(logits, tokens, 16)
+    assert torch.equal(logits, before)
+    for a, b in zip(got, naive_stats(logits, tokens)):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the torch.compile path of token_stats)")
+def test_compiled_token_stats_on_cuda_match_naive():
+    torch.manual_seed(6)
+    logits = (torch.randn(300, 5000, device="cuda") * 3).bfloat16().requires_grad_(True)
+    tokens = torch.randint(0, 5000, (300,), device="cuda")
+    w = torch.randn(300, device="cuda")
+    logp, entropy, g = grpo.token_stats(logits, tokens, 128)  # compiled by default on CUDA
+    ((logp + entropy) * w).sum().backward()
+    got_grad = logits.grad.float().clone()
+    ref = naive_stats(logits.detach().float(), tokens)
+    for a, b in zip((logp, entropy, g), ref):
+        torch.testing.assert_close(a.double(), b, atol=1e-4, rtol=1e-4)
+    z = logits.detach().float().requires_grad_(True)
+    ref_logp, ref_entropy, _ = naive_stats(z, tokens)
+    ((ref_logp + ref_entropy) * w.double()).sum().backward()
+    torch.testing.assert_close(got_grad, z.grad.float(), atol=2e-2, rtol=2e-2)  # bf16 gradient
