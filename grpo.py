@@ -895,6 +895,12 @@ def main(args: Args) -> str:
                     out.append(x)
         return tuple(torch.cat(o) for o in outs)
 
+    if args.eval_every > 0 and start_step == 0:  # the starting point of the eval curve
+        model.eval()
+        initial = evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0)
+        logger.log(0, initial)
+        accelerator.print(f"step    0 | eval {initial['eval/accuracy']:.3f}")
+
     # ── the loop
     for step in range(start_step + 1, args.total_steps + 1):
         step_start = time.time()

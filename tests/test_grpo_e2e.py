@@ -47,7 +47,8 @@ def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
                 "--output-dir", str(tmp_path), "--run-name", "e2e"])
     run_dir = tmp_path / "e2e"
     assert f"run directory: {run_dir}" in proc.stdout
-    rows = metrics(run_dir)
+    initial, *rows = metrics(run_dir)
+    assert initial["step"] == 0 and set(initial) == {"step", "eval/accuracy", "eval/response_length_mean"}
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
         assert EXPECTED_METRICS <= set(row), EXPECTED_METRICS - set(row)
@@ -85,6 +86,7 @@ def test_two_process_cpu_run_through_accelerate(tmp_path):
     run([*TINY, "--total-steps", "2", "--eval-every", "2", "--filter-groups", "--max-gen-batches", "2",
          "--output-dir", str(tmp_path), "--run-name", "ddp"], launcher=launcher)
     rows = metrics(tmp_path / "ddp")
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    rows = rows[1:]
     assert all(EXPECTED_METRICS <= set(r) for r in rows)
     assert rows[-1]["rollout/gen_batches"] >= 1 and "eval/accuracy" in rows[-1]
