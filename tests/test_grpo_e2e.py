@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,9 @@ def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
         assert row["rollout/logp_diff_mean"] < 1e-3  # HF engine: same weights, so only float noise
         assert "entropy/realised_change" in row
     assert "eval/accuracy" in rows[1]
+    glossary = set(re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
+    logged = {k for row in [initial, *rows] for k in row if k != "step"}
+    assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
     assert (run_dir / "checkpoints" / "step_000002" / "hf" / "config.json").exists()
     assert (run_dir / "completions.jsonl").exists()
     from transformers import AutoModelForCausalLM
@@ -90,3 +94,18 @@ def test_two_process_cpu_run_through_accelerate(tmp_path):
     rows = rows[1:]
     assert all(EXPECTED_METRICS <= set(r) for r in rows)
     assert rows[-1]["rollout/gen_batches"] >= 1 and "eval/accuracy" in rows[-1]
+
+
+def test_every_knob_at_once_runs(tmp_path):
+    """KL to the reference, entropy bonus, off-policy epochs/minibatches, Dr.GRPO aggregation, dynamic
+    sampling, overlong shaping, truncation masking and the entropy-guided λ in one short run."""
+    run([*TINY, "--total-steps", "2", "--eval-every", "0", "--kl-coef", "0.05", "--ent-coef", "0.01",
+         "--update-epochs", "2", "--num-minibatches", "2", "--micro-batch-size", "4", "--scale-rewards", "batch",
+         "--loss-agg-mode", "seq-mean-token-sum-norm", "--filter-groups", "--max-gen-batches", "2",
+         "--overlong-buffer", "8", "--mask-truncated", "--pos-weight-schedule", "entropy-guided",
+         "--lr-schedule", "cosine", "--lr-warmup-steps", "1", "--output-dir", str(tmp_path), "--run-name", "knobs"])
+    rows = metrics(tmp_path / "knobs")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all("train/kl_ref" in r and r["train/kl_ref"] >= 0 for r in rows)
+    assert rows[0]["algo/pos_weight"] == 0.0  # λ₀ = 0
+    assert rows[-1]["train/skipped_updates"] == 0
