@@ -67,7 +67,7 @@ class SharedArgs:
     seed: int = 1
     """seed of the experiment (data order, sampling, initialisation of any new parameters)"""
     torch_deterministic: bool = True
-    """sets `torch.backends.cudnn.deterministic` and deterministic CPU algorithms where available"""
+    """deterministic torch algorithms where they exist (`torch.use_deterministic_algorithms(warn_only=True)`)"""
     track: bool = False
     """mirror the TensorBoard logs to Weights & Biases"""
     wandb_project_name: str = "rlvr-entropy"
@@ -801,7 +801,10 @@ def main(args: Args) -> str:
         torch.manual_seed(seed)
 
     seed_everything(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
+    if args.torch_deterministic:  # vLLM sampling stays non-deterministic (ANCHORS §3.5)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
     run_name = args.run_name or f"{os.path.basename(args.train_data)}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = args.resume or os.path.join(args.output_dir, run_name)
     checkpoint = latest_checkpoint(run_dir) if args.resume else None

@@ -1,0 +1,30 @@
+"""A non-finite loss skips the optimizer step, is counted, and never reaches the weights."""
+
+import json
+import math
+
+import torch
+from safetensors.torch import load_file
+
+import grpo
+
+
+def test_nan_loss_skips_update_and_keeps_weights(tmp_path, monkeypatch):
+    real_loss = grpo.compute_policy_loss
+
+    def poisoned(mb, args, state):
+        loss, info = real_loss(mb, args, state)
+        return loss * float("nan"), info
+
+    monkeypatch.setattr(grpo, "compute_policy_loss", poisoned)
+    args = grpo.Args(total_steps=1, prompts_per_step=4, group_size=4, max_new_tokens=40, eval_every=0,
+                     grader_workers=1, output_dir=str(tmp_path), run_name="nan", checkpoint_every=0)
+    run_dir = grpo.main(args)
+    row = json.loads(open(f"{run_dir}/metrics.jsonl").read().splitlines()[-1])
+    assert row["train/skipped_updates"] == 1
+    assert math.isnan(row["train/policy_loss"])
+    before = load_file(f"{grpo.TESTBED_MODEL}/model.safetensors")
+    after = load_file(f"{run_dir}/final/model.safetensors")
+    for name, tensor in before.items():
+        assert torch.isfinite(after[name]).all()
+        assert torch.equal(after[name], tensor), name  # the update was skipped entirely
