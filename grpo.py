@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import tyro
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, broadcast_object_list
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
@@ -705,7 +705,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 def save_checkpoint(accelerator, model, tokenizer, run_dir: str, step: int, trainer_state: dict, keep: int) -> None:
     """Resumable checkpoint, written to `step_N.tmp` and renamed to `step_N` only when complete:
-    accelerate state (model, optimizer, scheduler, RNG of every process), the model and tokenizer in
+    accelerate state (model, optimizer, scheduler, RNG states of every process), the model and tokenizer in
     Hugging Face format (`hf/`), and `trainer_state.json` (step, data position, algorithm state)."""
     root = os.path.join(run_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
@@ -713,8 +713,9 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir: str, step: int, trai
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
+    accelerator.save_state(tmp)  # model, optimizer, scheduler, and the RNG states of every process
     state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
+    accelerator.wait_for_everyone()  # every process has written its files before the rename
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, "hf"), state_dict=state_dict)
         tokenizer.save_pretrained(os.path.join(tmp, "hf"))
@@ -779,7 +780,8 @@ class RunLogger:
 def main(args: Args) -> str:
     # ── setup: accelerator, seeding, run directory
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available())
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no")
+    # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo (MULTI_CPU)
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     if args.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {args.prompts_per_step} must be divisible by the {world} processes")
@@ -805,7 +807,8 @@ def main(args: Args) -> str:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
-    run_name = args.run_name or f"{os.path.basename(args.train_data)}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = [args.run_name or f"{os.path.basename(args.train_data)}__{args.exp_name}__{args.seed}__{int(time.time())}"]
+    run_name = broadcast_object_list(run_name)[0]  # one directory for all processes (their clocks may differ)
     run_dir = args.resume or os.path.join(args.output_dir, run_name)
     checkpoint = latest_checkpoint(run_dir) if args.resume else None
     if args.resume and checkpoint is None:

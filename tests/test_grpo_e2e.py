@@ -85,12 +85,17 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_two_process_cpu_run_through_accelerate(tmp_path):
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no")
-    run([*TINY, "--total-steps", "2", "--eval-every", "2", "--filter-groups", "--max-gen-batches", "2",
-         "--output-dir", str(tmp_path), "--run-name", "ddp"], launcher=launcher)
-    rows = metrics(tmp_path / "ddp")
+    # on a CPU-only machine `--multi_gpu` starts 2 processes (torchrun); grpo.py then uses gloo.
+    # (`accelerate launch --cpu` always starts a single process.)
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    proc = run([*TINY, "--total-steps", "2", "--eval-every", "2", "--filter-groups", "--max-gen-batches", "2",
+                "--output-dir", str(tmp_path)], launcher=launcher)
+    (run_dir,) = list(tmp_path.iterdir())  # the default run name is shared by both processes
+    assert (run_dir / "checkpoints" / "step_000002" / "random_states_1.pkl").exists()
+    rows = metrics(run_dir)
     assert [r["step"] for r in rows] == [0, 1, 2]
+    assert "processes: 2" in proc.stdout
     rows = rows[1:]
     assert all(EXPECTED_METRICS <= set(r) for r in rows)
     assert rows[-1]["rollout/gen_batches"] >= 1 and "eval/accuracy" in rows[-1]
