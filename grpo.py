@@ -69,7 +69,7 @@ class SharedArgs:
     torch_deterministic: bool = True
     """deterministic torch algorithms where they exist (`torch.use_deterministic_algorithms(warn_only=True)`)"""
     track: bool = False
-    """mirror the TensorBoard logs to Weights & Biases"""
+    """mirror the TensorBoard logs to Weights & Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "rlvr-entropy"
     """Weights & Biases project"""
     wandb_entity: str | None = None
