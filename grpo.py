@@ -435,12 +435,13 @@ class _SampledLogprobRecorder(LogitsProcessor):
         return torch.stack(self.recorded, dim=1)  # [B, T_generated]
 
 
-def split_response(token_ids: list[int], stop_ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
-    """Cut a generated row after its first stop token (kept). Returns (tokens, truncated)."""
-    for i, token in enumerate(token_ids[:max_new_tokens]):
-        if token in stop_ids:
-            return token_ids[: i + 1], False
-    return token_ids[:max_new_tokens], True
+def response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Length of each generated row [B, T] up to and including its first stop token, and whether it has
+    none (truncated). Both [B]."""
+    is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
+    truncated = ~is_stop.any(dim=1)
+    lengths = torch.where(truncated, generated.shape[1], is_stop.int().argmax(dim=1) + 1)
+    return lengths, truncated
 
 
 @torch.no_grad()
@@ -469,10 +470,10 @@ def hf_generate(model, prompt_ids: list[list[int]], n: int, temperature: float, 
         )
         generated = out[:, width:]
         logps = recorder.finish(generated[:, -1]).cpu()
-        for i, r in enumerate(chunk):
-            tokens, truncated = split_response(generated[i].tolist(), stop_ids, max_new_tokens)
-            results.append({"prompt_ids": r, "response_ids": tokens, "truncated": truncated,
-                            "rollout_logp": logps[i, : len(tokens)].tolist()})
+        lengths, truncated = (x.tolist() for x in response_lengths(generated, stop_ids))
+        for i, (r, tokens) in enumerate(zip(chunk, generated.tolist())):
+            results.append({"prompt_ids": r, "response_ids": tokens[: lengths[i]], "truncated": truncated[i],
+                            "rollout_logp": logps[i, : lengths[i]].tolist()})
     return results
 
 
