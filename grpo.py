@@ -37,7 +37,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -52,7 +51,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from common.data import build_prompt, load_problems
-from common.reward import extract_answer, score
+from common.reward import score
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")

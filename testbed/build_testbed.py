@@ -14,7 +14,6 @@ Deterministic for a given seed, torch version and thread count (the script pins 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re

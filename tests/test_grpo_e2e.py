@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--num-eval-problems", "8",

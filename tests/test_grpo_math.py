@@ -1,6 +1,5 @@
 """Unit tests of grpo.py's math: token statistics, entropy change, advantages, clipping, aggregation."""
 
-import math
 from types import SimpleNamespace
 
 import pytest

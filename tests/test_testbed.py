@@ -1,6 +1,5 @@
 """The committed CPU testbed model: loads offline from the repo and half-solves the synthetic task."""
 
-import os
 from pathlib import Path
 
 import torch
