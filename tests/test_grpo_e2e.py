@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--num-eval-problems", "8",
@@ -54,12 +56,14 @@ def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
         assert EXPECTED_METRICS <= set(row), EXPECTED_METRICS - set(row)
         assert 0.0 <= row["rollout/accuracy"] <= 1.0 and row["entropy/mean"] > 0
         assert row["rollout/logp_diff_mean"] < 1e-3  # HF engine: same weights, so only float noise
+        assert row["train/ppo_kl"] == 0.0 and row["train/clip_frac_low"] == row["train/clip_frac_high"] == 0.0
         assert "entropy/realised_change" in row
     assert "eval/accuracy" in rows[1]
     glossary = set(re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
     logged = {k for row in [initial, *rows] for k in row if k != "step"}
     assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
-    assert (run_dir / "checkpoints" / "step_000002" / "hf" / "config.json").exists()
+    assert (run_dir / "checkpoints" / "step_000002" / "trainer_state.json").exists()
+    assert not (run_dir / "checkpoints" / "step_000002" / "hf").exists()  # the last model is written once: final/
     assert (run_dir / "completions.jsonl").exists()
     from transformers import AutoModelForCausalLM
 
@@ -113,3 +117,73 @@ def test_every_knob_at_once_runs(tmp_path):
     assert all("train/kl_ref" in r and r["train/kl_ref"] >= 0 for r in rows)
     assert rows[0]["algo/pos_weight"] == 0.0  # λ₀ = 0
     assert rows[-1]["train/skipped_updates"] == 0
+
+
+def test_learning_rate_logged_is_the_one_the_step_used(tmp_path):
+    run([*TINY, "--total-steps", "3", "--eval-every", "0", "--lr-warmup-steps", "2", "--learning-rate", "1e-3",
+         "--output-dir", str(tmp_path), "--run-name", "lr"])
+    assert [r["train/learning_rate"] for r in metrics(tmp_path / "lr")] == pytest.approx([5e-4, 1e-3, 1e-3])
+
+
+def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
+    """Strictly on-policy, ℓ_old, H, G come from the training forward; forcing the separate no-grad pass gives the
+    same metrics (to float noise: other micro-batch groupings)."""
+    import grpo
+
+    def one_run(name):
+        args = grpo.Args(exp=grpo.Experiment(output_dir=str(tmp_path), run_name=name),
+                         rollout=grpo.Rollout(prompts_per_step=4, group_size=4, max_new_tokens=40),
+                         reward=grpo.Reward(grader_workers=1), optim=grpo.Optim(total_steps=2, micro_batch_size=5),
+                         log=grpo.Log(eval_every=0, checkpoint_every=0))
+        return metrics(Path(grpo.main(args)))
+
+    skipped = one_run("skip")
+    monkeypatch.setattr(grpo, "NEEDS_OLD_POLICY_PASS", True)
+    forced = one_run("forced")
+    for a, b in zip(skipped, forced):
+        for key in ("entropy/mean", "entropy/flow_net", "entropy/cov_adv_logp", "rollout/reward", "train/grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-9), key
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "/nonexistent/model"], "--model /nonexistent/model: no such directory"),
+    (["--group-size", "0"], "--group-size"),
+    (["--group-size", "1"], "--group-size 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--micro-batch-size", "0"], "--micro-batch-size"),
+    (["--learning-rate", "-1"], "--learning-rate"),
+    (["--dual-clip-c", "0.5"], "--dual-clip-c"),
+    (["--clip-low", "-0.1"], "--clip-low"),
+    (["--num-minibatches", "3"], "--num-minibatches 3"),
+    (["--resume", "runs/does-not-exist"], "--resume runs/does-not-exist"),
+    (["--pos-weight", "2"], "--pos-weight"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, flags, message):
+    """Checked before anything is loaded or written: one `error:` line, exit status 2, no traceback, no run dir."""
+    proc = subprocess.run([sys.executable, "grpo.py", *flags, "--output-dir", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_data_row_names_file_row_field_and_the_flag(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "2+2?", "answer": ""}) + "\n")
+    proc = subprocess.run([sys.executable, "grpo.py", "--train-data", str(bad), "--output-dir", str(tmp_path / "runs")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "bad.jsonl" in line and "answer" in line and "--skip-invalid" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_is_grouped_with_a_description():
+    out = subprocess.run([sys.executable, "grpo.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert out.stdout.index("GRPO / DAPO / Dr.GRPO") < out.stdout.index("--seed")
+    for section in ("experiment", "model and data", "rollout", "rewards and advantages", "optimisation", "loss",
+                    "algorithm", "logging, evaluation, checkpoints"):
+        assert f"{section}" in out.stdout, section
+    assert out.stdout.count("(default: 0.28)") == 1  # each default printed once

@@ -10,15 +10,17 @@ import grpo
 
 
 def test_nan_loss_skips_update_and_keeps_weights(tmp_path, monkeypatch):
-    real_loss = grpo.compute_policy_loss
+    real_loss = grpo.policy_token_loss
 
-    def poisoned(mb, args, state):
-        loss, info = real_loss(mb, args, state)
+    def poisoned(mb, logp, args, state):
+        loss, info = real_loss(mb, logp, args, state)
         return loss * float("nan"), info
 
-    monkeypatch.setattr(grpo, "compute_policy_loss", poisoned)
-    args = grpo.Args(total_steps=1, prompts_per_step=4, group_size=4, max_new_tokens=40, eval_every=0,
-                     grader_workers=1, output_dir=str(tmp_path), run_name="nan", checkpoint_every=0)
+    monkeypatch.setattr(grpo, "policy_token_loss", poisoned)
+    args = grpo.Args(exp=grpo.Experiment(output_dir=str(tmp_path), run_name="nan"),
+                     rollout=grpo.Rollout(prompts_per_step=4, group_size=4, max_new_tokens=40),
+                     reward=grpo.Reward(grader_workers=1), optim=grpo.Optim(total_steps=1),
+                     log=grpo.Log(eval_every=0, checkpoint_every=0))
     run_dir = grpo.main(args)
     row = json.loads(open(f"{run_dir}/metrics.jsonl").read().splitlines()[-1])
     assert row["train/skipped_updates"] == 1
