@@ -749,6 +749,8 @@ class Metrics:
         self.add(name, (values * mask).sum(), mask.sum())
 
     def max(self, name: str, value) -> None:
+        """Largest value, or the smallest for names ending in `_min`."""
+        value = -value if name.endswith("_min") else value
         self.maxes[name] = value if name not in self.maxes else max(self.maxes[name], value)
 
     def reduce(self, accelerator) -> dict:
@@ -763,7 +765,7 @@ class Metrics:
         totals, maxes = totals.tolist(), maxes.tolist()
         out = {k: totals[i] / totals[len(keys) + i] if totals[len(keys) + i] > 0 else float("nan")
                for i, k in enumerate(keys)}
-        return {**out, **dict(zip(max_keys, maxes))}
+        return {**out, **{k: -v if k.endswith("_min") else v for k, v in zip(max_keys, maxes)}}
 
 
 def encode_problems(problems: list[dict], tokenizer, template: str, max_prompt_length: int) -> list[dict]:
@@ -1035,6 +1037,8 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                     mb = {key: value[rows] for key, value in batch.items()}
                     if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
                         mb["logp_old"] = logp.detach()
+                        if fill_old:  # no old-policy pass: its H and G are this forward's
+                            mb["entropy_old"], mb["g_old"] = entropy.detach(), g
                     grad_logp = []
                     logp.register_hook(grad_logp.append)  # ∂L/∂ℓ_t of the loss below, for the flows
                     loss, info = compute_loss(mb, logp, entropy, args, algo_state, totals, world)
@@ -1067,9 +1071,12 @@ def log_micro_batch(metrics, info, mb, logp, entropy, g, coef) -> None:
     if "is_weight" in info:
         metrics.mean("rollout/is_weight_mean", info["is_weight"], m)
         metrics.mean("rollout/is_capped_frac", info["is_capped"].float(), m)
-    for name, value in info.items():
+    for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min by name
         if name.startswith("algo/"):
-            metrics.add(name, value)
+            if name.endswith("_max") or name.endswith("_min"):
+                metrics.max(name, value)
+            else:
+                metrics.add(name, value)
 
 
 def batch_token_metrics(batch, metrics, reduce_sum) -> None:
