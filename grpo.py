@@ -277,8 +277,9 @@ def check_shared_args(args, world: int) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    looks_like_path = args.data.model.startswith((".", "/", "~")) or os.sep in args.data.model.strip("/").split("/", 1)[-1]
-    if looks_like_path and not os.path.isdir(os.path.expanduser(args.data.model)):
+    model = args.data.model  # a local path (not a hub id `owner/name`) that does not exist: fail now, not at the hub
+    if not os.path.isdir(os.path.expanduser(model)) and (model.startswith((".", "/", "~")) or model.count("/") > 1
+                                                          or os.path.isdir(model.split("/")[0])):
         raise UsageError(f"--model {args.data.model}: no such directory")
     if args.exp.resume is not None and latest_checkpoint(args.exp.resume) is None:
         raise UsageError(f"--resume {args.exp.resume}: no finished checkpoint under {args.exp.resume}/checkpoints")
@@ -473,8 +474,8 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
     (per-token tensors, [b, R]: token_loss, clipped_low/high, ratio, is_weight, kl_ref; `algo/...` scalars)."""
     token_loss, info = policy_token_loss(mb, logp, args, algo_state)
     if args.rollout.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
-        raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
-        info["is_weight"], info["is_capped"] = raw.clamp(max=args.rollout.rollout_is_cap), raw > args.rollout.rollout_is_cap
+        cap, raw = args.rollout.rollout_is_cap, torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
+        info["is_weight"], info["is_capped"] = raw.clamp(max=cap), raw > cap
         token_loss = token_loss * info["is_weight"]
     if args.loss.kl_coef > 0:
         info["kl_ref"] = k3_kl(mb["logp_ref"], logp)
@@ -601,8 +602,9 @@ def parse_vllm_outputs(outputs, prompt_ids: list[list[int]]) -> list[dict]:
     for prompt, request in zip(prompt_ids, outputs):
         for completion in request.outputs:
             tokens = list(completion.token_ids)
-            results.append({"prompt_ids": list(prompt), "response_ids": tokens, "truncated": completion.finish_reason
-                            != "stop", "rollout_logp": [completion.logprobs[t][a].logprob for t, a in enumerate(tokens)]})
+            logps = [completion.logprobs[t][token].logprob for t, token in enumerate(tokens)]
+            results.append({"prompt_ids": list(prompt), "response_ids": tokens, "rollout_logp": logps,
+                            "truncated": completion.finish_reason != "stop"})
     return results
 
 
@@ -627,7 +629,8 @@ def build_vllm_engine(args, accelerator):
     llm = LLM(model=args.data.model, distributed_executor_backend="external_launcher", tensor_parallel_size=1,
               seed=args.exp.seed + accelerator.process_index, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
               max_model_len=r.vllm_max_model_len, enable_prefix_caching=True, enable_sleep_mode=r.vllm_sleep_mode,
-              logprobs_mode="processed_logprobs", dtype="bfloat16", max_num_batched_tokens=max(4096, r.vllm_max_model_len))
+              logprobs_mode="processed_logprobs", dtype="bfloat16",
+              max_num_batched_tokens=max(4096, r.vllm_max_model_len))
     if r.vllm_sleep_mode:
         llm.sleep(level=1)  # level 1 keeps the weights (on CPU), so a wake-up is always valid
     return llm
@@ -755,8 +758,11 @@ class Metrics:
 
     def reduce(self, accelerator) -> dict:
         keys, max_keys, device = sorted(self.sums), sorted(self.maxes), accelerator.device
-        as_tensor = lambda xs: torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device).reshape(())  # noqa: E731
-                                            for x in xs]) if xs else torch.zeros(0, dtype=torch.float64, device=device)
+
+        def as_tensor(values):  # one transfer for all values, no per-value device synchronisation
+            return torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(()) for v in values]) \
+                if values else torch.zeros(0, dtype=torch.float64, device=device)
+
         totals = as_tensor([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
         maxes = as_tensor([self.maxes[k] for k in max_keys])
         if accelerator.num_processes > 1:
@@ -776,7 +782,7 @@ def encode_problems(problems: list[dict], tokenizer, template: str, max_prompt_l
         if len(ids) <= max_prompt_length:
             encoded.append({**p, "prompt_ids": ids})
     if len(encoded) < len(problems):
-        print(f"skipped {len(problems) - len(encoded)} of {len(problems)} prompts longer than {max_prompt_length} tokens")
+        print(f"skipped {len(problems) - len(encoded)} of {len(problems)} prompts over {max_prompt_length} tokens")
     if not encoded:
         raise UsageError(f"no prompt fits in --max-prompt-length {max_prompt_length}")
     return encoded
@@ -873,7 +879,8 @@ class RunLogger:
             wandb.init(project=args.exp.wandb_project_name, entity=args.exp.wandb_entity, sync_tensorboard=True,
                        config=flat, name=os.path.basename(run_dir), save_code=True, resume="allow")
         self.writer = SummaryWriter(run_dir)
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items()))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
+                                                                                    flat.items()))
         with open(os.path.join(run_dir, "args.json"), "w") as f:
             json.dump({"script": SCRIPT, **flat}, f, indent=1)
         self.metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
@@ -983,8 +990,9 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
     """No-grad logp, entropy, G [B, R] of the whole batch, in micro-batches."""
     model.eval()
     with accelerator.autocast():
-        parts = [micro_batch_stats(model, batch, rows, args.log.entropy_chunk_size, args.rollout.temperature)
-                 for rows in torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.optim.micro_batch_size)]
+        rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.optim.micro_batch_size)
+        parts = [micro_batch_stats(model, batch, r, args.log.entropy_chunk_size, args.rollout.temperature)
+                 for r in rows]
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
@@ -1092,8 +1100,8 @@ def batch_token_metrics(batch, metrics, reduce_sum) -> None:
 
 def rerun_command(run_dir: str) -> str:
     """This command line with `--resume run_dir` in place of `--resume`, `--run-name`, `--total-steps`."""
-    argv, kept, dropped = sys.argv[1:] if os.path.basename(sys.argv[0]) == SCRIPT else [], [], ("--resume",
-                                                                                                 "--run-name", "--total-steps")
+    dropped = ("--resume", "--run-name", "--total-steps")
+    argv, kept = sys.argv[1:] if os.path.basename(sys.argv[0]) == SCRIPT else [], []
     for i, arg in enumerate(argv):
         if arg.split("=")[0] not in dropped and (i == 0 or argv[i - 1] not in dropped):
             kept.append(arg)
@@ -1128,8 +1136,8 @@ def main(args: Args) -> str:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
-    run_name = args.exp.run_name or f"{os.path.basename(args.data.train_data)}__{args.exp.exp_name}__{args.exp.seed}__" \
-                                    f"{int(time.time())}"
+    run_name = args.exp.run_name or "__".join([os.path.basename(args.data.train_data), args.exp.exp_name,
+                                               str(args.exp.seed), str(int(time.time()))])
     run_dir = args.exp.resume or os.path.join(args.exp.output_dir, broadcast_object_list([run_name])[0])
     checkpoint = latest_checkpoint(run_dir) if args.exp.resume else None
 
@@ -1147,8 +1155,8 @@ def main(args: Args) -> str:
 
     def load(name, split, limit=None):
         try:
-            problems = load_problems(name, split=split, data_dir=args.data.data_dir, skip_invalid=args.data.skip_invalid,
-                                     limit=limit)
+            problems = load_problems(name, split=split, data_dir=args.data.data_dir, limit=limit,
+                                     skip_invalid=args.data.skip_invalid)
         except (ValueError, FileNotFoundError) as error:
             raise UsageError(str(error).replace("skip_invalid=True", "--skip-invalid")
                              .replace("data_dir=", "--data-dir")) from None
@@ -1240,7 +1248,8 @@ def main(args: Args) -> str:
         algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
         # 4. policy update
         learning_rate = scheduler.get_last_lr()[0]  # the rate this step's updates use
-        skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass)
+        skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step,
+                                fill_old=not old_policy_pass)
         metrics.add("train/skipped_updates", skipped)
         scheduler.step()
         batch_token_metrics(batch, metrics, reduce_sum)
@@ -1258,12 +1267,13 @@ def main(args: Args) -> str:
             metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
         logger.log(step, metrics)
         if args.log.log_completions_every and step % args.log.log_completions_every == 0:
+            shown_samples = samples[: args.log.num_completions_to_log]
             logger.completions(step, [{"prompt": s["problem"]["question"], "response": s["text"], "reward": s["reward"],
-                                       "gold": s["problem"]["answer"]} for s in samples[: args.log.num_completions_to_log]])
-        accelerator.print(f"step {step:4d} | reward {metrics['rollout/reward']:.3f} | entropy {metrics['entropy/mean']:.4f}"
-                          f" | flow net {metrics['entropy/flow_net']:+.2e} | len {metrics['rollout/response_length_mean']:.1f}"
-                          + (f" | eval {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else "")
-                          + f" | {step_s:.1f}s")
+                                       "gold": s["problem"]["answer"]} for s in shown_samples])
+        shown = {"reward": "rollout/reward", "entropy": "entropy/mean", "flow net": "entropy/flow_net",
+                 "len": "rollout/response_length_mean", "eval": "eval/accuracy"}
+        accelerator.print(f"step {step:4d} | " + " | ".join(
+            f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics) + f" | {step_s:.1f}s")
         last = step == args.optim.total_steps
         if (args.log.checkpoint_every and step % args.log.checkpoint_every == 0) or last:
             save_checkpoint(accelerator, model, tokenizer, run_dir, step, {"step": step, "data_pos": data_pos,
@@ -1273,7 +1283,8 @@ def main(args: Args) -> str:
     save_model(accelerator, model, tokenizer, os.path.join(run_dir, "final"))
     logger.close()
     accelerator.print(f"done: {run_dir}\n  evaluate:  python eval_math.py --model {shlex.quote(run_dir)}\n"
-                      f"  plot:      python plot.py {shlex.quote(run_dir)}\n  continue:  {rerun_command(run_dir)} --total-steps N")
+                      f"  plot:      python plot.py {shlex.quote(run_dir)}\n"
+                      f"  continue:  {rerun_command(run_dir)} --total-steps N")
     accelerator.end_training()
     return run_dir
 
