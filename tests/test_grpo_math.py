@@ -203,3 +203,24 @@ def test_compiled_token_stats_on_cuda_match_naive():
     ref_logp, ref_entropy, _ = naive_stats(z, tokens)
     ((ref_logp + ref_entropy) * w.double()).sum().backward()
     torch.testing.assert_close(got_grad, z.grad.float(), atol=2e-2, rtol=2e-2)  # bf16 gradient
+
+
+def test_weight_sync_streams_every_parameter_once_by_layer_in_bf16():
+    """The unsharded path of the vLLM weight sync on the real testbed model: one chunk per decoder layer (plus the
+    embedding and final norm alone), every parameter exactly once in bf16, the tied lm_head never sent."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(grpo.TESTBED_MODEL)
+    assert model.config.tie_word_embeddings
+    chunks = list(grpo.full_parameter_chunks(model, Accelerator(cpu=True)))
+    names = [n for chunk in chunks for n, _ in chunk]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters()) and len(set(names)) == len(names)
+    assert "lm_head.weight" not in names
+    assert len(chunks) == model.config.num_hidden_layers + 2  # layers, embedding, final norm
+    for chunk in chunks:
+        assert len({n.split(".layers.")[1].split(".")[0] if ".layers." in n else n for n, _ in chunk}) == 1
+        assert all(t.dtype == torch.bfloat16 for _, t in chunk)
+    params = dict(model.named_parameters())
+    for n, t in (pair for chunk in chunks for pair in chunk):
+        assert torch.equal(t, params[n].detach().to(torch.bfloat16))

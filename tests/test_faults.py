@@ -1,0 +1,96 @@
+"""Faults a user meets, on every algorithm script present: a damaged latest checkpoint (resume falls back to the
+newest intact one and still ends with the uninterrupted run's metrics), resuming with other arguments or another
+script (refused), a full disk while checkpointing, and Ctrl-C (each a one-line message saying what to run next)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = [s for s in ["grpo.py", "opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py"] if (REPO / s).exists()]
+TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--micro-batch-size", "8",
+        "--grader-workers", "1", "--eval-every", "0", "--log-completions-every", "0"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run(script, args, expect=0, timeout=600):
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, script):
+    common = [*TINY, "--total-steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "5",
+              "--output-dir", str(tmp_path)]
+    run(script, [*common, "--run-name", "full"])
+    # a run killed while its step-2 checkpoint was being written: a truncated model file and a half-written
+    # trainer_state.json in step 2, a leftover step_3.tmp, and nothing after
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    cut = tmp_path / "cut"
+    shutil.rmtree(cut / "final")
+    shutil.move(cut / "checkpoints" / "step_000003", cut / "checkpoints" / "step_000003.tmp")
+    step2 = cut / "checkpoints" / "step_000002"
+    model_file = step2 / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+    proc = run(script, [*common, "--resume", str(cut)])
+    assert "step_000002 is damaged (model.safetensors: missing or truncated)" in proc.stderr
+    assert "resumed from" in proc.stdout and "step_000001" in proc.stdout
+    assert metrics(cut) == metrics(tmp_path / "full")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_resume_with_other_arguments_or_another_script_is_refused(tmp_path, script):
+    run(script, [*TINY, "--total-steps", "1", "--output-dir", str(tmp_path), "--run-name", "r"])
+    proc = run(script, [*TINY, "--total-steps", "2", "--learning-rate", "1e-3", "--resume", str(tmp_path / "r")],
+               expect=2)
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --resume") and "--learning-rate 0.001" in proc.stderr
+    other = next((s for s in SCRIPTS if s != script), None)
+    if other:
+        proc = run(other, [*TINY, "--total-steps", "2", "--resume", str(tmp_path / "r")], expect=2)
+        assert f"written by {script}, not {other}" in proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS[:1])
+def test_full_disk_while_checkpointing_says_what_happened_and_what_to_run(tmp_path, script):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a small tmpfs (a real full disk)")
+    try:
+        proc = run(script, [*TINY, "--total-steps", "2", "--checkpoint-every", "1", "--output-dir", str(mount),
+                            "--run-name", "full"], expect=1)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: could not write checkpoint") and "No space left on device" in line
+    assert "--resume" in line and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS[:1])
+def test_ctrl_c_names_the_run_and_how_to_continue(tmp_path, script):
+    proc = subprocess.Popen([sys.executable, script, *TINY, "--total-steps", "50", "--checkpoint-every", "1",
+                             "--output-dir", str(tmp_path), "--run-name", "int"], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "int" / "checkpoints" / "step_000002").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert f"interrupted: run {tmp_path / 'int'} stopped at step" in err and "continue with: python" in err
+    assert f"--resume {tmp_path / 'int'}" in err
