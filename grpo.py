@@ -289,6 +289,9 @@ def check_shared_args(args, world: int) -> None:
         raise UsageError(f"--model {args.data.model}: no such directory")
     if args.exp.resume is not None:
         check_resume(args)
+    elif args.exp.run_name and os.path.exists(os.path.join(args.exp.output_dir, args.exp.run_name)):
+        raise UsageError(f"--run-name {args.exp.run_name}: {os.path.join(args.exp.output_dir, args.exp.run_name)} "
+                         "exists; continue it with --resume, or choose another --run-name")
     if r.top_p < 1 and not (r.rollout_engine == "vllm" or (r.rollout_engine == "auto" and vllm_available())):
         raise UsageError("--top-p < 1 needs the vLLM engine (the HF engine records unbiased log-probs only)")
     if r.rollout_engine == "vllm" and not vllm_available():

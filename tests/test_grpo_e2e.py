@@ -157,15 +157,17 @@ def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
     (["--num-minibatches", "3"], "--num-minibatches 3"),
     (["--resume", "runs/does-not-exist"], "--resume runs/does-not-exist"),
     (["--pos-weight", "2"], "--pos-weight"),
+    (["--run-name", "taken"], "--run-name taken"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, flags, message):
     """Checked before anything is loaded or written: one `error:` line, exit status 2, no traceback, no run dir."""
+    (tmp_path / "taken").mkdir()
     proc = subprocess.run([sys.executable, "grpo.py", *flags, "--output-dir", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "Traceback" not in proc.stderr
-    assert not any(tmp_path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # nothing else created
 
 
 def test_bad_data_row_names_file_row_field_and_the_flag(tmp_path):
