@@ -422,7 +422,7 @@ def test_hub_layout_of_dapo_is_deduplicated(tmp_path, capsys):
     problems = load_problems(str(path))
     assert [(p["question"], p["answer"]) for p in problems] == [(p["question"], p["answer"]) for p in expected]
     assert problems.duplicates == 100 and problems[0]["source"] == "dapo_math_17k"
-    assert f"note: dapo_math_17k: dropped 100 duplicate rows (same question and gold answer), kept 50 problems" in capsys.readouterr().out
+    assert "note: dapo_math_17k: dropped 100 duplicate rows (same question and gold answer), kept 50 problems" in capsys.readouterr().out
     assert len(load_problems(str(path), limit=7)) == 7
 
 
