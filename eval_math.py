@@ -34,6 +34,10 @@ Run:  python eval_math.py                  # CPU, the testbed model on the synth
       python eval_math.py --model Qwen/Qwen2.5-Math-7B --protocol opefo
       python eval_math.py --model runs/<run> --benchmarks aime24@32,math500@1 --template qwen-math
       python eval_math.py --benchmarks aime24,math500 --dry-run   # load data, build prompts, check golds
+
+The named benchmarks are downloaded on first use into the data dir (`--data-dir`, else $RLVR_DATA_DIR, else
+~/.cache/rlvr-entropy/data) and checked against pinned checksums (common/data.py). The arguments are checked
+before anything is loaded: a mistake prints one line `error: ...` naming the flag to change, exit status 2.
 """
 
 from __future__ import annotations
@@ -50,13 +54,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import numpy as np
-import torch
 import tyro
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from common.data import BENCHMARKS, build_prompt, load_problems
-from common.reward import extract_answer, is_equiv, score
+from common.data import BENCHMARKS, DataError, build_prompt, check_source, load_problems
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")
@@ -72,7 +72,9 @@ class Args:
     benchmarks: str | None = None
     """comma-separated benchmarks: names under the data dir (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k, arith), local files or hub datasets; `name@n` sets n for one benchmark (default: arith, the testbed's test split; with --protocol opefo the six benchmarks)"""
     data_dir: str | None = None
-    """directory of the benchmark files (default: $RLVR_DATA_DIR, else ../shared/data)"""
+    """directory of the benchmark files; missing ones are downloaded into it and every one is checked (default: $RLVR_DATA_DIR, else ~/.cache/rlvr-entropy/data)"""
+    skip_invalid: bool = False
+    """skip data rows that cannot be used (missing or empty gold, malformed JSON) and report how many, instead of stopping at the first"""
     template: Literal["plain", "qwen-math", "dapo"] | None = None
     """prompt template (default: qwen-math with --protocol opefo or when the tokenizer has a chat template, else plain)"""
     n: int = 4
@@ -118,6 +120,73 @@ class Args:
 
 
 # ─── settings ───────────────────────────────────────────────────────────────────────────────────
+class UsageError(ValueError):
+    """A mistake in the arguments or the data they point at: `error: <message>` on stderr, exit status 2."""
+
+
+def looks_like_path(model: str) -> bool:
+    """True when `--model` can only mean a local folder: it starts with `.`, `~` or `/`, has a backslash or more
+    than one `/`, starts with `runs/` (grpo.py's output folder), or its first part exists here. A hub id is
+    `owner/name`."""
+    if model.startswith((".", "~", "/")) or "\\" in model:
+        return True
+    parts = model.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and (parts[0] == "runs" or os.path.exists(parts[0])))
+
+
+def _check_model(model: str) -> None:
+    path = os.path.expanduser(model)
+    if os.path.isfile(path):
+        raise UsageError(f"--model {model}: a file, not a model folder (give the folder that holds config.json)")
+    if not os.path.exists(path) and looks_like_path(model):
+        parent = os.path.dirname(os.path.normpath(path)) or "."
+        base = os.path.basename(os.path.normpath(path))
+        near = sorted(d for d in os.listdir(parent) if d.startswith(base)) if base and os.path.isdir(parent) else []
+        hint = f"; did you mean {', '.join(os.path.join(parent, d) for d in near[:3])}?" if near else ""
+        raise UsageError(f"--model {model}: no such directory{hint}")
+    try:
+        resolve_model_path(path if os.path.exists(path) else model)
+    except FileNotFoundError as e:
+        raise UsageError(str(e)) from None
+
+
+def check_args(args: Args) -> list[tuple[str, int]]:
+    """Check every argument without loading anything; returns the (benchmark, n) list. Raises UsageError."""
+    def positive(flag: str, value, allow_none: bool = True):
+        if value is None and allow_none:
+            return
+        if value is None or value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+
+    positive("--n", args.n, allow_none=False)
+    positive("--max-new-tokens", args.max_new_tokens)
+    positive("--batch-size", args.batch_size, allow_none=False)
+    positive("--limit", args.limit)
+    positive("--grader-workers", args.grader_workers)
+    positive("--entropy-batch-size", args.entropy_batch_size, allow_none=False)
+    positive("--entropy-chunk-size", args.entropy_chunk_size, allow_none=False)
+    positive("--vllm-max-model-len", args.vllm_max_model_len)
+    if args.temperature is not None and not args.temperature >= 0:
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if not args.grader_timeout_s > 0:
+        raise UsageError(f"--grader-timeout-s must be > 0, got {args.grader_timeout_s}")
+    if not 0 < args.vllm_gpu_memory_utilization <= 1:
+        raise UsageError(f"--vllm-gpu-memory-utilization must be in (0, 1], got {args.vllm_gpu_memory_utilization}")
+    try:
+        benchmarks = parse_benchmarks(args.benchmarks, args.protocol, args.n)
+        for name, _ in benchmarks:
+            check_source(name)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(f"--benchmarks: {e}") from None
+    for flag, value in (("--data-dir", args.data_dir), ("--output-dir", args.output_dir)):
+        if value is not None and os.path.exists(os.path.expanduser(value)) and not os.path.isdir(os.path.expanduser(value)):
+            raise UsageError(f"{flag} {value}: a file, not a directory")
+    _check_model(args.model)
+    return benchmarks
+
+
 def parse_benchmarks(spec: str | None, protocol: str, default_n: int) -> list[tuple[str, int]]:
     """`"aime24@32,math500"` -> [("aime24", 32), ("math500", n)], where n comes from the protocol table
     (opefo) or `default_n`. An empty spec means arith (protocol none) or the six benchmarks (opefo)."""
@@ -134,7 +203,7 @@ def parse_benchmarks(spec: str | None, protocol: str, default_n: int) -> list[tu
             name = item
             n = OPEFO_N.get(name.lower(), default_n) if protocol == "opefo" else default_n
         if n < 1:
-            raise ValueError(f"benchmark {item!r}: n must be >= 1")
+            raise ValueError(f"benchmark {item!r}: n must be >= 1 (`name@n`)")
         out.append((name, n))
     if not out:
         raise ValueError(f"no benchmark in {spec!r}")
@@ -171,6 +240,27 @@ def model_display_name(model_path: str) -> str:
     if parts[-1] in ("final", "model", "hf") and len(parts) >= 2:  # generic folder names: keep the parent
         return f"{parts[-2]}__{parts[-1]}"
     return parts[-1]
+
+
+def _exit_usage(e: UsageError):
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, no traceback
+    sys.exit(2)
+
+
+if __name__ == "__main__":  # check the arguments before the slow imports below: a mistake is reported at once
+    ARGS = tyro.cli(Args)
+    try:
+        check_args(ARGS)
+    except UsageError as e:
+        _exit_usage(e)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList)
+
+from common.reward import extract_answer, is_equiv, score  # noqa: E402
 
 
 def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
@@ -348,31 +438,6 @@ class _SampledLogprobRecorder(LogitsProcessor):
         return torch.stack(self.recorded, dim=1)  # [B, T_generated]
 
 
-class _Progress:
-    """tqdm over problems when installed, else a printed counter (every ~10%)."""
-
-    def __init__(self, total: int, desc: str):
-        try:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="problem")
-        except ImportError:
-            self.bar = None
-        self.total, self.done, self.desc, self.next_print = total, 0, desc, 0
-
-    def update(self, k: int) -> None:
-        self.done += k
-        if self.bar is not None:
-            self.bar.update(k)
-        elif self.done >= self.next_print or self.done == self.total:
-            print(f"{self.desc}: {self.done}/{self.total} problems", flush=True)
-            self.next_print = self.done + max(1, self.total // 10)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 @contextmanager
 def _only_these_generation_settings(model):
     """`generate` fills every field left unset in the config it is given from the model's own
@@ -398,7 +463,7 @@ def hf_generate(model, prompt_ids: list[list[int]], n: int, temperature: float, 
                               repetition_penalty=1.0)
     results: list[list[dict | None]] = [[None] * n for _ in prompt_ids]
     remaining = Counter(p for p, _ in rows)
-    progress = _Progress(len(prompt_ids), desc)
+    progress = tqdm(total=len(prompt_ids), desc=desc, unit="problem")
     with _only_these_generation_settings(model):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start: start + batch_size]
@@ -597,18 +662,37 @@ def _encode(tokenizer, prompt: str) -> list[int]:
 # ─── main ───────────────────────────────────────────────────────────────────────────────────────
 def main(args: Args) -> dict:
     t_start = time.time()
+    benchmarks = check_args(args)
+    if args.engine == "vllm" and not vllm_available():
+        raise UsageError("--engine vllm needs CUDA and the vllm package; use --engine hf (or auto)")
     temperature = args.temperature if args.temperature is not None else 1.0
-    if temperature < 0:
-        raise ValueError("--temperature must be >= 0")
-    benchmarks = parse_benchmarks(args.benchmarks, args.protocol, args.n)
     if temperature == 0 and any(n > 1 for _, n in benchmarks):
         print("temperature 0 (greedy): every sample would be identical, so n is set to 1 for every benchmark")
         benchmarks = [(name, 1) for name, _ in benchmarks]
-    model_path = resolve_model_path(args.model)
+
+    # ── data first (downloaded and checked on first use): its errors come before any model is loaded
+    loaded = {}
+    for name, n in benchmarks:
+        split = "test" if name.lower() == "arith" else None
+        try:
+            problems = load_problems(name, split=split, data_dir=args.data_dir, skip_invalid=args.skip_invalid,
+                                     limit=args.limit)
+        except (DataError, OSError) as e:  # bad rows, not the pinned file, missing and not downloadable
+            raise UsageError(f"{e}" if isinstance(e, (DataError, FileNotFoundError)) else f"--benchmarks {name}: {e}") from None
+        if not problems:
+            raise UsageError(f"--benchmarks {name}: no problems" + (f" ({problems.skipped} rows skipped)" if problems.skipped else ""))
+        if problems.skipped:
+            print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), e.g. {problems.skipped_rows[0]}")
+        loaded[name] = (n, problems)
+
+    model_path = resolve_model_path(os.path.expanduser(args.model) if looks_like_path(args.model) else args.model)
     if model_path != args.model:
         print(f"model: {args.model} -> {model_path}")
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    except OSError as e:  # a hub id that does not exist (or no network)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--model {args.model}: cannot load a tokenizer from this folder or hub id ({first_line})") from None
     if args.template is not None:
         template = args.template
     elif args.protocol == "opefo" or getattr(tokenizer, "chat_template", None):
@@ -622,13 +706,9 @@ def main(args: Args) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = stop_token_ids(tokenizer, model_path, template)
 
-    # ── data: problems and token-in prompts of every benchmark
+    # ── prompts: token-in prompts of every benchmark
     data = {}
-    for name, n in benchmarks:
-        split = "test" if name.lower() == "arith" else None
-        problems = load_problems(name, split=split, data_dir=args.data_dir, limit=args.limit)
-        if not problems:
-            raise ValueError(f"benchmark {name!r}: no problems")
+    for name, (n, problems) in loaded.items():
         prompts = [build_prompt(p["question"], template, tokenizer) for p in problems]
         data[name] = {"n": n, "problems": problems, "prompts": prompts, "prompt_ids": [_encode(tokenizer, t) for t in prompts]}
 
@@ -707,7 +787,8 @@ def main(args: Args) -> dict:
         per_problem = [{"id": p["id"], "samples": samples} for p, samples in zip(d["problems"], d["samples"])]
         metrics = benchmark_metrics(per_problem, n)
         metrics.update(grader_timeouts=scores.timeouts, grader_crashes=getattr(scores, "crashes", 0),
-                       generation_s=round(gen_time[name], 2), grading_s=round(grading_s, 2))
+                       generation_s=round(gen_time[name], 2), grading_s=round(grading_s, 2),
+                       skipped_rows=d["problems"].skipped_rows, duplicates_dropped=d["problems"].duplicates)
         results["benchmarks"][name] = metrics
         for p, prompt, samples in zip(d["problems"], d["prompts"], d["samples"]):
             for j, s in enumerate(samples):
@@ -727,7 +808,7 @@ def main(args: Args) -> dict:
         "seed": args.seed, "n": args.n, "temperature": temperature, "top_p": args.top_p, "top_k": 0,
         "max_new_tokens": max_new_tokens, "stop_token_ids": stop_ids, "answer_mode": args.answer_mode,
         "grader_timeout_s": args.grader_timeout_s, "entropy": args.entropy, "protocol": args.protocol, "limit": args.limit,
-        "data_dir": args.data_dir, "args": asdict(args), "command": " ".join(sys.argv),
+        "data_dir": args.data_dir, "skip_invalid": args.skip_invalid, "args": asdict(args), "command": " ".join(sys.argv),
         "versions": _versions(), "git": _git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)), "wall_s": None,
     }
@@ -751,4 +832,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(ARGS)
+    except UsageError as e:
+        _exit_usage(e)

@@ -1,6 +1,7 @@
 """Plot training curves of one or more runs from their `metrics.jsonl` files.
 
-    python plot.py runs/<a> runs/<b> ... --out fig.png
+    python plot.py runs/*                      # writes runs/plots/plot_<time>.png
+    python plot.py runs/<a> runs/<b> --out fig.png
     python plot.py runs/* --metric train/clip_frac_high --metric entropy/mean --smooth 5
 
 Default panels (a panel that no run logged is left out, with a note): policy entropy (`entropy/mean`),
@@ -9,17 +10,21 @@ markers at the steps where it was logged), response length (`rollout/response_le
 flows (`entropy/flow_increase`, `entropy/flow_decrease`, `entropy/flow_net`). `--metric NAME` (repeatable)
 draws exactly the named metrics instead; a named metric that no run logged is an error.
 
-Seeds: runs that differ only in their seed are drawn as one curve, the mean over seeds, with a shaded band
-(`--band minmax`, the default: min to max over seeds; `--band std`: mean ± one standard deviation). Runs
-belong together when their name with the seed stripped is the same (`{data}__{exp_name}__{seed}__{unix
-time}` -> `{data}__{exp_name}`) and, if both have an `args.json`, their arguments agree apart from the seed and
-bookkeeping (run name, output dir, resume, tracking). Groups that share a name but not their arguments get
-the differing arguments added to their legend entry. A group is drawn on the steps that all its runs
-logged (a note says when steps are dropped). `--smooth W` applies a trailing moving average over the last W
-logged points of each run before averaging over seeds. `--no-group` draws every run on its own.
+Seeds: runs whose arguments (their `args.json`) are the same apart from the seed and bookkeeping (run name,
+output dir, resume, tracking) are one group, drawn as the mean over seeds with a shaded band (`--band minmax`,
+the default: min to max over seeds; `--band std`: mean ± one standard deviation). The number of processes
+counts as an argument: it is read from `args.json` (`num_processes` / `world_size`) or else from the per-process
+random states of the run's checkpoints. Two runs with the same arguments and the same seed are never averaged
+(they are not two seeds): each gets its own curve, named after its run. Runs without `args.json` group by their
+name with the seed stripped (`{data}__{exp_name}__{seed}__{unix time}` -> `{data}__{exp_name}`) and only with
+each other. Each group is labelled by the arguments that differ between the groups, then `[N seeds]` or
+`[seed S]`; the title names what all runs share. A group is drawn on the steps that all its runs logged (a note
+says when steps are dropped). `--smooth W` applies a trailing moving average over the last W logged points of
+each run before averaging over seeds. `--no-group` draws every run on its own.
 
 A run argument may be a run directory or a `metrics.jsonl` file. A directory without `metrics.jsonl` is an
-error (non-zero exit, the path named).
+error (non-zero exit, the path named), except plot.py's own output folder `plots/`, which is skipped. The figure
+goes to `--out`, by default `plots/plot_<time>.png` in the runs' parent directory (e.g. `runs/`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import math
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,8 +54,21 @@ DEFAULT_PANELS = [  # (title, candidate metrics: the first one that any run logg
     ("entropy/flow_decrease", ["entropy/flow_decrease"]),
     ("entropy/flow_net", ["entropy/flow_net"]),
 ]
+YLABELS = {  # y-axis label of each default panel's metric (other metrics: their name)
+    "entropy/mean": "entropy (nats per token)",
+    "rollout/accuracy": "fraction of responses correct",
+    "rollout/reward": "mean reward",
+    "eval/accuracy": "accuracy (avg@n)",
+    "rollout/response_length_mean": "response length (tokens)",
+    "entropy/flow_increase": "predicted ΔH per token (η = 1)",
+    "entropy/flow_decrease": "predicted |ΔH| per token (η = 1)",
+    "entropy/flow_net": "predicted ΔH per token (η = 1)",
+}
 SPARSE_METRICS = ("eval/",)  # logged on some steps only: drawn with markers
-BOOKKEEPING_ARGS = {"seed", "run_name", "output_dir", "resume", "track", "wandb_project_name", "wandb_entity"}
+BOOKKEEPING_ARGS = {"run_name", "output_dir", "resume", "track", "wandb_project_name", "wandb_entity"}
+PROCESS_ARGS = ("num_processes", "world_size")  # names under which a run may record its process count
+TITLE_ARGS = ("exp_name", "train_data", "model")  # named in the default title when all runs share them
+OUTPUT_FOLDER = "plots"  # default figure folder, inside the runs' parent directory
 RUN_NAME_RE = re.compile(r"^(?P<base>.+)__(?P<seed>-?\d+)__(?P<time>\d+)$")
 
 
@@ -57,8 +76,8 @@ RUN_NAME_RE = re.compile(r"^(?P<base>.+)__(?P<seed>-?\d+)__(?P<time>\d+)$")
 class Args:
     runs: tyro.conf.Positional[tuple[str, ...]]
     """run directories (each with a metrics.jsonl) or metrics.jsonl files"""
-    out: str = "fig.png"
-    """output image file (the format follows the extension: .png, .pdf, .svg)"""
+    out: str | None = None
+    """output image file, the format follows the extension: .png, .pdf, .svg (default: plots/plot_<time>.png in the runs' parent directory)"""
     metric: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
     """metric to draw instead of the default panels (repeatable: --metric a --metric b)"""
     smooth: int = 1
@@ -68,7 +87,7 @@ class Args:
     group: bool = True
     """draw runs that differ only in their seed as mean and band (--no-group: every run on its own)"""
     title: str | None = None
-    """figure title"""
+    """figure title (default: the arguments all runs share, and the number of runs and groups)"""
     dpi: int = 120
     """resolution of raster output"""
 
@@ -116,11 +135,30 @@ def load_run(path: str) -> dict:
             args = None
     name = os.path.basename(os.path.normpath(run_dir))
     m = RUN_NAME_RE.match(name)
-    seed = args.get("seed") if isinstance(args, dict) else None
+    args = args if isinstance(args, dict) else None
+    seed = args.get("seed") if args else None
     if seed is None and m:
         seed = int(m.group("seed"))
-    return {"name": name, "dir": run_dir, "args": args if isinstance(args, dict) else None, "seed": seed,
+    return {"name": name, "dir": run_dir, "args": args, "seed": seed, "processes": process_count(run_dir, args),
             "metrics": {k: (np.asarray(s, dtype=float), np.asarray(v)) for k, (s, v) in series.items()}}
+
+
+def process_count(run_dir: str, args: dict | None) -> int | None:
+    """The run's number of processes: from its arguments if they record it, else from the per-process random
+    states (`random_states_<rank>.pkl`) that accelerate saves in each checkpoint; None when unknown."""
+    for key in PROCESS_ARGS:
+        if args and isinstance(args.get(key), int):
+            return args[key]
+    root = os.path.join(run_dir, "checkpoints")
+    counts = set()
+    if os.path.isdir(root):
+        for step in os.listdir(root):
+            step_dir = os.path.join(root, step)
+            if os.path.isdir(step_dir) and not step.endswith(".tmp"):
+                states = [f for f in os.listdir(step_dir) if re.fullmatch(r"random_states_\d+\.pkl", f)]
+                if states:
+                    counts.add(len(states))
+    return counts.pop() if len(counts) == 1 else None
 
 
 def base_name(run: dict) -> str:
@@ -136,41 +174,83 @@ def base_name(run: dict) -> str:
     return run["name"]
 
 
-def _config(run: dict) -> dict | None:
+def _short(value) -> str:
+    """A readable argument value for labels: strings bare, absolute paths as their last two parts."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if isinstance(value, str) and text.startswith(("/", "~")) and text.rstrip("/").count("/") > 2:
+        text = "…/" + "/".join(text.rstrip("/").split("/")[-2:])
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def run_config(run: dict) -> dict | None:
+    """What makes a run's configuration: its arguments without the seed and bookkeeping, plus its process
+    count when known. None without args.json."""
     if run["args"] is None:
         return None
-    return {k: json.dumps(v, sort_keys=True) for k, v in run["args"].items() if k not in BOOKKEEPING_ARGS}
+    config = {k: v for k, v in run["args"].items() if k != "seed" and k not in BOOKKEEPING_ARGS and k not in PROCESS_ARGS}
+    if run["processes"] is not None:
+        config["processes"] = run["processes"]
+    return config
 
 
 def group_runs(runs: list[dict], group: bool = True) -> list[dict]:
-    """[{"label", "runs"}] in order of first appearance (see the module docstring for the rule)."""
+    """[{"label", "runs", "config"}] in order of first appearance (see the module docstring for the rule)."""
     groups: list[dict] = []
     for run in runs:
-        key = (base_name(run), _config(run)) if group else (run["name"], None)
-        for g in groups:
-            if group and g["key"][0] == key[0] and (g["key"][1] is None or key[1] is None or g["key"][1] == key[1]):
-                g["runs"].append(run)
-                break
+        config = run_config(run)
+        key = json.dumps(config, sort_keys=True) if config is not None else "name:" + base_name(run)
+        target = None
+        if group:
+            target = next((g for g in groups if g["key"] == key and run["seed"] is not None
+                           and run["seed"] not in {r["seed"] for r in g["runs"]}), None)
+        if target is None:
+            groups.append({"key": key, "config": config, "runs": [run]})
         else:
-            groups.append({"key": key, "runs": [run]})
-    by_base: dict[str, list[dict]] = {}
+            target["runs"].append(run)
+    with_config = [g for g in groups if g["config"] is not None]
+    keys = sorted(set().union(*(g["config"] for g in with_config))) if with_config else []
+    differing = [k for k in keys if len({json.dumps(g["config"][k], sort_keys=True) if k in g["config"] else "<unset>"
+                                         for g in with_config}) > 1]
+    repeated = [key for key in dict.fromkeys(g["key"] for g in groups) if sum(g["key"] == key for g in groups) > 1]
+    for key in repeated:
+        names = ", ".join(g["runs"][0]["name"] for g in groups if g["key"] == key)
+        print(f"note: {names}: same arguments and seed, so drawn separately, not averaged as seeds (repeats, or "
+              "they differ in something not recorded)")
     for g in groups:
-        by_base.setdefault(g["key"][0], []).append(g)
-    for same in by_base.values():
-        for g in same:
-            g["label"] = g["key"][0]
-        configs = [g["key"][1] for g in same]
-        if len(same) > 1 and all(c is not None for c in configs):
-            differing = sorted(k for k in set().union(*configs) if len({c.get(k) for c in configs}) > 1)
-            for g in same:
-                g["label"] += " (" + ", ".join(f"{k}={g['key'][1].get(k, '–')}" for k in differing[:4]) + ")"
-        elif len(same) > 1:  # same name, no args to tell them apart
-            for i, g in enumerate(same):
-                g["label"] += f" #{i + 1}"
-    for g in groups:
-        if len(g["runs"]) > 1:
-            g["label"] += f" [{len(g['runs'])} seeds]"
+        if not group:
+            g["label"] = g["runs"][0]["name"]
+            continue
+        if g["config"] is not None and differing:
+            shown = [f"{k}={_short(g['config'][k]) if k in g['config'] else '–'}" for k in differing[:4]]
+            g["label"] = ", ".join(shown) + (f", … ({len(differing) - 4} more)" if len(differing) > 4 else "")
+        else:
+            g["label"] = base_name(g["runs"][0])
+        if g["key"] in repeated:  # same arguments and seed as another run: name the run, do not call them seeds
+            g["label"] += f" (run {g['runs'][0]['name']})"
+        seeds = [r["seed"] for r in g["runs"]]
+        g["label"] += f" [{len(seeds)} seeds]" if len(seeds) > 1 else (f" [seed {seeds[0]}]" if seeds[0] is not None else "")
     return groups
+
+
+def default_title(runs: list[dict], groups: list[dict]) -> str:
+    """What all runs share (of TITLE_ARGS), and how many runs and groups are drawn."""
+    shared = []
+    if all(r["args"] for r in runs):
+        for k in TITLE_ARGS:
+            values = {json.dumps(r["args"].get(k), sort_keys=True) for r in runs}
+            if len(values) == 1 and runs[0]["args"].get(k) is not None:
+                shared.append(f"{k}={_short(runs[0]['args'][k])}")
+    counts = f"{len(runs)} run{'s' if len(runs) != 1 else ''}, {len(groups)} curve{'s' if len(groups) != 1 else ''}"
+    return (", ".join(shared) + " — " if shared else "") + counts
+
+
+def default_output(runs: list[dict]) -> str:
+    """`plots/plot_<time>.png` in the directory that holds the run directories (e.g. `runs/`)."""
+    parents = [os.path.dirname(os.path.abspath(r["dir"])) for r in runs]
+    parent = os.path.commonpath(parents)
+    if parent == os.path.dirname(parent):  # the runs share nothing below the filesystem root
+        parent = parents[0]
+    return os.path.join(parent, OUTPUT_FOLDER, f"plot_{time.strftime('%Y%m%d-%H%M%S')}.png")
 
 
 # ─── curves ─────────────────────────────────────────────────────────────────────────────────────
@@ -233,12 +313,14 @@ def select_panels(runs: list[dict], metrics: tuple[str, ...]) -> list[tuple[str,
     return panels
 
 
-def plot(args: Args) -> str:
-    if not args.runs:
-        raise PlotError("no run directories given")
-    if args.smooth < 1:
-        raise PlotError("--smooth must be >= 1")
-    runs = [load_run(p) for p in args.runs]
+def _is_output_folder(path: str) -> bool:
+    """plot.py's own figure folder (`runs/plots`), which `runs/*` also matches."""
+    return (os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == OUTPUT_FOLDER
+            and not os.path.isfile(os.path.join(path, "metrics.jsonl")))
+
+
+def make_figure(args: Args, runs: list[dict]):
+    """(figure, groups) of the panels for `runs`."""
     panels = select_panels(runs, args.metric)
     groups = group_runs(runs, args.group)
 
@@ -264,6 +346,7 @@ def plot(args: Args) -> str:
             handles.setdefault(g["label"], line)
         ax.set_title(title + (f" (smoothed {args.smooth})" if args.smooth > 1 and not sparse else ""), fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(YLABELS.get(metric, metric.rsplit("/", 1)[-1].replace("_", " ")), fontsize=9)
         ax.grid(alpha=0.3)
         if metric.startswith("entropy/flow"):
             ax.axhline(0.0, color="grey", lw=0.8)
@@ -279,19 +362,31 @@ def plot(args: Args) -> str:
         fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
                    title=legend_title, title_fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
         fig.subplots_adjust(bottom=0.25)
-    if args.title:
-        fig.suptitle(args.title)
+    fig.suptitle(args.title or default_title(runs, groups))
     fig.tight_layout()
     if not spare:
         fig.subplots_adjust(bottom=0.15 + 0.04 * math.ceil(len(handles) / 3))
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    fig.savefig(args.out, dpi=args.dpi)
+    return fig, groups
+
+
+def plot(args: Args) -> str:
+    if args.smooth < 1:
+        raise PlotError("--smooth must be >= 1")
+    paths = [p for p in args.runs if not _is_output_folder(p)]
+    for skipped in sorted(set(args.runs) - set(paths)):
+        print(f"note: {skipped}: plot.py's output folder, skipped")
+    if not paths:
+        raise PlotError("no run directories given")
+    runs = [load_run(p) for p in paths]
+    fig, groups = make_figure(args, runs)
+    out = args.out or default_output(runs)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=args.dpi)
     plt.close(fig)
     for g in groups:
         print(f"{g['label']}: {', '.join(r['dir'] for r in g['runs'])}")
-    print(f"wrote {args.out}")
-    return args.out
+    print(f"wrote {out}")
+    return out
 
 
 if __name__ == "__main__":

@@ -5,33 +5,43 @@ non-empty gold answer string that ``common.reward.is_equiv`` can compare against
 
 ``load_problems(source, ...)`` is the single entry point. ``source`` is one of
 
-* a benchmark name resolved under the data dir (``resolve_data_dir``): the evaluation sets in
-  ``BENCHMARKS`` plus ``gsm8k``, ``dapo_math_17k`` (alias ``dapo``), ``math_train`` and the synthetic
-  ``arith`` task. Each has a small record function below that applies the quirks documented in
-  ``shared/data/README.md`` (float/int golds, ``$...$``-wrapped golds, golds inside ``\\boxed{}`` or
+* a benchmark or training-set name (``DATASETS``: the evaluation sets in ``BENCHMARKS`` plus ``gsm8k``,
+  ``dapo_math_17k`` (alias ``dapo``) and ``math_train``) or the synthetic ``arith`` task. Each named set
+  is one or two pinned files (``DATA_FILES``: upstream URL at a fixed commit, row count, sha256). They are
+  looked up in the data dir (``resolve_data_dir``: ``--data-dir``, else ``$RLVR_DATA_DIR``, else the
+  download cache ``~/.cache/rlvr-entropy/data``), downloaded there on first use (``fetch_file``) and
+  checked on every load, so everyone evaluates on the same bytes. Each set has a small record function
+  below that applies its quirks (float/int golds, ``$...$``-wrapped golds, golds inside ``\\boxed{}`` or
   after ``####``, instruction templates baked into the question, ...);
 * a local ``.jsonl`` / ``.json`` / ``.parquet`` file (known benchmark files get their benchmark's rules;
-  other files are read with configurable field names);
+  other files are read with configurable field names; no checksum);
 * ``json:<path>`` / ``parquet:<path>`` / ``csv:<path>`` (a local file through ``datasets``), or a Hugging
-  Face dataset id (``datasets.load_dataset``; needs hub access).
+  Face dataset id ``owner/name`` (``datasets.load_dataset``; needs hub access).
 
 Questions of every source pass through ``repair_control_chars``: some upstream files were
 JSON-escaped badly, so a control character stands where a backslash + letter was (``\\x0c`` + "rac"
 is ``\\frac``, TAB + "riangle" is ``\\triangle``), and DAPO-Math-17k carries PDF ligature codes.
 
-A bad row (missing field, empty or non-string gold, malformed JSON) raises ``ValueError`` naming the
-file, the row and the field; with ``skip_invalid=True`` it is skipped and listed in
-``Problems.skipped_rows``. Nothing is dropped silently.
+A bad row (missing field, empty or non-string gold, malformed JSON) raises ``DataError`` (a
+``ValueError``) naming the file, the row and the field; with ``skip_invalid=True`` (the scripts'
+``--skip-invalid``) it is skipped and listed in ``Problems.skipped_rows``. DAPO-Math-17k is
+deduplicated (the hub copy repeats every problem ~100 times); ``Problems.duplicates`` counts the rows
+dropped. Nothing is dropped silently.
+
+``python -m common.data [NAMES] [--data-dir DIR]`` downloads what is missing and checks every file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import re
+import sys
+import urllib.request
 from pathlib import Path
 
 # ----------------------------------------------------------------------------------------------
@@ -139,23 +149,77 @@ def build_prompt(question: str, template: str, tokenizer=None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Loaders: real benchmarks, training sets, local files and Hugging Face datasets
+# The named data sets: pinned public files, downloaded once into the data dir and checked
 # ----------------------------------------------------------------------------------------------
 
 BENCHMARKS = ("aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadbench")
+DATASETS = (*BENCHMARKS, "gsm8k", "dapo_math_17k", "math_train")
 REPO_DIR = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "RLVR_DATA_DIR"  # a directory of local copies (the layout of DATA_FILES)
+MIRROR_ENV = "RLVR_DATA_MIRROR"  # a base URL or folder with that layout, used instead of the upstream URLs
+
+
+def _github(repo: str, commit: str, path: str) -> str:
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+
+
+_QWEN = ("QwenLM/Qwen2.5-Math", "a45202bd16f1ec06f433442dc1152d0074773465")  # evaluation/LICENSE: MIT
+_GSM8K = ("openai/grade-school-math", "3101c7d5072418e28b9008a6636bde82a006892c")  # MIT
+
+# file under the data dir -> (upstream URL at a pinned commit, rows, sha256 of the file's bytes).
+# Sources and licences: README, "Getting the data". The data dir mirrors these paths.
+DATA_FILES = {
+    "aime24/test.jsonl": (_github(*_QWEN, "evaluation/data/aime24/test.jsonl"), 30,
+                          "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac"),
+    # removed from AReaL's main branch later; this commit still has it
+    "aime25/test.jsonl": (_github("inclusionAI/AReaL", "f55fe685c661b0117d888fcae47d6f46e9a85087",
+                                  "evaluation/data/aime25/test.jsonl"), 30,
+                          "b4e273c02d3e7fe1b74b59eae768fc8230bfb0f79539890cb56f4361caac0331"),
+    "amc23/test.jsonl": (_github(*_QWEN, "evaluation/data/amc23/test.jsonl"), 40,
+                         "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4"),
+    # byte-identical to OpenAI's MATH-500 split (openai/prm800k, prm800k/math_splits/test.jsonl)
+    "math500/test.jsonl": (_github("hkust-nlp/simpleRL-reason", "cf1c7858bfc145a27aa733e75d930d34f0d318a6",
+                                   "examples/simplelr_math_eval/data/math500/test.jsonl"), 500,
+                           "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132"),
+    "minerva_math/test.jsonl": (_github(*_QWEN, "evaluation/data/minerva_math/test.jsonl"), 272,
+                                "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2"),
+    "olympiadbench/test.jsonl": (_github(*_QWEN, "evaluation/data/olympiadbench/test.jsonl"), 675,
+                                 "bb8c1e38a16ea9eacb77530315a674d883f267fbff79183effc53681b4fcc416"),
+    "gsm8k/train.jsonl": (_github(*_GSM8K, "grade_school_math/data/train.jsonl"), 7473,
+                          "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
+    "gsm8k/test.jsonl": (_github(*_GSM8K, "grade_school_math/data/test.jsonl"), 1319,
+                         "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"),
+    # a deduplicated, re-templated copy of BytedTsinghua-SIA/DAPO-Math-17k (17,398 rows, not ~1.79M)
+    "dapo_math_17k/DAPO-Math-17k.parquet": (_github("zz-haooo/STEER", "b31df71652cd103ddc3512656a430c39ba15dd13",
+                                                    "datasets/DAPO-Math-17k.parquet"), 17398,
+                                            "8a8347311181c89f2316b88363ab9f3a05d0f62b1b19cb4197bd08e435129b34"),
+    # the MATH train split (DigitalLearningGmbH/MATH-lighteval) in verl's format
+    "math_train/train.parquet": (_github("tmlr-group/RePO", "c2f026fadadb17fb749e7d876fc8b5d4fd66b64f",
+                                         "data/math/train.parquet"), 7500,
+                                 "7aadb17b2f8a6a96e73dfbe74b381d80c7a692b80fc7c17301b2c21b8c17a5a3"),
+}
 
 
 class Problems(list):
-    """A plain ``list`` of records that also says which rows were skipped (``skip_invalid=True``)."""
+    """A plain ``list`` of records that also says which rows were skipped (``skip_invalid=True``) and how
+    many duplicate rows were dropped (DAPO-Math-17k)."""
 
-    def __init__(self, records=(), skipped_rows=()):
+    def __init__(self, records=(), skipped_rows=(), duplicates: int = 0):
         super().__init__(records)
         self.skipped_rows: list[str] = list(skipped_rows)  # "file:row: field: reason"
+        self.duplicates = duplicates
 
     @property
     def skipped(self) -> int:
         return len(self.skipped_rows)
+
+
+class DataError(ValueError):
+    """Data that cannot be used as it is: a bad row, a file that is not the pinned one, an unknown name."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data file that is neither on disk nor downloadable."""
 
 
 class _BadRow(Exception):
@@ -165,14 +229,98 @@ class _BadRow(Exception):
         super().__init__(f"{field}: {reason}")
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """``data_dir`` if given, else ``$RLVR_DATA_DIR``, else ``<repo>/../shared/data`` if it exists."""
+def default_data_dir() -> Path:
+    """The download cache: ``$XDG_CACHE_HOME/rlvr-entropy/data``, i.e. ``~/.cache/rlvr-entropy/data``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "rlvr-entropy" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """``data_dir`` (``--data-dir``) if given, else ``$RLVR_DATA_DIR``, else the download cache."""
     if data_dir is not None:
-        return Path(data_dir)
-    if os.environ.get("RLVR_DATA_DIR"):
-        return Path(os.environ["RLVR_DATA_DIR"])
-    default = REPO_DIR.parent / "shared" / "data"
-    return default if default.is_dir() else None
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    development_copy = REPO_DIR.parent / "shared" / "data"  # the project's own development machines
+    return development_copy if development_copy.is_dir() else default_data_dir()
+
+
+def file_stats(path: Path, parquet: bool | None = None) -> tuple[int | None, str]:
+    """(rows, sha256 of the bytes) of a data file: rows of a parquet file (None when its footer cannot be
+    read), else non-empty lines. ``parquet`` defaults to the file name's extension."""
+    data = path.read_bytes()
+    if parquet if parquet is not None else path.name.endswith(".parquet"):
+        import io
+
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+        except Exception:  # truncated or not parquet at all: the checksum will say so
+            rows = None
+    else:
+        rows = sum(1 for line in data.splitlines() if line.strip())
+    return rows, hashlib.sha256(data).hexdigest()
+
+
+def verify_file(path: Path, rel: str, what: str | None = None) -> None:
+    """Raise ``DataError`` unless ``path`` has the pinned rows and sha256 of ``DATA_FILES[rel]``."""
+    _, rows, sha256 = DATA_FILES[rel]
+    got_rows, got_sha256 = file_stats(path, parquet=rel.endswith(".parquet"))
+    if (got_rows, got_sha256) != (rows, sha256):
+        raise DataError(
+            f"{what or path}: not the pinned {rel} (expected {rows} rows, sha256 {sha256}; got {got_rows} rows, "
+            f"sha256 {got_sha256})" + ("" if what else "; delete it to download it again, or pass the file's "
+                                           "path instead of the data set's name to load a modified copy")
+        )
+
+
+def _download(url: str, dest: Path) -> None:
+    """Copy ``url`` (https:// or file://) to ``dest``: the only network access of this module."""
+    import shutil
+
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+        shutil.copyfileobj(response, f)
+
+
+def fetch_file(rel: str, data_dir: str | os.PathLike | None = None, source: str | None = None) -> Path:
+    """The path of ``rel`` (a key of ``DATA_FILES``) in the data dir, downloaded there first if it is
+    missing, and checked (rows, sha256). ``source`` (else ``$RLVR_DATA_MIRROR``), a base URL or a local
+    folder with the data dir's layout, replaces the upstream URL."""
+    root = resolve_data_dir(data_dir)
+    path = root / rel
+    if not path.is_file():
+        url = DATA_FILES[rel][0]
+        base = source or os.environ.get(MIRROR_ENV)
+        if base:
+            base = base if "://" in base else Path(base).expanduser().resolve().as_uri()
+            url = f"{base.rstrip('/')}/{rel}"
+        part = path.with_name(f".{path.name}.{os.getpid()}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _download(url, part)
+        except (OSError, ValueError) as e:  # URLError is an OSError; ValueError: a malformed URL
+            part.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if this left it empty
+            reason = getattr(e, "reason", None) or e
+            raise DataNotFoundError(
+                f"data set {rel.split('/')[0]!r} needs {rel}, which is not in the data dir {root} and could not be "
+                f"downloaded from {url} ({reason}); point --data-dir (or the {DATA_DIR_ENV} environment variable) "
+                f"at a directory that holds {rel}, e.g. one filled by `python -m common.data --data-dir DIR` on a "
+                f"machine with internet access"
+            ) from None
+        try:
+            verify_file(part, rel, what=f"the download from {url}")
+        except DataError:
+            part.unlink()
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+            raise
+        os.replace(part, path)
+        print(f"downloaded {url} -> {path}", file=sys.stderr)
+    verify_file(path, rel)
+    return path
 
 
 # --- text repair ------------------------------------------------------------------------------
@@ -357,6 +505,9 @@ DAPO_ZH_SUFFIX_RE = re.compile(
     r"如果是选择题，请按顺序输出正确的选项，不带任何标点或空格。对于其他类型的问题，请只输出最终答案的数值。)+\s*$"
 )
 
+# The hub original (BytedTsinghua-SIA/DAPO-Math-17k) wraps every problem in the "Answer:" instruction.
+DAPO_HUB_PREFIX, DAPO_HUB_SUFFIX = DAPO_INSTRUCTION.split("{question}")
+
 
 def _dapo(row: dict):
     prompt = _get(row, "prompt")
@@ -365,6 +516,8 @@ def _dapo(row: dict):
     content = _text(prompt[0], "content")
     if content.startswith(DAPO_EN_PREFIX) and content.endswith(DAPO_EN_SUFFIX.strip()):
         question = content[len(DAPO_EN_PREFIX) :].removesuffix(DAPO_EN_SUFFIX.strip())
+    elif content.startswith(DAPO_HUB_PREFIX) and content.endswith(DAPO_HUB_SUFFIX.strip()):
+        question = content[len(DAPO_HUB_PREFIX) :].removesuffix(DAPO_HUB_SUFFIX.strip())
     elif DAPO_ZH_SUFFIX_RE.search(content):
         question = DAPO_ZH_SUFFIX_RE.sub("", content)
     else:
@@ -396,6 +549,8 @@ _BENCHMARK_SPECS = {
     "math_train": (_math_train, {"train": "math_train/train.parquet"}),
 }
 _ALIASES = {"dapo": "dapo_math_17k", "dapo-math-17k": "dapo_math_17k", "math-500": "math500"}
+_DEDUPLICATE = {"dapo_math_17k"}  # sets whose copies repeat problems: keep the first of equal (question, gold)
+_HUB_IDS = {"bytedtsinghua-sia/dapo-math-17k": "dapo_math_17k"}  # hub originals read with a named set's rules
 
 
 def _generic_record(question_field: str | None, answer_field: str | None):
@@ -451,8 +606,9 @@ def _read_rows(path: Path):
         raise ValueError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
 
 
-def _collect(rows, record_fn, source: str, skip_invalid: bool, limit: int | None) -> Problems:
+def _collect(rows, record_fn, source: str, skip_invalid: bool, limit: int | None, dedupe: bool = False) -> Problems:
     problems = Problems()
+    seen: set[tuple[str, str]] = set()
     for index, (where, row, error) in enumerate(rows):
         if limit is not None and len(problems) >= limit:
             break
@@ -465,21 +621,57 @@ def _collect(rows, record_fn, source: str, skip_invalid: bool, limit: int | None
         except _BadRow as bad:
             message = f"{where}: {bad}"
             if not skip_invalid:
-                raise ValueError(f"{message} (pass skip_invalid=True to skip such rows)") from None
+                raise DataError(f"{message} (rerun with --skip-invalid to skip such rows and count them)") from None
             problems.skipped_rows.append(message)
             continue
+        if dedupe:
+            if (question, gold) in seen:
+                problems.duplicates += 1
+                continue
+            seen.add((question, gold))
         problems.append({"id": _row_id(row, index), "question": question, "answer": gold, "source": source, **extra})
+    if problems.duplicates:
+        print(f"note: {source}: dropped {problems.duplicates} duplicate rows (same question and gold answer), "
+              f"kept {len(problems)} problems")
     return problems
 
 
 def _benchmark_for_path(path: Path) -> str | None:
     """The benchmark whose rules apply to a local file: by its directory name (``<data dir>/aime25/...``)
-    or by a distinctive file name (``DAPO-Math-17k.parquet``)."""
+    or by a distinctive file name (``DAPO-Math-17k.parquet``, also the hub original's ``dapo-math-17k.parquet``)."""
     for name, (_, files) in _BENCHMARK_SPECS.items():
-        distinctive = {Path(rel).name for rel in files.values()} - {"test.jsonl", "train.jsonl", "train.parquet"}
-        if path.parent.name == name or path.name in distinctive:
+        distinctive = {Path(rel).name.lower() for rel in files.values()} - {"test.jsonl", "train.jsonl", "train.parquet"}
+        if path.parent.name == name or path.name.lower() in distinctive:
             return name
     return None
+
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_source(source: str) -> None:
+    """Raise ``DataError`` / ``DataNotFoundError`` unless ``source`` names something ``load_problems`` can
+    read: a known name, an existing local file (``json:<path>`` etc. included) or a hub id ``owner/name``.
+    Cheap: nothing is read or downloaded."""
+    if _ALIASES.get(source.lower(), source.lower()) in (*_BENCHMARK_SPECS, "arith"):
+        return
+    builder, _, data_files = source.partition(":")
+    if builder in ("json", "parquet", "csv") and data_files:
+        if not Path(data_files).expanduser().is_file():
+            raise DataNotFoundError(f"{source}: no such file: {data_files}")
+        return
+    path = Path(source).expanduser()
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise DataNotFoundError(f"{source}: a directory, not a data file (.jsonl, .json or .parquet)")
+    if path.suffix.lower() in (".jsonl", ".json", ".parquet") or source.startswith((".", "/", "~")):
+        raise DataNotFoundError(f"{source}: no such file")
+    if not (_HUB_ID_RE.match(source) and not path.parts[0] in (".", "..")):
+        raise DataError(
+            f"unknown data set {source!r}: use one of {', '.join((*DATASETS, 'arith'))}, a local .jsonl/.json/.parquet "
+            f"file, or a Hugging Face dataset id (owner/name)"
+        )
 
 
 def load_problems(
@@ -496,9 +688,11 @@ def load_problems(
     ``split`` picks gsm8k's ``train``/``test`` file (default ``test``), the arith split (default
     ``train``) or a Hugging Face split (default ``train``). ``limit`` keeps the first ``limit`` records.
     ``question_field``/``answer_field`` (dotted paths allowed) switch to generic field extraction.
+    A named set's file is downloaded into the data dir if it is missing there (``fetch_file``).
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise DataError(f"limit must be >= 0, got {limit}")
+    check_source(source)
     fields_given = question_field is not None or answer_field is not None
     name = _ALIASES.get(source.lower(), source.lower())
 
@@ -511,29 +705,18 @@ def load_problems(
         record_fn, files = _BENCHMARK_SPECS[name]
         split = split or next(iter(files))
         if split not in files:
-            raise ValueError(f"{name} has splits {tuple(files)}, not {split!r}")
-        root = resolve_data_dir(data_dir)
-        if root is None:
-            raise FileNotFoundError(
-                f"no data dir for benchmark {name!r}: pass data_dir=, set RLVR_DATA_DIR, or provide "
-                f"{REPO_DIR.parent / 'shared' / 'data'}"
-            )
-        path = root / files[split]
-        if not path.is_file():
-            raise FileNotFoundError(f"benchmark {name!r} ({split}): file not found: {path}")
+            raise DataError(f"{name} has splits {tuple(files)}, not {split!r}")
+        path = fetch_file(files[split], data_dir)
         record_fn = _generic_record(question_field, answer_field) if fields_given else record_fn
-        return _collect(_read_rows(path), record_fn, name, skip_invalid, limit)
+        return _collect(_read_rows(path), record_fn, name, skip_invalid, limit, dedupe=name in _DEDUPLICATE)
 
     builder, _, data_files = source.partition(":")
     path = Path(source).expanduser()
-    if builder in ("json", "parquet", "csv") and data_files:
-        pass  # a local file read through datasets.load_dataset (below)
-    elif path.is_file():
+    if not (builder in ("json", "parquet", "csv") and data_files) and path.is_file():
         benchmark = None if fields_given else _benchmark_for_path(path)
         record_fn = _BENCHMARK_SPECS[benchmark][0] if benchmark else _generic_record(question_field, answer_field)
-        return _collect(_read_rows(path), record_fn, benchmark or str(path), skip_invalid, limit)
-    elif path.suffix.lower() in (".jsonl", ".json", ".parquet") or path.is_dir():
-        raise FileNotFoundError(f"not a data file: {path}")
+        return _collect(_read_rows(path), record_fn, benchmark or str(path), skip_invalid, limit,
+                        dedupe=benchmark in _DEDUPLICATE)
 
     # Hugging Face datasets: "json:<path>" / "parquet:<path>" / "csv:<path>" (local, offline) or a hub id.
     import datasets
@@ -543,4 +726,39 @@ def load_problems(
     else:
         dataset = datasets.load_dataset(source, split=split or "train")
     rows = ((f"{source}[{split or 'train'}]:row {i} (0-based)", row, None) for i, row in enumerate(dataset))
-    return _collect(rows, _generic_record(question_field, answer_field), source, skip_invalid, limit)
+    benchmark = None if fields_given else _HUB_IDS.get(source.lower())
+    record_fn = _BENCHMARK_SPECS[benchmark][0] if benchmark else _generic_record(question_field, answer_field)
+    return _collect(rows, record_fn, source, skip_invalid, limit, dedupe=benchmark in _DEDUPLICATE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m common.data [NAMES] [--data-dir DIR] [--source URL]``: download the named sets' missing
+    files into the data dir and check every file (rows, sha256). Exit status 1 if any file failed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m common.data", description=main.__doc__.split(": ", 1)[1])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"data sets (default: all): {', '.join(DATASETS)}")
+    parser.add_argument("--data-dir", help=f"where the files go (default: ${DATA_DIR_ENV}, else {default_data_dir()})")
+    parser.add_argument("--source", help="a base URL or local folder with the data dir's layout, used instead of "
+                                         f"the pinned upstream URLs (default: ${MIRROR_ENV} if set)")
+    args = parser.parse_args(argv)
+    names = [_ALIASES.get(n.lower(), n.lower()) for n in args.names] or list(DATASETS)
+    unknown = [n for n in names if n not in _BENCHMARK_SPECS]
+    if unknown:
+        parser.error(f"unknown data set(s) {', '.join(unknown)}; choose from {', '.join(DATASETS)}")
+    failed = 0
+    for name in dict.fromkeys(names):
+        for rel in _BENCHMARK_SPECS[name][1].values():
+            try:
+                path = fetch_file(rel, args.data_dir, args.source)
+            except (DataError, DataNotFoundError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            rows, sha256 = file_stats(path)
+            print(f"ok: {path} ({rows} rows, sha256 {sha256})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,8 +1,12 @@
 """Tests for common/data.py: real benchmark loaders (counts and documented oddities), bad-row handling,
-local files, data-dir resolution, the arith testbed task and the prompt templates."""
+local files, data-dir resolution, fetching into the data dir and checking the pinned files, DAPO
+deduplication, the arith testbed task and the prompt templates."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -16,9 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.data import (  # noqa: E402
     BENCHMARKS,
     DAPO_INSTRUCTION,
+    DATA_FILES,
+    DATASETS,
     QWEN_MATH_SYSTEM,
+    DataError,
+    DataNotFoundError,
     Problems,
     build_prompt,
+    check_source,
+    default_data_dir,
+    fetch_file,
+    file_stats,
     last_boxed,
     load_problems,
     make_arith_problems,
@@ -26,6 +38,7 @@ from common.data import (  # noqa: E402
     resolve_data_dir,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character except newline
@@ -48,8 +61,8 @@ def raw_jsonl(rel):
 COUNTS = [
     ("aime24", None, 30), ("aime25", None, 30), ("amc23", None, 40), ("math500", None, 500),
     ("minerva_math", None, 272), ("olympiadbench", None, 675), ("gsm8k", "train", 7473),
-    ("gsm8k", "test", 1319), ("dapo_math_17k", None, 17398), ("math_train", None, 7498),
-]
+    ("gsm8k", "test", 1319), ("dapo_math_17k", None, 17257), ("math_train", None, 7498),
+]  # DAPO: 17,398 rows, of which 141 repeat an earlier row's question and gold
 
 
 @needs_data
@@ -59,6 +72,7 @@ def test_counts_and_record_shape(name, split, count):
     assert isinstance(problems, Problems) and isinstance(problems, list)
     assert len(problems) == count
     assert problems.skipped == (2 if name == "math_train" else 0)
+    assert problems.duplicates == (141 if name == "dapo_math_17k" else 0)
     for p in problems:
         assert isinstance(p["id"], str) and p["source"] == name
         assert isinstance(p["question"], str) and p["question"].strip() == p["question"] != ""
@@ -71,7 +85,7 @@ def test_counts_and_record_shape(name, split, count):
 def test_default_split_and_aliases():
     assert len(load("gsm8k")) == 1319  # default split is test
     assert load_problems("dapo", data_dir=str(DATA_DIR), limit=3) == load("dapo_math_17k")[:3]
-    with pytest.raises(ValueError, match="splits"):
+    with pytest.raises(DataError, match="splits"):
         load_problems("aime24", split="train", data_dir=str(DATA_DIR))
 
 
@@ -162,7 +176,7 @@ def test_dapo_templates_removed():
         assert not any(s in p["question"] for s in leftovers), p["id"]
         assert re.fullmatch(r"-?\d+", p["answer"])
     chinese = [p for p in problems if re.search(r"[\u4e00-\u9fff]", p["question"])]
-    assert len(chinese) >= 3282 - 10  # the Chinese-template rows (a few Chinese problems are almost symbol-only)
+    assert len(chinese) == 3213  # the 3,282 Chinese-template rows less 69 that repeat an earlier row
     assert problems[0]["id"] == "9a9b6eb4-a1cb-49d1-8c1e-62eaf2f74079" and problems[0]["answer"] == "34"
     assert problems[0]["question"].startswith("In triangle $ABC$, $\\sin \\angle A = \\frac{4}{5}$")
     # escape damage repaired ("\x0crac" -> "\frac" in ~600 rows); ligature codes are covered by the CONTROL check
@@ -196,6 +210,7 @@ def test_bad_jsonl_row_names_file_line_field(tmp_path, bad, field, reason):
         load_problems(str(path))
     message = str(err.value)
     assert str(path) in message and "line 2" in message and field in message and reason in message
+    assert "rerun with --skip-invalid" in message and "skip_invalid=" not in message
     problems = load_problems(str(path), skip_invalid=True)
     assert len(problems) == 1 and problems.skipped == 1 and "line 2" in problems.skipped_rows[0]
 
@@ -255,18 +270,160 @@ def test_known_benchmark_file_path_gets_its_rules(tmp_path):
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch):
-    (tmp_path / "aime24").mkdir()
-    write_jsonl(tmp_path / "aime24" / "test.jsonl", [{"id": 60, "problem": "P", "answer": "025"}])
-    assert load_problems("aime24", data_dir=str(tmp_path))[0]["answer"] == "025"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_data_dir() == tmp_path / "xdg" / "rlvr-entropy" / "data"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_data_dir() == Path.home() / ".cache" / "rlvr-entropy" / "data"
     monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))
     assert resolve_data_dir() == tmp_path and resolve_data_dir("/elsewhere") == Path("/elsewhere")
-    assert load_problems("aime24")[0]["id"] == "60"
-    with pytest.raises(FileNotFoundError) as err:
-        load_problems("amc23")
-    assert str(tmp_path / "amc23" / "test.jsonl") in str(err.value)
     monkeypatch.delenv("RLVR_DATA_DIR")
-    default = resolve_data_dir()
-    assert default == (DATA_DIR if DATA_DIR.is_dir() else None)
+    assert resolve_data_dir() in (DATA_DIR, default_data_dir())  # the cache unless a development copy sits beside
+
+
+def test_unknown_names_and_missing_files_fail_before_loading(tmp_path):
+    for name in ("aime2024", "math-5000", "gsm8k test"):
+        with pytest.raises(DataError, match=f"unknown data set '{name}'.*aime24.*owner/name"):
+            load_problems(name)
+    with pytest.raises(DataNotFoundError, match="no such file"):
+        check_source(str(tmp_path / "nope.parquet"))
+    with pytest.raises(DataNotFoundError, match="a directory, not a data file"):
+        check_source(str(tmp_path))
+    with pytest.raises(DataNotFoundError, match="no such file"):
+        check_source(f"json:{tmp_path / 'x.jsonl'}")
+    for ok in ("aime24", "DAPO", "arith", "BytedTsinghua-SIA/DAPO-Math-17k"):
+        check_source(ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pinned files: fetch into the data dir, checksums, offline errors (real files as the source)
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_manifest_pins_exactly_the_real_files():
+    on_disk = {str(p.relative_to(DATA_DIR)) for p in DATA_DIR.glob("*/*") if p.suffix in (".jsonl", ".parquet")}
+    assert set(DATA_FILES) == on_disk
+    assert {rel.split("/")[0] for rel in DATA_FILES} == set(DATASETS)
+    for rel, (url, rows, sha256) in DATA_FILES.items():
+        assert file_stats(DATA_DIR / rel) == (rows, sha256), rel
+        assert re.fullmatch(r"https://raw\.githubusercontent\.com/[\w.-]+/[\w.-]+/[0-9a-f]{40}/\S+", url), url
+        assert url.rsplit("/", 1)[1] == rel.rsplit("/", 1)[1], url
+
+
+@needs_data
+@pytest.mark.parametrize("as_url", [True, False])
+def test_fetch_into_an_empty_data_dir_then_load(tmp_path, capsys, as_url):
+    source = DATA_DIR.as_uri() if as_url else str(DATA_DIR)
+    cache = tmp_path / "cache"
+    for rel in ("aime24/test.jsonl", "math_train/train.parquet"):
+        path = fetch_file(rel, cache, source=source)
+        assert path == cache / rel and path.read_bytes() == (DATA_DIR / rel).read_bytes()
+        assert f"downloaded {source if as_url else DATA_DIR.as_uri()}/{rel} -> {path}" in capsys.readouterr().err
+    assert sorted(p.name for p in cache.rglob("*")) == ["aime24", "math_train", "test.jsonl", "train.parquet"]  # no .part
+    mtime = (cache / "aime24/test.jsonl").stat().st_mtime_ns
+    problems = load_problems("aime24", data_dir=str(cache))  # present: checked, not downloaded again
+    assert len(problems) == 30 and problems[0]["answer"] == "204" and capsys.readouterr().err == ""
+    assert (cache / "aime24/test.jsonl").stat().st_mtime_ns == mtime
+
+
+@needs_data
+def test_mirror_env_is_used_for_missing_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLVR_DATA_MIRROR", DATA_DIR.as_uri())
+    monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path / "d"))
+    assert [p["answer"] for p in load_problems("amc23")][:2] == ["27", "36"]
+    assert (tmp_path / "d" / "amc23" / "test.jsonl").is_file()
+
+
+@needs_data
+def test_corrupted_copy_fails_the_checksum(tmp_path):
+    (tmp_path / "aime24").mkdir()
+    lines = (DATA_DIR / "aime24/test.jsonl").read_bytes().splitlines(keepends=True)
+    (tmp_path / "aime24/test.jsonl").write_bytes(b"".join(lines[:-1]))  # one problem lost
+    with pytest.raises(DataError) as err:
+        load_problems("aime24", data_dir=str(tmp_path))
+    message = str(err.value)
+    _, rows, sha256 = DATA_FILES["aime24/test.jsonl"]
+    assert str(tmp_path / "aime24/test.jsonl") in message and "not the pinned aime24/test.jsonl" in message
+    assert f"expected 30 rows, sha256 {sha256}" in message and "got 29 rows, sha256 " in message
+    assert "delete it to download it again" in message
+    # same row count, one changed byte: the checksum alone catches it
+    data = bytearray((DATA_DIR / "aime24/test.jsonl").read_bytes())
+    data[data.index(b'"answer"') + 11] ^= 1
+    (tmp_path / "aime24/test.jsonl").write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"expected 30 rows, sha256 \w+; got 30 rows, sha256 \w+"):
+        load_problems("aime24", data_dir=str(tmp_path))
+    # a corrupted parquet (truncated): rows unreadable, named as such
+    (tmp_path / "math_train").mkdir()
+    (tmp_path / "math_train/train.parquet").write_bytes((DATA_DIR / "math_train/train.parquet").read_bytes()[:-100])
+    with pytest.raises(DataError, match="expected 7500 rows, sha256 7aadb17b.*; got None rows"):
+        load_problems("math_train", data_dir=str(tmp_path))
+
+
+@needs_data
+def test_corrupted_download_is_rejected_and_not_kept(tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(DATA_DIR / "gsm8k", mirror / "gsm8k")
+    with open(mirror / "gsm8k/test.jsonl", "ab") as f:
+        f.write(b'{"question": "extra", "answer": "#### 1"}\n')
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        fetch_file("gsm8k/test.jsonl", cache, str(mirror))
+    message = str(err.value)
+    assert f"the download from {mirror.as_uri()}/gsm8k/test.jsonl: not the pinned gsm8k/test.jsonl" in message
+    assert "expected 1319 rows" in message and "got 1320 rows" in message
+    assert not cache.joinpath("gsm8k").exists() or not any(cache.joinpath("gsm8k").iterdir())
+    assert fetch_file("gsm8k/train.jsonl", cache, str(mirror)).is_file()  # the intact file is fine
+
+
+def test_missing_and_not_downloadable_names_the_flag_env_var_and_file(tmp_path):
+    empty_mirror = tmp_path / "offline"  # stands in for an unreachable source: nothing there
+    empty_mirror.mkdir()
+    with pytest.raises(DataNotFoundError) as err:
+        fetch_file("olympiadbench/test.jsonl", tmp_path / "data", source=str(empty_mirror))
+    message = str(err.value)
+    assert "data set 'olympiadbench' needs olympiadbench/test.jsonl" in message
+    assert f"not in the data dir {tmp_path / 'data'}" in message and "--data-dir" in message
+    assert "RLVR_DATA_DIR" in message and "data_dir=" not in message and "\n" not in message
+    assert f"{empty_mirror.as_uri()}/olympiadbench/test.jsonl" in message
+    assert not (tmp_path / "data" / "olympiadbench").exists()
+
+
+@needs_data
+def test_fetch_command_line(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "common.data", "aime25", "gsm8k", "--data-dir", str(tmp_path)]
+    proc = subprocess.run([*cmd, "--source", str(DATA_DIR)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("ok: ") == 3 and f"ok: {tmp_path / 'gsm8k/train.jsonl'} (7473 rows, sha256 17f347dc" in proc.stdout
+    (tmp_path / "aime25/test.jsonl").write_text("{}\n")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout.count("ok: ") == 2
+    assert proc.stderr.startswith(f"error: {tmp_path / 'aime25/test.jsonl'}: not the pinned aime25/test.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# DAPO-Math-17k deduplication (the hub original repeats every problem ~100 times)
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_data
+def test_hub_layout_of_dapo_is_deduplicated(tmp_path, capsys):
+    """Real DAPO rows, re-wrapped in the hub original's "Answer:" template and each repeated 3 times in
+    the hub's file name, load as the unique problems; the dropped rows are counted and printed."""
+    rows = pq.read_table(DATA_DIR / "dapo_math_17k/DAPO-Math-17k.parquet").slice(0, 50).to_pylist()
+    expected = load_problems("dapo_math_17k", data_dir=str(DATA_DIR), limit=50)
+    hub_rows = []
+    for row, problem in zip(rows, expected):
+        content = DAPO_INSTRUCTION.format(question=problem["question"])
+        hub_rows.append({**row, "prompt": [{"role": "user", "content": content}]})
+    path = tmp_path / "dapo-math-17k.parquet"
+    pq.write_table(pa.Table.from_pylist(hub_rows * 3), path)
+    capsys.readouterr()
+    problems = load_problems(str(path))
+    assert [(p["question"], p["answer"]) for p in problems] == [(p["question"], p["answer"]) for p in expected]
+    assert problems.duplicates == 100 and problems[0]["source"] == "dapo_math_17k"
+    assert "note: dapo_math_17k: dropped 100 duplicate rows (same question and gold answer), kept 50 problems" in capsys.readouterr().out
+    assert len(load_problems(str(path), limit=7)) == 7
 
 
 def test_datasets_builder_source(tmp_path, monkeypatch):

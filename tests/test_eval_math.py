@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -215,3 +216,103 @@ def test_dry_run_loads_all_six_benchmarks():
         assert f"{name}: {count} problems" in proc.stdout
         assert f"against themselves: {count}/{count}" in proc.stdout, proc.stdout
     assert "1547 problems in 6 benchmarks" in proc.stdout
+
+
+# ─── argument and data mistakes: one line on stderr, exit status 2, before anything is loaded ──────
+def eval_cli(args, cwd=REPO, env=None, timeout=300):
+    return subprocess.run([sys.executable, str(REPO / "eval_math.py"), *args], cwd=cwd, env={**ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr and "Loading weights" not in proc.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+MISTAKES = [
+    (["--model", "./no_such_model"], ["--model ./no_such_model: no such directory"]),
+    (["--model", "/no/such/dir/model"], ["no such directory"]),
+    (["--n", "0"], ["--n must be >= 1, got 0"]),
+    (["--max-new-tokens", "0"], ["--max-new-tokens must be >= 1, got 0"]),
+    (["--temperature", "-0.5"], ["--temperature must be >= 0"]),
+    (["--top-p", "1.5"], ["--top-p must be in (0, 1]"]),
+    (["--limit", "0"], ["--limit must be >= 1"]),
+    (["--benchmarks", "aime2024"], ["--benchmarks: unknown data set 'aime2024'", "aime24", "owner/name"]),
+    (["--benchmarks", "arith@0"], ["--benchmarks", "n must be >= 1"]),
+    (["--benchmarks", "missing.jsonl"], ["--benchmarks: missing.jsonl: no such file"]),
+]
+
+
+FLAG_TYPES = {"n": int, "max_new_tokens": int, "limit": int, "temperature": float, "top_p": float}
+
+
+@pytest.mark.parametrize("args,fragments", MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_argument_mistakes_fail_at_once_with_one_line(args, fragments):
+    start = time.time()
+    assert_one_line_error(eval_cli(args, timeout=120), *fragments)
+    assert time.time() - start < 30  # checked before torch, transformers or any model is loaded (~0.3 s here)
+    flag, value = args  # the same check when main() is called from Python
+    name = flag.removeprefix("--").replace("-", "_")
+    with pytest.raises(em.UsageError):
+        em.main(em.Args(**{name: FLAG_TYPES.get(name, str)(value)}))
+
+
+def test_run_directory_typo_is_no_such_directory_with_a_hint(tmp_path):
+    """`--model runs/<name>` that does not exist is a local path (runs/ exists), not a hub id to look up."""
+    (tmp_path / "runs" / "arith__grpo__1__1795417367").mkdir(parents=True)
+    line = assert_one_line_error(eval_cli(["--model", "runs/arith__grpo__1"], cwd=tmp_path, timeout=120),
+                                 "--model runs/arith__grpo__1: no such directory")
+    assert line.endswith("did you mean runs/arith__grpo__1__1795417367?")
+    assert em.looks_like_path("./m") and em.looks_like_path("~/m") and em.looks_like_path("/m")
+    assert em.looks_like_path("a/b/c") and not em.looks_like_path("Qwen/Qwen2.5-Math-7B")
+    (tmp_path / "runs" / "arith__grpo__1__1795417367" / "config.json").write_text("{}")
+    os.chdir(tmp_path)
+    try:
+        assert em.looks_like_path("runs/x") and not em.looks_like_path("nosuchowner/model")
+        os.chdir(tmp_path / "runs")  # runs/ need not exist yet (a fresh clone): still a path, not a hub id
+        assert em.looks_like_path("runs/arith__grpo__1") and not os.path.exists("runs")
+        assert em.resolve_model_path("runs/arith__grpo__1__1795417367") == "runs/arith__grpo__1__1795417367"
+    finally:
+        os.chdir(REPO)
+
+
+@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
+def test_bad_data_rows_name_file_row_field_and_skip_invalid(tmp_path):
+    path = tmp_path / "probs.jsonl"
+    path.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": ""}\n{"problem": "3+3?", "answer": "6"}\n')
+    assert_one_line_error(eval_cli(["--benchmarks", str(path), "--dry-run"]),
+                          f"{path}:line 2: answer: empty gold", "--skip-invalid")
+    proc = eval_cli(["--benchmarks", str(path), "--dry-run", "--skip-invalid", "--grader-workers", "1"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipped 1 invalid rows (--skip-invalid), e.g. {path}:line 2: answer: empty gold" in proc.stdout
+    assert f"{path}: 2 problems" in proc.stdout
+
+
+def test_missing_data_names_the_data_dir_flag_and_env_var(tmp_path):
+    offline = tmp_path / "offline"  # stands in for an unreachable download source: nothing there
+    offline.mkdir()
+    line = assert_one_line_error(
+        eval_cli(["--benchmarks", "aime24", "--data-dir", str(tmp_path / "data")], env={"RLVR_DATA_MIRROR": str(offline)}),
+        "data set 'aime24' needs aime24/test.jsonl", f"not in the data dir {tmp_path / 'data'}", "--data-dir",
+        "RLVR_DATA_DIR")
+    assert "data_dir=" not in line
+
+
+@pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
+@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
+def test_benchmark_is_downloaded_into_the_data_dir_on_first_use(tmp_path):
+    cache = tmp_path / "cache"
+    args = ["--benchmarks", "amc23", "--template", "qwen-math", "--dry-run", "--grader-workers", "1"]
+    proc = eval_cli(args, env={"RLVR_DATA_DIR": str(cache), "RLVR_DATA_MIRROR": DATA_DIR.as_uri()})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"downloaded {DATA_DIR.as_uri()}/amc23/test.jsonl -> {cache / 'amc23/test.jsonl'}" in proc.stderr
+    assert "amc23: 40 problems" in proc.stdout and "against themselves: 40/40" in proc.stdout
+    assert (cache / "amc23/test.jsonl").read_bytes() == (DATA_DIR / "amc23/test.jsonl").read_bytes()
+    (cache / "amc23/test.jsonl").write_bytes(b"{}\n")  # a damaged copy is not evaluated on
+    assert_one_line_error(eval_cli(args, env={"RLVR_DATA_DIR": str(cache)}),
+                          f"{cache / 'amc23/test.jsonl'}: not the pinned amc23/test.jsonl", "expected 40 rows")

@@ -1,7 +1,9 @@
-"""Tests for plot.py: figures from synthetic metrics files, seed grouping with a band, clear errors."""
+"""Tests for plot.py: figures from synthetic metrics files, grouping by arguments (seeds as mean and band,
+process counts kept apart), labels, axis labels and title, the default output place, clear errors."""
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +19,16 @@ import plot  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def make_run(root: Path, name: str, seed: int, steps: int = 12, args: dict | None = None, eval_every: int = 4) -> Path:
+def make_run(root: Path, name: str, seed: int, steps: int = 12, args: dict | None = None, eval_every: int = 4,
+             processes: int | None = None) -> Path:
+    """A run directory as grpo.py writes it; `processes` adds a checkpoint with one random-state file per process."""
     run = root / name
     run.mkdir(parents=True)
+    if processes:
+        ckpt = run / "checkpoints" / "step_000012"
+        ckpt.mkdir(parents=True)
+        for rank in range(processes):
+            (ckpt / f"random_states_{rank}.pkl").write_bytes(b"x")
     rng = np.random.default_rng(seed)
     with open(run / "metrics.jsonl", "w") as f:
         for step in range(1, steps + 1):
@@ -47,7 +56,7 @@ def test_two_runs_default_panels(tmp_path, capsys):
     plot.plot(plot.Args(runs=(str(a), str(b)), out=str(out), smooth=3))
     assert is_png(out)
     printed = capsys.readouterr().out
-    assert "arith__grpo: " in printed and "arith__opefo: " in printed
+    assert f"exp_name=grpo [seed 1]: {a}" in printed and f"exp_name=opefo [seed 1]: {b}" in printed
     panels = plot.select_panels([plot.load_run(str(a))], ())
     assert [m for _, m in panels] == ["entropy/mean", "rollout/accuracy", "eval/accuracy", "rollout/response_length_mean",
                                       "entropy/flow_increase", "entropy/flow_decrease", "entropy/flow_net"]
@@ -60,7 +69,7 @@ def test_seeds_of_one_config_become_mean_and_band(tmp_path, capsys):
     loaded = [plot.load_run(str(r)) for r in [*runs, other]]
     groups = plot.group_runs(loaded)
     assert [len(g["runs"]) for g in groups] == [3, 1]
-    assert groups[0]["label"] == "arith__grpo (clip_high=0.28) [3 seeds]" and groups[1]["label"] == "arith__grpo (clip_high=0.2)"
+    assert groups[0]["label"] == "clip_high=0.28 [3 seeds]" and groups[1]["label"] == "clip_high=0.2 [seed 1]"
     steps, mean, low, high, dropped = plot.group_curve(groups[0], "entropy/mean", 1, "minmax")
     values = np.stack([r["metrics"]["entropy/mean"][1] for r in loaded[:3]])
     assert list(steps) == list(range(1, 13)) and dropped == 0
@@ -94,3 +103,83 @@ def test_clear_errors_for_missing_metrics_file_and_unknown_metric(tmp_path):
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(plot.PlotError, match="nope/metric"):
         plot.plot(plot.Args(runs=(str(good),), out=str(tmp_path / "y.png"), metric=("nope/metric",)))
+
+
+ARGS = {"exp_name": "grpo", "train_data": "arith", "model": "/home/u/rlvr/testbed/model", "clip_high": 0.28,
+        "learning_rate": 2e-4, "track": False, "wandb_project_name": "rlvr-entropy", "resume": None}
+
+
+def test_one_and_two_process_runs_of_one_seed_are_not_averaged(tmp_path, capsys):
+    # the process count as grpo.py records it: one random-state file per process in each checkpoint
+    one = make_run(tmp_path, "arith__grpo__1__1700000000", 1, args=ARGS, processes=1)
+    two = make_run(tmp_path, "arith__grpo__1__1700000100", 1, args=ARGS, processes=2)
+    groups = plot.group_runs([plot.load_run(str(one)), plot.load_run(str(two))])
+    assert [g["label"] for g in groups] == ["processes=1 [seed 1]", "processes=2 [seed 1]"]
+    # recorded in args.json instead
+    a = make_run(tmp_path / "b", "r1", 1, args={**ARGS, "num_processes": 1})
+    b = make_run(tmp_path / "b", "r2", 1, args={**ARGS, "num_processes": 2})
+    assert [g["label"] for g in plot.group_runs([plot.load_run(str(a)), plot.load_run(str(b))])] == [
+        "processes=1 [seed 1]", "processes=2 [seed 1]"]
+    # not recorded anywhere: still two curves (never "[2 seeds]"), each named after its run, and a note
+    c = make_run(tmp_path / "c", "arith__grpo__1__1700000000", 1, args=ARGS)
+    d = make_run(tmp_path / "c", "arith__grpo__1__1700000100", 1, args=ARGS)
+    capsys.readouterr()
+    groups = plot.group_runs([plot.load_run(str(c)), plot.load_run(str(d))])
+    assert [g["label"] for g in groups] == ["arith__grpo (run arith__grpo__1__1700000000) [seed 1]",
+                                            "arith__grpo (run arith__grpo__1__1700000100) [seed 1]"]
+    assert "same arguments and seed, so drawn separately, not averaged as seeds" in capsys.readouterr().out
+    # a third run with another seed joins the first group as its second seed
+    e = make_run(tmp_path / "c", "arith__grpo__2__1700000200", 2, args=ARGS)
+    groups = plot.group_runs([plot.load_run(str(r)) for r in (c, d, e)])
+    assert [len(g["runs"]) for g in groups] == [2, 1] and groups[0]["label"].endswith("[2 seeds]")
+
+
+def test_groups_by_arguments_and_labels_by_what_differs(tmp_path):
+    runs = [
+        make_run(tmp_path, "mine_a", 1, args={**ARGS, "run_name": "mine_a"}),  # custom names, same arguments
+        make_run(tmp_path, "mine_b", 2, args={**ARGS, "run_name": "mine_b", "track": True, "output_dir": "/x"}),
+        make_run(tmp_path, "arith__grpo__1__1700000000", 1, args={**ARGS, "clip_high": 0.2}),
+        make_run(tmp_path, "arith__grpo__1__1700000001", 1, args={**ARGS, "clip_high": 0.2, "learning_rate": 1e-4}),
+        make_run(tmp_path, "arith__grpo__3__1700000002", 3),  # no args.json: grouped by name only, with its kind
+        make_run(tmp_path, "arith__grpo__4__1700000003", 4),
+    ]
+    groups = plot.group_runs([plot.load_run(str(r)) for r in runs])
+    assert [[r["name"] for r in g["runs"]] for g in groups] == [
+        ["mine_a", "mine_b"], ["arith__grpo__1__1700000000"], ["arith__grpo__1__1700000001"],
+        ["arith__grpo__3__1700000002", "arith__grpo__4__1700000003"]]
+    assert [g["label"] for g in groups] == [
+        "clip_high=0.28, learning_rate=0.0002 [2 seeds]", "clip_high=0.2, learning_rate=0.0002 [seed 1]",
+        "clip_high=0.2, learning_rate=0.0001 [seed 1]", "arith__grpo [2 seeds]"]
+    loaded = [plot.load_run(str(r)) for r in runs[:4]]
+    assert plot.default_title(loaded, plot.group_runs(loaded)) == (
+        "exp_name=grpo, train_data=arith, model=…/testbed/model — 4 runs, 3 curves")
+
+
+def test_axes_have_labels_and_the_figure_a_title(tmp_path):
+    runs = [make_run(tmp_path, f"arith__grpo__{s}__{1700000000 + s}", s, args=ARGS) for s in (1, 2)]
+    loaded = [plot.load_run(str(r)) for r in runs]
+    fig, groups = plot.make_figure(plot.Args(runs=()), loaded)
+    drawn = [ax for ax in fig.axes if ax.lines]
+    assert len(drawn) == 7 and all(ax.get_ylabel() and ax.get_xlabel() == "step" for ax in drawn)
+    assert drawn[0].get_ylabel() == "entropy (nats per token)" and drawn[2].get_ylabel() == "accuracy (avg@n)"
+    assert fig._suptitle.get_text() == "exp_name=grpo, train_data=arith, model=…/testbed/model — 2 runs, 1 curve"
+    fig, _ = plot.make_figure(plot.Args(runs=(), metric=("time/step_s",), title="mine"), loaded)
+    assert fig.axes[0].get_ylabel() == "step s" and fig._suptitle.get_text() == "mine"
+
+
+def test_figure_goes_under_the_runs_directory_by_default(tmp_path):
+    root = tmp_path / "runs"
+    for s in (1, 2):
+        make_run(root, f"arith__grpo__{s}__{1700000000 + s}", s, args=ARGS)
+    before = sorted(p.name for p in REPO.iterdir())
+    cmd = [sys.executable, str(REPO / "plot.py"), *sorted(str(p) for p in root.iterdir())]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (figure,) = (root / "plots").iterdir()
+    assert is_png(figure) and re.fullmatch(r"plot_\d{8}-\d{6}\.png", figure.name) and f"wrote {figure}" in proc.stdout
+    assert sorted(p.name for p in REPO.iterdir()) == before  # nothing written into the repository
+    # `runs/*` now also matches runs/plots: it is skipped, not an error
+    proc = subprocess.run([*cmd, str(root / "plots"), "--out", str(tmp_path / "again.png")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and is_png(tmp_path / "again.png"), proc.stderr
+    assert f"note: {root / 'plots'}: plot.py's output folder, skipped" in proc.stdout
