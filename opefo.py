@@ -555,7 +555,7 @@ def side_weights(delta, lam: float, side: str = "both"):
     `increase`), 1 elsewhere."""
     up = 1.0 + lam if side in ("both", "increase") else 1.0
     down = 1.0 - lam if side in ("both", "decrease") else 1.0
-    return torch.where(delta > 0, up, torch.where(delta < 0, down, 1.0)).to(delta.dtype)
+    return torch.ones_like(delta).masked_fill_(delta > 0, up).masked_fill_(delta < 0, down)
 
 
 def weighted_net_flow(increase: float, decrease: float, lam: float, side: str = "both") -> float:
