@@ -582,7 +582,7 @@ def top_k_mask(scores, valid, k: int, reduce_sum=_identity, rank: int = 0, world
         table[rank, : len(top)] = top
         top = reduce_sum(table).reshape(-1)
     threshold = top.topk(k).values[-1].item() if len(top) >= k else -math.inf
-    if threshold == -math.inf:  # k or fewer valid entries over all processes: all of them
+    if threshold == -math.inf:  # fewer than k valid entries over all processes: all of them
         return valid
     greater, equal = flat > threshold, flat == threshold
     counts = torch.zeros(world + 1, dtype=torch.float64, device=flat.device)
@@ -595,7 +595,7 @@ def top_k_mask(scores, valid, k: int, reduce_sum=_identity, rank: int = 0, world
 def selection_generator(seed: int, step: int, call: int, rank: int) -> torch.Generator:
     """CPU generator of Clip-Cov's draw, a function of (seed, rollout step, loss call within the step, rank)."""
     words = [x % 2**63 for x in (seed, step, call, rank)]
-    return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] % 2**63))
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) % 2**63)
 
 
 def clip_cov_mask(cov, clipped, mask, frac: float, low: float, high: float, generator, reduce_sum=_identity,
