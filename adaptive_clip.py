@@ -651,9 +651,10 @@ def fec_token_loss(adv, ratio, r_min, r_max, dual_clip_c: float, preserve: tuple
 def micro_batch_mean_weights(loss_mask, micro_batches: int, epochs: int, reduce_sum):
     """Per-token weights w [B, R] such that the mean, over every micro-batch of the step on every process, of
     Σ_mb w·x is the token mean of x over the loss tokens (and epochs): w = mask · M / (N · epochs), with M the
-    micro-batches of all processes and N their loss tokens. (The hook's `algo/` scalars are micro-batch means.)"""
+    micro-batches of all processes and N their loss tokens (the hook's `algo/` scalars are micro-batch means).
+    Without any loss token (N = 0) the weights, like the token means, are NaN."""
     m, n = reduce_sum(torch.stack([torch.tensor(float(micro_batches), device=loss_mask.device), loss_mask.sum()]))
-    return loss_mask * (m / (n.clamp(min=1.0) * epochs))
+    return loss_mask * (m / (n * epochs))
 
 
 def init_algorithm_state(args: Args) -> dict:

@@ -249,6 +249,8 @@ def test_micro_batch_mean_weights_give_token_means_over_processes_and_epochs():
     assert len(values) == 2 * n_micro
     want = sum((m * x).sum() for m, x in zip(masks, xs)) / sum(m.sum() for m in masks)
     torch.testing.assert_close(torch.stack(values).mean(), want)
+    # no loss token anywhere: undefined, like the shared token means
+    assert fec.micro_batch_mean_weights(torch.zeros(2, 3), 1, 1, lambda s: s).isnan().all()
 
 
 def make_args(**algo):
@@ -345,10 +347,11 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
-    """Off-policy (2 epochs × 2 minibatches, micro-batches of unequal token counts) so that tokens get clipped."""
+    """Off-policy (2 epochs × 2 minibatches, micro-batches of unequal token counts, a high learning rate) so that
+    tokens get clipped; dynamic sampling so that both steps have tokens with A ≠ 0."""
     proc = cli([*TINY, "--total-steps", "2", "--update-epochs", "2", "--num-minibatches", "2", "--micro-batch-size",
-                "3", "--schedule", "constant", "--learning-rate", "2e-3", "--output-dir", str(tmp_path),
-                "--run-name", "e2e"])
+                "3", "--schedule", "constant", "--learning-rate", "1e-3", "--filter-groups", "--max-gen-batches", "4",
+                "--output-dir", str(tmp_path), "--run-name", "e2e"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = metrics(tmp_path / "e2e")
     assert [r["step"] for r in rows] == [1, 2]
@@ -365,6 +368,8 @@ def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
         # the upper-side clips are exactly the E1 and E2 tokens beyond r_max (token-weighted, like the shared metric)
         assert row["algo/region_E1_clip_frac"] + row["algo/region_E2_clip_frac"] == pytest.approx(
             row["train/clip_frac_high"], abs=1e-6)
+        # the lower-side clips are the E3 and E4 tokens below r_min, plus any beyond the dual-clip bound c
+        assert row["algo/region_E3_clip_frac"] + row["algo/region_E4_clip_frac"] <= row["train/clip_frac_low"] + 1e-6
     assert sum(r["train/clip_frac_high"] + r["train/clip_frac_low"] for r in rows) > 0, "nothing was clipped"
     readme = (REPO / "README.md").read_text()
     glossary = set(re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", readme.split("## Logged metrics")[1]))
