@@ -36,11 +36,15 @@ part of FEC as published): a token beyond its bound keeps the clipped value but 
   A < 0, r < r_min:  L_t = −β₁ r_min A · r/sg(r);      A > 0, r > r_max:  L_t = −β₂ r_max A · r/sg(r),
 i.e. the gradient −β r_bound A ∇ℓ_t instead of none (sg = stop-gradient; GPPO is β₁ = β₂ = 1).
 
+The bounds act only when the ratio can leave 1: with one update per rollout (--update-epochs 1 --num-minibatches 1,
+strictly on-policy) r ≡ 1 and training equals grpo.py's, the diagnostics aside. Take several minibatch steps per
+rollout (`--num-minibatches 4` on the testbed, 16 in the paper-scale command of the README).
+
 Everything else (rollout, advantages, aggregation, KL and entropy terms, entropy-flow diagnostics, checkpoints) is
 grpo.py's; see its docstring. `--clip-low`/`--clip-high` are used only with `--eps-std None`, as the standard
 thresholds of the lower/upper side.
 
-Run:  python adaptive_clip.py                       # CPU, testbed model, synthetic arithmetic
+Run:  python adaptive_clip.py --num-minibatches 4  # CPU, testbed model, synthetic arithmetic
       accelerate launch --config_file configs/zero3.yaml adaptive_clip.py --model Qwen/Qwen2.5-Math-7B ...
 """
 
@@ -559,6 +563,9 @@ def check_algorithm_args(args: Args) -> None:
         raise UsageError("--od-min-entropy-frac must be in (0, 1)")
     if a.gp_beta1 < 0 or a.gp_beta2 < 0:
         raise UsageError("--gp-beta1 and --gp-beta2 must be >= 0")
+    if args.optim.update_epochs * args.optim.num_minibatches == 1:
+        print("note: one update per rollout: the ratio is exactly 1, no clip bound binds and training equals grpo.py's "
+              "(use --num-minibatches or --update-epochs > 1 for the bounds to act)", file=sys.stderr)
 
 
 def blended_threshold(weight: float, alpha: float, beta: float, eps_std: float) -> tuple[float, float]:

@@ -380,7 +380,8 @@ def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
 def test_oscillatory_decay_with_gradient_preserving_resumes_exactly(tmp_path):
     """OD keeps its step counter, last entropy, H_init and state in the checkpoint: a resumed run matches."""
     common = [*TINY, "--total-steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--schedule",
-              "oscillatory-decay", "--gradient-preserving", "--gp-beta1", "0.5", "--output-dir", str(tmp_path)]
+              "oscillatory-decay", "--gradient-preserving", "--gp-beta1", "0.5", "--num-minibatches", "2",
+              "--output-dir", str(tmp_path)]
     proc = cli([*common, "--run-name", "full"])
     assert proc.returncode == 0, proc.stderr[-5000:]
     full = metrics(tmp_path / "full")
