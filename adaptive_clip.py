@@ -309,9 +309,6 @@ def check_shared_args(args, world: int) -> None:
         raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
 
 # ─── ALGORITHM: arguments ──────────────────────────────────────────────────────────────────────
-SCHEDULES = ("constant", "boost", "suppress", "increase-decrease", "decrease-increase-decrease", "oscillatory-decay")
-
-
 @dataclass
 class Algorithm:
     """algorithm: flexible entropy control, probability-dependent and scheduled clipping (arXiv 2602.09782)"""

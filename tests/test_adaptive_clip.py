@@ -86,7 +86,7 @@ def test_phase_two_starts_at_full_lower_weight_and_follows_lambda(schedule):
     for k in range(51, 101):
         lam = 1 - 2 * k / T
         assert fec.schedule_bounds(k, T, None, {}, schedule)[1] == pytest.approx(1 + lam)
-    for k in range(0, 51):
+    for k in range(51):
         lam = 1 - 2 * k / T
         want = lam if schedule == "increase-decrease" else 1 - lam
         assert fec.schedule_bounds(k, T, None, {}, schedule)[0] == pytest.approx(want)
@@ -270,7 +270,7 @@ def test_policy_token_loss_bounds_and_region_metrics():
     logp = (logp_old + torch.randn(b, R) * 0.3).requires_grad_()
     args = make_args(schedule="constant")
     state = {"upper_weight": 1.0, "lower_weight": 1.0}
-    loss, info = fec.policy_token_loss(mb, logp, args, state)
+    _, info = fec.policy_token_loss(mb, logp, args, state)
     r_min, r_max = fec.ratio_bounds(logp_old.exp(), **DEFAULTS)
     ratio = torch.exp(logp.detach() - logp_old)
     assert float(info["algo/ratio_max_mean"]) == pytest.approx(float(r_max.mean()))
