@@ -51,11 +51,13 @@ Run:  python adaptive_clip.py --num-minibatches 4  # CPU, testbed model, synthet
 # ─── SHARED: imports ───────────────────────────────────────────────────────────────────────────
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import sys
@@ -258,6 +260,10 @@ class UsageError(ValueError):
     """A user error: printed as one `error: ...` line, exit status 2."""
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written: printed as one `error: ...` line with what to run next, exit status 1."""
+
+
 def check_shared_args(args, world: int) -> None:
     """Refuse, before anything is loaded or written, every setting that would crash later or train on nothing."""
     r, o, lo, lg, rw = args.rollout, args.optim, args.loss, args.log, args.reward
@@ -298,11 +304,15 @@ def check_shared_args(args, world: int) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    looks_like_path = args.data.model.startswith((".", "/", "~")) or os.sep in args.data.model.strip("/").split("/", 1)[-1]
-    if looks_like_path and not os.path.isdir(os.path.expanduser(args.data.model)):
+    model = args.data.model  # a local path (not a hub id `owner/name`) that does not exist: fail now, not at the hub
+    if not os.path.isdir(os.path.expanduser(model)) and (model.startswith((".", "/", "~")) or model.count("/") > 1
+                                                          or os.path.isdir(model.split("/")[0])):
         raise UsageError(f"--model {args.data.model}: no such directory")
-    if args.exp.resume is not None and latest_checkpoint(args.exp.resume) is None:
-        raise UsageError(f"--resume {args.exp.resume}: no finished checkpoint under {args.exp.resume}/checkpoints")
+    if args.exp.resume is not None:
+        check_resume(args)
+    elif args.exp.run_name and os.path.exists(os.path.join(args.exp.output_dir, args.exp.run_name)):
+        raise UsageError(f"--run-name {args.exp.run_name}: {os.path.join(args.exp.output_dir, args.exp.run_name)} "
+                         "exists; continue it with --resume, or choose another --run-name")
     if r.top_p < 1 and not (r.rollout_engine == "vllm" or (r.rollout_engine == "auto" and vllm_available())):
         raise UsageError("--top-p < 1 needs the vLLM engine (the HF engine records unbiased log-probs only)")
     if r.rollout_engine == "vllm" and not vllm_available():
@@ -520,8 +530,8 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
     (per-token tensors, [b, R]: token_loss, clipped_low/high, ratio, is_weight, kl_ref; `algo/...` scalars)."""
     token_loss, info = policy_token_loss(mb, logp, args, algo_state)
     if args.rollout.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
-        raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
-        info["is_weight"], info["is_capped"] = raw.clamp(max=args.rollout.rollout_is_cap), raw > args.rollout.rollout_is_cap
+        cap, raw = args.rollout.rollout_is_cap, torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
+        info["is_weight"], info["is_capped"] = raw.clamp(max=cap), raw > cap
         token_loss = token_loss * info["is_weight"]
     if args.loss.kl_coef > 0:
         info["kl_ref"] = k3_kl(mb["logp_ref"], logp)
@@ -536,7 +546,9 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
 # ─── ALGORITHM: loss ───────────────────────────────────────────────────────────────────────────
 # The bounds need π_old and the regions need ℓ_old and H_old of each token: both are in every micro-batch (on the
 # strictly on-policy first update, this forward's ℓ, H are the old policy's). OD reads the previous step's entropy.
-NEEDS_OLD_POLICY_PASS = False
+def needs_old_policy_pass(args: Args) -> bool:
+    """The bounds and regions use each micro-batch's ℓ_old and H_old, which the shared loop always provides."""
+    return False
 REGIONS = (1, 2, 3, 4)  # E1..E4; 0 marks tokens with A = 0 (no gradient, no region)
 
 
@@ -786,8 +798,9 @@ def parse_vllm_outputs(outputs, prompt_ids: list[list[int]]) -> list[dict]:
     for prompt, request in zip(prompt_ids, outputs):
         for completion in request.outputs:
             tokens = list(completion.token_ids)
-            results.append({"prompt_ids": list(prompt), "response_ids": tokens, "truncated": completion.finish_reason
-                            != "stop", "rollout_logp": [completion.logprobs[t][a].logprob for t, a in enumerate(tokens)]})
+            logps = [completion.logprobs[t][token].logprob for t, token in enumerate(tokens)]
+            results.append({"prompt_ids": list(prompt), "response_ids": tokens, "rollout_logp": logps,
+                            "truncated": completion.finish_reason != "stop"})
     return results
 
 
@@ -812,43 +825,62 @@ def build_vllm_engine(args, accelerator):
     llm = LLM(model=args.data.model, distributed_executor_backend="external_launcher", tensor_parallel_size=1,
               seed=args.exp.seed + accelerator.process_index, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
               max_model_len=r.vllm_max_model_len, enable_prefix_caching=True, enable_sleep_mode=r.vllm_sleep_mode,
-              logprobs_mode="processed_logprobs", dtype="bfloat16", max_num_batched_tokens=max(4096, r.vllm_max_model_len))
+              logprobs_mode="processed_logprobs", dtype="bfloat16",
+              max_num_batched_tokens=max(4096, r.vllm_max_model_len))
     if r.vllm_sleep_mode:
         llm.sleep(level=1)  # level 1 keeps the weights (on CPU), so a wake-up is always valid
     return llm
 
 
+def layer_groups(named: list) -> list[list]:
+    """[(name, param)] grouped by decoder layer (`...layers.{i}.`); other parameters alone, in model order."""
+    groups, keys = [], []
+    for name, param in named:
+        key = re.match(r".*?\.layers\.\d+\.", name)
+        key = key.group(0) if key else name
+        if not keys or keys[-1] != key:
+            groups.append([])
+            keys.append(key)
+        groups[-1].append((name, param))
+    return groups
+
+
 def full_parameter_chunks(model, accelerator):
-    """Yield lists of (HF name, full tensor) of the policy, on every process: all at once when unsharded; under
-    ZeRO-3 one parameter at a time and under FSDP one wrapped module at a time, each gathered only while the
-    consumer holds it, so the extra memory is one parameter/module, not the model. Tied embeddings appear once
-    (`named_parameters` deduplicates), as vLLM's `load_weights` expects."""
+    """Yield the policy's weights as lists of (HF name, bf16 tensor), one decoder layer at a time, on every process:
+    gathered under ZeRO-3 (one batched all-gather per layer), FSDP1 (one wrapped unit at a time) and FSDP2
+    (`full_tensor`) only while the consumer holds them, so the extra memory is one layer, not the model.
+    A tied `lm_head.weight` is never sent (vLLM ties it to the embedding, and rejects it alone)."""
     unwrapped = accelerator.unwrap_model(model)
+    tied = getattr(unwrapped.config, "tie_word_embeddings", False)
+    named = [(n, p) for n, p in unwrapped.named_parameters() if not (tied and n == "lm_head.weight")]
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
         import deepspeed
 
-        for name, param in unwrapped.named_parameters():
-            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                yield [(name, param.detach())]
-    elif accelerator.distributed_type == DistributedType.FSDP:
+        for group in layer_groups(named):
+            with deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None):
+                yield [(n, p.detach().to(torch.bfloat16)) for n, p in group]
+    elif accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        def clean(name):
-            return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
-
-        for prefix, module in model.named_modules():
-            if isinstance(module, FSDP):  # gather the parameters this FSDP unit owns (not its FSDP children's)
-                with FSDP.summon_full_params(module, recurse=False, writeback=False):
-                    yield [(clean(f"{prefix}.{name}" if prefix else name), param.detach())
-                           for name, param in module.named_parameters() if name.count("_fsdp_wrapped_module.") == 1]
-    else:
-        yield [(name, param.detach()) for name, param in unwrapped.named_parameters()]
+        for prefix, unit in model.named_modules():
+            if isinstance(unit, FSDP):  # the parameters this unit owns (not its FSDP children's), gathered
+                with FSDP.summon_full_params(unit, recurse=False, writeback=False):
+                    names = [(f"{prefix}.{n}" if prefix else n, p) for n, p in unit.named_parameters()
+                             if n.count("_fsdp_wrapped_module.") == 1]
+                    yield [(n.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", ""),
+                            p.detach().to(torch.bfloat16)) for n, p in names
+                           if not (tied and n.endswith("lm_head.weight"))]
+    else:  # unsharded, or FSDP2 (DTensor parameters)
+        for group in layer_groups(named):
+            yield [(n, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().to(torch.bfloat16))
+                   for n, p in group]
 
 
 @torch.no_grad()
 def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
-    """Push the trainer's weights into the engine chunk by chunk (vLLM's Llama/Qwen2 `load_weights` takes HF names
-    and stacks q/k/v and gate/up itself) and drop the prefix cache (its KV came from the old weights)."""
+    """Push the trainer's weights into the engine layer by layer (vLLM 0.33's Llama/Qwen2 `load_weights` takes HF
+    names, keeps no state between calls and copies q/k/v and gate/up into its fused shards in place) and drop the
+    prefix cache (its KV came from the old weights)."""
     if sleep_mode:
         torch.cuda.empty_cache()
         llm.wake_up(tags=["weights"])  # never load into sleeping (unmapped) memory
@@ -940,8 +972,11 @@ class Metrics:
 
     def reduce(self, accelerator) -> dict:
         keys, max_keys, device = sorted(self.sums), sorted(self.maxes), accelerator.device
-        as_tensor = lambda xs: torch.stack([torch.as_tensor(x, dtype=torch.float64, device=device).reshape(())  # noqa: E731
-                                            for x in xs]) if xs else torch.zeros(0, dtype=torch.float64, device=device)
+
+        def as_tensor(values):  # one transfer for all values, no per-value device synchronisation
+            return torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(()) for v in values]) \
+                if values else torch.zeros(0, dtype=torch.float64, device=device)
+
         totals = as_tensor([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
         maxes = as_tensor([self.maxes[k] for k in max_keys])
         if accelerator.num_processes > 1:
@@ -961,7 +996,7 @@ def encode_problems(problems: list[dict], tokenizer, template: str, max_prompt_l
         if len(ids) <= max_prompt_length:
             encoded.append({**p, "prompt_ids": ids})
     if len(encoded) < len(problems):
-        print(f"skipped {len(problems) - len(encoded)} of {len(problems)} prompts longer than {max_prompt_length} tokens")
+        print(f"skipped {len(problems) - len(encoded)} of {len(problems)} prompts over {max_prompt_length} tokens")
     if not encoded:
         raise UsageError(f"no prompt fits in --max-prompt-length {max_prompt_length}")
     return encoded
@@ -992,35 +1027,109 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
     return metrics.reduce(accelerator)
 
 
-def latest_checkpoint(run_dir: str) -> str | None:
+# flags that may change when a run is resumed (the rest must match the checkpoint, or the run is not the same run)
+RESUMABLE_CHANGES = {"total_steps", "eval_every", "num_eval_problems", "eval_n", "eval_temperature", "output_dir",
+                     "run_name", "resume", "track", "wandb_project_name", "wandb_entity", "log_completions_every",
+                     "num_completions_to_log", "checkpoint_every", "keep_checkpoints", "grader_workers", "threads",
+                     "grader_timeout_s", "data_dir", "entropy_chunk_size", "measure_entropy_change"}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_damage(checkpoint: str) -> str | None:
+    """None if every file listed in the checkpoint's `manifest.json` is present with its size and sha256, else what
+    is wrong (a partial write, a truncated or changed file)."""
+    try:
+        with open(os.path.join(checkpoint, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except (OSError, ValueError, KeyError) as error:
+        return f"no readable manifest.json ({error.__class__.__name__})"
+    for name, expected in files.items():
+        path = os.path.join(checkpoint, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != expected["bytes"]:
+            return f"{name}: missing or truncated"
+        if file_sha256(path) != expected["sha256"]:
+            return f"{name}: checksum mismatch"
+    return None
+
+
+def latest_checkpoint(run_dir: str, verify: bool = False) -> str | None:
+    """The newest finished checkpoint (`step_N`, not `step_N.tmp`); with `verify`, the newest intact one, saying
+    which damaged ones it passed over."""
     root = os.path.join(run_dir, "checkpoints")
-    done = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")) \
+    done = sorted((d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")), reverse=True) \
         if os.path.isdir(root) else []
-    return os.path.join(root, done[-1]) if done else None
+    for name in done:
+        damage = checkpoint_damage(os.path.join(root, name)) if verify else None
+        if damage is None:
+            return os.path.join(root, name)
+        print(f"checkpoint {os.path.join(root, name)} is damaged ({damage}); trying the previous one", file=sys.stderr)
+    return None
 
 
-def save_checkpoint(accelerator, model, tokenizer, run_dir: str, step: int, trainer_state: dict, keep: int,
+def check_resume(args) -> None:
+    """Refuse to resume a run of another script or with arguments that change the run (listed by flag)."""
+    checkpoint = latest_checkpoint(args.exp.resume, verify=True)
+    if checkpoint is None:
+        raise UsageError(f"--resume {args.exp.resume}: no intact checkpoint under {args.exp.resume}/checkpoints")
+    with open(os.path.join(checkpoint, "manifest.json")) as f:
+        recorded = json.load(f)
+    if recorded["script"] != SCRIPT:
+        raise UsageError(f"--resume {args.exp.resume}: written by {recorded['script']}, not {SCRIPT}")
+    now = flat_args(args)
+    changed = [f"--{k.replace('_', '-')} {v!r} (checkpoint: {recorded['args'].get(k)!r})" for k, v in now.items()
+               if k not in RESUMABLE_CHANGES and recorded["args"].get(k) != v]
+    if changed:
+        raise UsageError(f"--resume {args.exp.resume}: arguments differ from the run's: {'; '.join(changed)}")
+    if recorded["code_sha256"] != file_sha256(os.path.join(REPO_DIR, SCRIPT)):
+        print(f"note: {SCRIPT} has changed since {checkpoint} was written", file=sys.stderr)
+
+
+def save_checkpoint(accelerator, model, tokenizer, run_dir: str, step: int, trainer_state: dict, args,
                     with_hf: bool = True) -> None:
     """Resumable checkpoint, written to `step_N.tmp` and renamed to `step_N` when complete: accelerate state (model,
-    optimizer, scheduler, RNG states of every process), `trainer_state.json` (step, data position, algorithm state)
-    and, unless `with_hf` is off (the last step, whose model goes to `final/`), the model in HF format (`hf/`)."""
+    optimizer, scheduler, RNG states of every process), `trainer_state.json` (step, data position, algorithm state),
+    unless `with_hf` is off (the last step, whose model goes to `final/`) the model in HF format (`hf/`), and last
+    `manifest.json`: the script, its sha256, the arguments, and the size and sha256 of every file."""
     root = os.path.join(run_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
-    if accelerator.is_main_process:
+    try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)
+        if with_hf:
+            save_model(accelerator, model, tokenizer, os.path.join(tmp, "hf"))
+        accelerator.wait_for_everyone()  # every process has written its files before the manifest and the rename
+        if accelerator.is_main_process:
+            with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+                json.dump(trainer_state, f)
+            files = {os.path.relpath(os.path.join(d, n), tmp): os.path.join(d, n) for d, _, names in os.walk(tmp)
+                     for n in names}
+            manifest = {"script": SCRIPT, "code_sha256": file_sha256(os.path.join(REPO_DIR, SCRIPT)),
+                        "args": flat_args(args), "files": {rel: {"bytes": os.path.getsize(path),
+                                                                 "sha256": file_sha256(path)}
+                                                           for rel, path in sorted(files.items())}}
+            with open(os.path.join(tmp, "manifest.json"), "w") as f:
+                json.dump(manifest, f, indent=1)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))[
+                    :-args.log.keep_checkpoints]:
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    except Exception as error:  # a full disk surfaces as OSError, torch's "enforce fail", safetensors' I/O error
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    if with_hf:
-        save_model(accelerator, model, tokenizer, os.path.join(tmp, "hf"))
-    accelerator.wait_for_everyone()  # every process has written its files before the rename
-    if accelerator.is_main_process:
-        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-            json.dump(trainer_state, f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))[:-keep]:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        raise CheckpointError(f"could not write checkpoint {final} ({str(error).splitlines()[0][:200]}); "
+                              f"free disk space under {root}, then resume from "
+                              f"{previous or 'the start (no earlier checkpoint)'}: {rerun_command(run_dir)}") from None
     accelerator.wait_for_everyone()
 
 
@@ -1058,7 +1167,8 @@ class RunLogger:
             wandb.init(project=args.exp.wandb_project_name, entity=args.exp.wandb_entity, sync_tensorboard=True,
                        config=flat, name=os.path.basename(run_dir), save_code=True, resume="allow")
         self.writer = SummaryWriter(run_dir)
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items()))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
+                                                                                    flat.items()))
         with open(os.path.join(run_dir, "args.json"), "w") as f:
             json.dump({"script": SCRIPT, **flat}, f, indent=1)
         self.metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
@@ -1168,8 +1278,9 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
     """No-grad logp, entropy, G [B, R] of the whole batch, in micro-batches."""
     model.eval()
     with accelerator.autocast():
-        parts = [micro_batch_stats(model, batch, rows, args.log.entropy_chunk_size, args.rollout.temperature)
-                 for rows in torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.optim.micro_batch_size)]
+        rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.optim.micro_batch_size)
+        parts = [micro_batch_stats(model, batch, r, args.log.entropy_chunk_size, args.rollout.temperature)
+                 for r in rows]
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
@@ -1277,8 +1388,8 @@ def batch_token_metrics(batch, metrics, reduce_sum) -> None:
 
 def rerun_command(run_dir: str) -> str:
     """This command line with `--resume run_dir` in place of `--resume`, `--run-name`, `--total-steps`."""
-    argv, kept, dropped = sys.argv[1:] if os.path.basename(sys.argv[0]) == SCRIPT else [], [], ("--resume",
-                                                                                                 "--run-name", "--total-steps")
+    dropped = ("--resume", "--run-name", "--total-steps")
+    argv, kept = sys.argv[1:] if os.path.basename(sys.argv[0]) == SCRIPT else [], []
     for i, arg in enumerate(argv):
         if arg.split("=")[0] not in dropped and (i == 0 or argv[i - 1] not in dropped):
             kept.append(arg)
@@ -1291,6 +1402,10 @@ def main(args: Args) -> str:
     # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
+    engine = "vllm" if args.rollout.rollout_engine == "vllm" or (
+        args.rollout.rollout_engine == "auto" and vllm_available()) else "hf"
+    if args.rollout.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds variance
+        args.rollout.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
     check_shared_args(args, world)
     check_algorithm_args(args)
     if args.exp.threads and accelerator.device.type == "cpu":
@@ -1313,10 +1428,10 @@ def main(args: Args) -> str:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
-    run_name = args.exp.run_name or f"{os.path.basename(args.data.train_data)}__{args.exp.exp_name}__{args.exp.seed}__" \
-                                    f"{int(time.time())}"
+    run_name = args.exp.run_name or "__".join([os.path.basename(args.data.train_data), args.exp.exp_name,
+                                               str(args.exp.seed), str(int(time.time()))])
     run_dir = args.exp.resume or os.path.join(args.exp.output_dir, broadcast_object_list([run_name])[0])
-    checkpoint = latest_checkpoint(run_dir) if args.exp.resume else None
+    checkpoint = latest_checkpoint(run_dir, verify=True) if args.exp.resume else None
 
     # ── data
     tokenizer = AutoTokenizer.from_pretrained(args.data.model)
@@ -1332,8 +1447,8 @@ def main(args: Args) -> str:
 
     def load(name, split, limit=None):
         try:
-            problems = load_problems(name, split=split, data_dir=args.data.data_dir, skip_invalid=args.data.skip_invalid,
-                                     limit=limit)
+            problems = load_problems(name, split=split, data_dir=args.data.data_dir, limit=limit,
+                                     skip_invalid=args.data.skip_invalid)
         except (ValueError, FileNotFoundError) as error:
             raise UsageError(str(error).replace("skip_invalid=True", "--skip-invalid")
                              .replace("data_dir=", "--data-dir")) from None
@@ -1347,12 +1462,8 @@ def main(args: Args) -> str:
         if args.log.eval_every > 0 else []
 
     # ── rollout engine: vLLM is built before any optimizer state (it checks free memory at start-up)
-    engine = "vllm" if args.rollout.rollout_engine == "vllm" or (
-        args.rollout.rollout_engine == "auto" and vllm_available()) else "hf"
     llm = build_vllm_engine(args, accelerator) if engine == "vllm" else None
     seed_everything(args.exp.seed)  # vLLM re-seeds the global RNGs in its worker
-    if args.rollout.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds variance
-        args.rollout.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
 
     # ── policy, optimizer, schedule (and the reference model only when the KL term is on)
     model = AutoModelForCausalLM.from_pretrained(args.data.model, dtype=torch.float32)
@@ -1397,68 +1508,77 @@ def main(args: Args) -> str:
     accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
     reduce_sum = (lambda x: accelerator.reduce(x.clone(), reduction="sum")) if world > 1 else (lambda x: x)
     # the old-policy pass is needed when later minibatches are off-policy or the algorithm needs batch statistics
-    old_policy_pass = NEEDS_OLD_POLICY_PASS or args.optim.update_epochs * args.optim.num_minibatches > 1
+    old_policy_pass = needs_old_policy_pass(args) or args.optim.update_epochs * args.optim.num_minibatches > 1
 
     if args.log.eval_every > 0 and start_step == 0:  # the starting point of the eval curve
         initial = evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0)
         logger.log(0, initial)
         accelerator.print(f"step    0 | eval {initial['eval/accuracy']:.3f}")
 
-    # ── the loop
-    for step in range(start_step + 1, args.optim.total_steps + 1):
-        step_start = time.time()
-        seed_everything(args.exp.seed * 10_007 + step * 101 + rank)  # sampling is a function of (seed, step, rank)
-        metrics = Metrics()
-        # 1. rollout and grading; 2. advantages and loss mask
-        samples, data_pos = rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer,
-                                              stop_ids, metrics)
-        batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)
-        # 3. old-policy ℓ_old, H, G (no grad), or filled in by the single on-policy update
-        t0 = time.time()
-        if old_policy_pass:
-            batch["logp_old"], batch["entropy_old"], batch["g_old"] = stats_pass(model, batch, args, accelerator)
-        else:
-            batch["logp_old"], batch["entropy_old"], batch["g_old"] = torch.zeros((3, *batch["adv"].shape),
-                                                                                  device=accelerator.device)
-        if ref_model is not None:
-            batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)[0]
-        algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
-        # 4. policy update
-        learning_rate = scheduler.get_last_lr()[0]  # the rate this step's updates use
-        skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass)
-        metrics.add("train/skipped_updates", skipped)
-        scheduler.step()
-        batch_token_metrics(batch, metrics, reduce_sum)
-        if args.log.measure_entropy_change:  # realised entropy change of the same batch
-            metrics.mean("entropy/realised_change", stats_pass(model, batch, args, accelerator)[1] -
-                         batch["entropy_old"], batch["response_mask"])
-        metrics.add("time/training_s", time.time() - t0)
+    # ── the loop (Ctrl-C ends it with what to run next)
+    step = start_step
+    try:
+        for step in range(start_step + 1, args.optim.total_steps + 1):
+            step_start = time.time()
+            seed_everything(args.exp.seed * 10_007 + step * 101 + rank)  # sampling is a function of (seed, step, rank)
+            metrics = Metrics()
+            # 1. rollout and grading; 2. advantages and loss mask
+            samples, data_pos = rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer,
+                                                  stop_ids, metrics)
+            batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)
+            # 3. old-policy ℓ_old, H, G (no grad), or filled in by the single on-policy update
+            t0 = time.time()
+            if old_policy_pass:
+                batch["logp_old"], batch["entropy_old"], batch["g_old"] = stats_pass(model, batch, args, accelerator)
+            else:
+                batch["logp_old"], batch["entropy_old"], batch["g_old"] = torch.zeros((3, *batch["adv"].shape),
+                                                                                      device=accelerator.device)
+            if ref_model is not None:
+                batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)[0]
+            algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
+            # 4. policy update
+            learning_rate = scheduler.get_last_lr()[0]  # the rate this step's updates use
+            skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step,
+                                    fill_old=not old_policy_pass)
+            metrics.add("train/skipped_updates", skipped)
+            scheduler.step()
+            batch_token_metrics(batch, metrics, reduce_sum)
+            if args.log.measure_entropy_change:  # realised entropy change of the same batch
+                metrics.mean("entropy/realised_change", stats_pass(model, batch, args, accelerator)[1] -
+                             batch["entropy_old"], batch["response_mask"])
+            metrics.add("time/training_s", time.time() - t0)
 
-        # 5. metrics, evaluation, checkpoints
-        metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate}
-        step_s = time.time() - step_start
-        metrics.update({"time/step_s": step_s, "time/tokens_per_s": metrics["time/tokens_per_s"] / step_s})
-        algorithm_step_end(algo_state, args, metrics)
-        if args.log.eval_every > 0 and (step % args.log.eval_every == 0 or step == args.optim.total_steps):
-            metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
-        logger.log(step, metrics)
-        if args.log.log_completions_every and step % args.log.log_completions_every == 0:
-            logger.completions(step, [{"prompt": s["problem"]["question"], "response": s["text"], "reward": s["reward"],
-                                       "gold": s["problem"]["answer"]} for s in samples[: args.log.num_completions_to_log]])
-        accelerator.print(f"step {step:4d} | reward {metrics['rollout/reward']:.3f} | entropy {metrics['entropy/mean']:.4f}"
-                          f" | flow net {metrics['entropy/flow_net']:+.2e} | len {metrics['rollout/response_length_mean']:.1f}"
-                          + (f" | eval {metrics['eval/accuracy']:.3f}" if "eval/accuracy" in metrics else "")
-                          + f" | {step_s:.1f}s")
-        last = step == args.optim.total_steps
-        if (args.log.checkpoint_every and step % args.log.checkpoint_every == 0) or last:
-            save_checkpoint(accelerator, model, tokenizer, run_dir, step, {"step": step, "data_pos": data_pos,
-                            "algo_state": algo_state}, args.log.keep_checkpoints, with_hf=not last)
+            # 5. metrics, evaluation, checkpoints
+            metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate}
+            step_s = time.time() - step_start
+            metrics.update({"time/step_s": step_s, "time/tokens_per_s": metrics["time/tokens_per_s"] / step_s})
+            algorithm_step_end(algo_state, args, metrics)
+            if args.log.eval_every > 0 and (step % args.log.eval_every == 0 or step == args.optim.total_steps):
+                metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
+            logger.log(step, metrics)
+            if args.log.log_completions_every and step % args.log.log_completions_every == 0:
+                logger.completions(step, [{"prompt": s["problem"]["question"], "response": s["text"],
+                                           "reward": s["reward"], "gold": s["problem"]["answer"]}
+                                          for s in samples[: args.log.num_completions_to_log]])
+            shown = {"reward": "rollout/reward", "entropy": "entropy/mean", "flow net": "entropy/flow_net",
+                     "len": "rollout/response_length_mean", "eval": "eval/accuracy"}
+            accelerator.print(f"step {step:4d} | " + " | ".join(
+                f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics) + f" | {step_s:.1f}s")
+            last = step == args.optim.total_steps
+            if (args.log.checkpoint_every and step % args.log.checkpoint_every == 0) or last:
+                save_checkpoint(accelerator, model, tokenizer, run_dir, step, {"step": step, "data_pos": data_pos,
+                                "algo_state": algo_state}, args, with_hf=not last)
+    except KeyboardInterrupt:
+        last_saved = latest_checkpoint(run_dir)
+        raise KeyboardInterrupt(f"run {run_dir} stopped at step {step}; its last checkpoint is {last_saved}; "
+                                f"continue with: {rerun_command(run_dir)}") from None
 
     # ── final model in Hugging Face format, and what to run next
     save_model(accelerator, model, tokenizer, os.path.join(run_dir, "final"))
     logger.close()
     accelerator.print(f"done: {run_dir}\n  evaluate:  python eval_math.py --model {shlex.quote(run_dir)}\n"
-                      f"  plot:      python plot.py {shlex.quote(run_dir)}\n  continue:  {rerun_command(run_dir)} --total-steps N")
+                      f"  plot:      python plot.py {shlex.quote(run_dir)}\n"
+                      f"  continue:  {rerun_command(run_dir)} --total-steps N")
     accelerator.end_training()
     return run_dir
 
@@ -1470,3 +1590,9 @@ if __name__ == "__main__":
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as interrupt:
+        print(f"\ninterrupted: {interrupt or 'before the run started'}", file=sys.stderr)
+        sys.exit(130)

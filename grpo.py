@@ -497,7 +497,10 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
     return (coef * token_loss).sum() * world, info
 
 # ─── ALGORITHM: loss ───────────────────────────────────────────────────────────────────────────
-NEEDS_OLD_POLICY_PASS = False  # GRPO needs no whole-batch statistics before its first gradient
+def needs_old_policy_pass(args: Args) -> bool:
+    """Whether `algorithm_step_begin` needs the old policy's ℓ, H, G of the whole batch before the first gradient
+    (the no-grad pass also runs whenever later minibatches are off-policy). GRPO: no."""
+    return False
 
 
 def check_algorithm_args(args: Args) -> None:
@@ -518,7 +521,7 @@ def init_algorithm_state(args: Args) -> dict:
 
 def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> dict:
     """Once per step, before the update, with the whole rollout batch (with ℓ_old, H_old, G_old from the old-policy
-    pass when NEEDS_OLD_POLICY_PASS); may add per-token tensors to `batch`. Returns metrics."""
+    pass when `needs_old_policy_pass`); may add per-token tensors to `batch`. Returns metrics."""
     return {"algo/pos_weight": state["pos_weight"]}
 
 
@@ -1321,7 +1324,7 @@ def main(args: Args) -> str:
     accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
     reduce_sum = (lambda x: accelerator.reduce(x.clone(), reduction="sum")) if world > 1 else (lambda x: x)
     # the old-policy pass is needed when later minibatches are off-policy or the algorithm needs batch statistics
-    old_policy_pass = NEEDS_OLD_POLICY_PASS or args.optim.update_epochs * args.optim.num_minibatches > 1
+    old_policy_pass = needs_old_policy_pass(args) or args.optim.update_epochs * args.optim.num_minibatches > 1
 
     if args.log.eval_every > 0 and start_step == 0:  # the starting point of the eval curve
         initial = evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0)
