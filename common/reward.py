@@ -2,17 +2,43 @@
 
 Public API
 ----------
-- ``extract_answer(text, mode="auto")``: the final answer of a response, or None.
+- ``extract_answer(text, mode="auto", multi_box=False)``: the final answer of a response, or None when
+  it has no recognisable final answer (nothing outside the rules below is guessed). Modes
+  (``ANSWER_MODES``):
+
   ``"boxed"``: content of the *last* ``\\boxed{...}`` / ``\\fbox{...}`` (brace matched; the space form
-  ``\\boxed 5`` too; an unclosed last box, e.g. a truncated response, gives None).
+  ``\\boxed 5`` too; an unclosed last box, e.g. a truncated response, or an empty box gives None).
+  ``"minerva"``: the few-shot format of Minerva-style evaluation (Lewkowycz et al., "Solving Quantitative
+  Reasoning Problems with Language Models"): ``Final Answer: The final answer is X. I hope it is
+  correct.`` gives X (math delimiters, a box around it and the period before the tail removed). The
+  last "I hope it is correct" and the last "The final answer is" at most ``MINERVA_WINDOW`` characters
+  before it; without the tail, no answer (``"the-answer-is"`` reads a bare "The final answer is X").
+  ``"the-answer-is"``: a labelled answer at the end of a response: the last "the answer is X", "the
+  final answer is X", "Answer: X" or its Markdown forms ("**Answer:** X", "**Final Answer**: X") that
+  starts in the last ``ANSWER_WINDOW`` (300) characters. X is the delimited formula that follows
+  (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``; the next line when the label ends its
+  line), else the rest of the sentence (up to a period followed by a space or the line end); a box in
+  it gives its content.
   ``"answer"``: DAPO / verl ``math_dapo``: the last match of ``(?i)Answer\\s*:\\s*([^\\n]+)`` in the last
-  300 characters, ``$`` stripped, and the content of a ``\\boxed{}`` inside it if there is one.
-  ``"auto"``: boxed if present, else the Answer line. Linear time in ``len(text)``.
+  300 characters, ``$`` stripped, and the content of a ``\\boxed{}`` inside it if there is one
+  (kept exactly as DAPO's reward reads it: "**Answer:** 5" gives "** 5").
+  ``"auto"``: the first of ``AUTO_ORDER`` that finds an answer:
+  boxed -> minerva -> the-answer-is -> answer. Linear time in ``len(text)`` for every mode.
+
+  ``multi_box=True`` (off by default, for training too): several boxes that together form one answer,
+  e.g. ``\\boxed{1}`` and ``\\boxed{2}`` for a "find all" question, read as the comma list ``1, 2``
+  (compared as a set). The boxes taken are the last one and those before it each at most
+  ``MULTI_BOX_MAX_GAP`` (100) characters before the next; duplicates are dropped; a box inside a box is
+  part of it. It cannot be used to hedge (a list of candidates never equals a single gold), but a
+  response that boxes an intermediate result just before its final one is then read as a wrong list,
+  which is why it is off by default. It applies wherever the box rule applies (``"boxed"``, ``"auto"``).
 - ``is_equiv(pred, gold)``: are two answer strings equivalent (in-process; soft time limit when called on
   the main thread, see below).
-- ``score(responses, golds, mode="auto", timeout_s=5.0, num_workers=None, reward_range="01")``: grades a
-  batch; returns ``Scores`` (a ``list[float]`` with ``.timeouts`` and ``.crashes`` counts). ``"01"``
-  gives 1/0, ``"pm1"`` DAPO's +1/-1. A response with no extractable answer gets the incorrect value.
+- ``score(responses, golds, mode="auto", timeout_s=5.0, num_workers=None, reward_range="01",
+  multi_box=False)``: grades a batch; returns ``Scores`` (a ``list[float]`` with ``.timeouts``,
+  ``.crashes`` and ``.no_answer`` counts). ``"01"`` gives 1/0, ``"pm1"`` DAPO's +1/-1. A response with no
+  recognisable final answer (extraction gives None; also a non-string response) gets the incorrect
+  value and counts in ``.no_answer``, so format failures can be told apart from wrong answers.
 - ``shutdown_workers()``: stop the worker pool (also registered with ``atexit``).
 
 How an answer pair is judged
@@ -33,12 +59,18 @@ How an answer pair is judged
 3. Extracted answers longer than ``MAX_ANSWER_CHARS`` are judged by the fast path only.
 
 Equivalence rules (both directions; tested in ``tests/test_reward.py``): ``025 = 25``; ``1,000 = 1000``
-(only the pattern ``\\d{1,3}(,\\d{3})+``: ``(1,2)`` stays a tuple, ``1,3,5`` a list); ``5. = 5``;
+and ``10,\\!080 = 10080`` (only the pattern ``\\d{1,3}(,\\d{3})+`` with no space after a comma: ``32, 349``
+is the list of 32 and 349, ``(1,2)`` stays a tuple, ``1,3,5`` a list); ``5. = 5``;
 ``10\\text{ cm} = 10\\mathrm{~cm} = 10``; ``90^\\circ = 90^{\\circ} = 90° = 90``; ``\\$``, ``\\%``/``%``,
 ``\\left``/``\\right``, ``\\!``/``\\,`` are ignored; ``\\text{(B)} = \\textbf{(B)} = (B) = B``;
 ``2\\frac{1}{2} = 5/2 = \\frac{5}{2}``; ``\\dfrac = \\tfrac = \\frac``; ``\\frac12 = \\frac{1}{2}``;
 ``x=3 = 3``; ``k=\\frac12 = 0.5``; ``4.5e33 = 4.5\\times10^{33}``; ``(1,2) != (2,1)``;
-``[1,2) != (1,2)``; ``\\{1,2\\} = \\{2,1\\}``; ``1,3,5 = 5,3,1``.
+``[1,2) != (1,2)``; ``\\{1,2\\} = \\{2,1\\}``; ``1,3,5 = 5,3,1``. Matrices and vectors compare entry by
+entry in order; the row break ``\\\\`` survives normalisation (also when a space follows it, which the
+spacing command ``\\ `` must not swallow). An inequality in one letter with constant bounds is read
+as the interval it defines, with its ends: ``-2 \\le x \\le 7 = x \\in [-2,7] = [-2,7]``,
+``-2 < x \\le 7 = (-2,7] != [-2,7]``, ``x > 3 = (3,\\infty)``, ``5 \\ge x = (-\\infty,5]``; ``x \\in S`` is ``S``
+for an interval or set ``S``.
 
 Safety: model output is untrusted. Nothing here evaluates a raw string as Python: no ``eval``/``exec``,
 no ``sympify``/``parse_expr`` on strings, no math-verify ``ExprExtractionConfig`` (which calls
@@ -84,7 +116,7 @@ from collections import deque
 from decimal import Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 
-__all__ = ["Scores", "extract_answer", "is_equiv", "score", "shutdown_workers"]
+__all__ = ["ANSWER_MODES", "AUTO_ORDER", "Scores", "extract_answer", "is_equiv", "score", "shutdown_workers"]
 
 MAX_ANSWER_CHARS = 1000  # longer extracted answers (or golds) are judged by the fast path only
 SOFT_TIMEOUT_FRACTION: float | None = 0.8  # worker-side SIGALRM at this share of timeout_s; None: hard kill only
@@ -95,22 +127,39 @@ VETO_REL_TOL = 1e-2  # math-verify "equal" on numbers differing more than this (
 
 
 class Scores(list):
-    """``list[float]`` of per-response rewards, plus ``timeouts`` (items that hit the time limit) and
-    ``crashes`` (items whose worker died)."""
+    """``list[float]`` of per-response rewards, plus ``timeouts`` (items that hit the time limit),
+    ``crashes`` (items whose worker died) and ``no_answer`` (responses with no recognisable final answer
+    under the extraction mode: format failures, scored incorrect, counted apart from wrong answers)."""
 
-    def __init__(self, values=(), timeouts: int = 0, crashes: int = 0):
+    def __init__(self, values=(), timeouts: int = 0, crashes: int = 0, no_answer: int = 0):
         super().__init__(values)
         self.timeouts = timeouts
         self.crashes = crashes
+        self.no_answer = no_answer
 
 
 # ----------------------------------------------------------------------------------------------
 # Extraction
 # ----------------------------------------------------------------------------------------------
 
+ANSWER_MODES = ("auto", "boxed", "minerva", "the-answer-is", "answer")  # accepted values of ``mode``
+AUTO_ORDER = ("boxed", "minerva", "the-answer-is", "answer")  # what ``mode="auto"`` tries, first found wins
+ANSWER_WINDOW = 300  # "the answer is" / "Answer:" must start in the last this many characters
+MINERVA_WINDOW = 2000  # "The final answer is" must start at most this far before "I hope it is correct"
+MULTI_BOX_MAX_GAP = 100  # multi_box: boxes at most this many characters apart form one answer
+
 _BOX_CMDS = ("\\boxed", "\\fbox")
 _ANSWER_RE = re.compile(r"(?i)Answer\s*:\s*([^\n]+)")
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_SPACE_FORM_RE = re.compile(r"[^\s$]+")
+# "The answer is", "the final answer is:", "Answer:", "**Answer:**", "**Final Answer**:", "__Answer:__"
+_LABEL_RE = re.compile(
+    r"(?i)(?<![A-Za-z])(?:the\s+)?(?:final\s+)?answer(?:\s*(?:\*\*|__))?(?:\s*:|\s+is\b(?:\s*:)?)(?:\s*(?:\*\*|__))?"
+)
+_MINERVA_HEAD_RE = re.compile(r"(?i)the\s+final\s+answer\s+is\b\s*:?")
+_MINERVA_TAIL = "i hope it is correct"
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
+_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 
 
 def _match_brace(text: str, open_idx: int) -> int | None:
@@ -139,22 +188,140 @@ def _last_box_start(text: str) -> tuple[int, int] | None:
     return None if last is None else (last.start(), last.end())
 
 
-def _extract_boxed(text: str) -> str | None:
-    found = _last_box_start(text)
-    if found is None:
-        return None
-    _, i = found
+def _box_at(text: str, i: int, close: int | None | bool = False) -> tuple[str | None, int]:
+    """Content of the box whose command name ends at ``i`` and the index just after the box; content None
+    if the box is unclosed or has no argument. ``close``: the index of the matching ``}`` if known."""
     n = len(text)
     j = i
     while j < n and text[j] in " \t":
         j += 1
     if j < n and text[j] == "{":
-        close = _match_brace(text, j)
-        return None if close is None else text[j + 1 : close].strip()
+        if close is False:
+            close = _match_brace(text, j)
+        return (None, n) if close is None else (text[j + 1 : close].strip(), close + 1)
     if j > i:  # space form: "\boxed 5" -> up to the next whitespace or "$"
-        m = re.compile(r"[^\s$]+").match(text, j)
-        return m.group(0) if m else None
-    return None
+        m = _SPACE_FORM_RE.match(text, j)
+        return (m.group(0), m.end()) if m else (None, j)
+    return None, i
+
+
+def _extract_boxed(text: str) -> str | None:
+    found = _last_box_start(text)
+    if found is None:
+        return None
+    return _box_at(text, found[1])[0] or None
+
+
+def _brace_partners(text: str) -> dict[int, int]:
+    """{index of ``{``: index of its ``}``} for every closed brace pair, in one pass (escapes skipped)."""
+    partners, stack, i, n = {}, [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            stack.append(i)
+        elif c == "}" and stack:
+            partners[stack.pop()] = i
+        i += 1
+    return partners
+
+
+def _extract_multi_box(text: str) -> str | None:
+    """The last box together with the boxes just before it (each at most ``MULTI_BOX_MAX_GAP`` characters
+    before the next), as one comma-separated answer, duplicates dropped. Boxes inside a box are part of
+    it. Linear time."""
+    if _BOX_RE.search(text) is None:
+        return None
+    partners = _brace_partners(text)
+    boxes: list[tuple[int, int, str | None]] = []  # (start, end, content) of the outermost boxes
+    end_prev = -1
+    for m in _BOX_RE.finditer(text):
+        if m.start() < end_prev:
+            continue  # inside the previous box
+        j = m.end()
+        while j < len(text) and text[j] in " \t":
+            j += 1
+        content, end = _box_at(text, m.end(), partners.get(j) if j < len(text) and text[j] == "{" else False)
+        boxes.append((m.start(), end, content))
+        end_prev = end
+    if not boxes or boxes[-1][2] is None:
+        return None  # like "boxed": an unclosed last box (a truncated response) is no answer
+    run = [boxes[-1]]
+    for box in reversed(boxes[:-1]):
+        if box[2] is None or run[-1][0] - box[1] > MULTI_BOX_MAX_GAP:
+            break
+        run.append(box)
+    parts: list[str] = []
+    for _, _, content in reversed(run):
+        if content and content not in parts:
+            parts.append(content)
+    return ", ".join(parts) or None
+
+
+def _tidy(ans: str) -> str | None:
+    """A labelled answer: the content of a box in it, else without ``**`` and math delimiters around it,
+    without a final period. None if nothing is left."""
+    ans = ans.strip()
+    if _BOX_RE.search(ans):
+        boxed = _extract_boxed(ans)
+        if boxed:
+            return boxed
+    for _ in range(2):
+        ans = re.sub(r"^(?:\*\*|__)|(?:\*\*|__)$", "", ans.strip()).strip()
+        ans = re.sub(r"(?<!\.)\.$", "", ans).strip()
+        for left, right in _DELIMS:
+            if len(ans) > len(left) + len(right) and ans.startswith(left) and ans.endswith(right):
+                ans = ans[len(left) : -len(right)]
+                break
+    ans = ans.strip().strip("$").strip()
+    return ans or None
+
+
+def _first_statement(rest: str) -> str | None:
+    """What follows a label: a delimited formula (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``) if
+    the text starts with one, else the first sentence of the line (the next non-empty line when the label
+    ends its line)."""
+    rest = re.sub(r"^[ \t]*(?:\*\*|__)?", "", rest)
+    line, _, after = rest.partition("\n")
+    if not line.strip():
+        rest = after.lstrip()
+    for left, right in _DELIMS:
+        if rest.startswith(left):
+            close = rest.find(right, len(left))
+            if close > len(left):
+                return _tidy(rest[len(left) : close])
+            break
+    line = rest.partition("\n")[0]
+    if _BOX_RE.search(line):
+        boxed = _extract_boxed(line)
+        if boxed:
+            return boxed
+    m = _SENTENCE_END_RE.search(line)
+    return _tidy(line[: m.start()] if m else line)
+
+
+def _extract_answer_is(text: str) -> str | None:
+    tail = text[-ANSWER_WINDOW:]
+    last = None
+    for last in _LABEL_RE.finditer(tail):
+        pass
+    return None if last is None else _first_statement(tail[last.end() :])
+
+
+def _extract_minerva(text: str) -> str | None:
+    end = text.lower().rfind(_MINERVA_TAIL)
+    if end < 0:
+        return None
+    window_start = max(0, end - MINERVA_WINDOW)
+    window = text[window_start:end]
+    last = None
+    for last in _MINERVA_HEAD_RE.finditer(window):
+        pass
+    if last is None:
+        return None
+    return _tidy(window[last.end() :])
 
 
 def _extract_answer_line(text: str) -> str | None:
@@ -170,19 +337,34 @@ def _extract_answer_line(text: str) -> str | None:
     return ans or None
 
 
-def extract_answer(text: str, mode: str = "auto") -> str | None:
-    """Final answer of ``text``: ``"boxed"`` (last ``\\boxed{}``/``\\fbox{}``), ``"answer"`` (DAPO
-    ``Answer:`` line in the last 300 chars) or ``"auto"`` (boxed, else the Answer line). None if absent."""
+_EXTRACTORS = {
+    "boxed": _extract_boxed,
+    "minerva": _extract_minerva,
+    "the-answer-is": _extract_answer_is,
+    "answer": _extract_answer_line,
+}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, ANSWER_MODES))}; got {mode!r}")
+
+
+def extract_answer(text: str, mode: str = "auto", multi_box: bool = False) -> str | None:
+    """Final answer of ``text`` by the rule ``mode`` (one of ``ANSWER_MODES``; see the module docstring),
+    or None when there is no recognisable final answer. ``multi_box``: the boxes that end the response
+    read as one answer (``\\boxed{1}`` and ``\\boxed{2}`` -> ``"1, 2"``) wherever the box rule applies."""
+    _check_mode(mode)
     if not isinstance(text, str):
         return None
-    if mode == "boxed":
-        return _extract_boxed(text)
-    if mode == "answer":
-        return _extract_answer_line(text)
-    if mode == "auto":
-        boxed = _extract_boxed(text)
-        return boxed if boxed is not None else _extract_answer_line(text)
-    raise ValueError(f"mode must be 'auto', 'boxed' or 'answer', got {mode!r}")
+    for name in AUTO_ORDER if mode == "auto" else (mode,):
+        if name == "boxed" and multi_box:
+            found = _extract_multi_box(text)
+        else:
+            found = _EXTRACTORS[name](text)
+        if found is not None:
+            return found
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,8 +374,18 @@ def extract_answer(text: str, mode: str = "auto") -> str | None:
 _SCI_E_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d*)?|\.\d+)[eE]([+-]?\d{1,6})(?![\w.])")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DEGREE_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![A-Za-z])")
-_SPACING_RE = re.compile(r"\\[,;:! ]|\\q?quad(?![A-Za-z])|\\displaystyle(?![A-Za-z])")
-_LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?:\.|(?![A-Za-z]))|\\[bB]ig[glr]?(?![A-Za-z])")
+# The row break "\\\\" is matched first and kept, so that "\\\\ " (a row break and a space) is never read as a
+# row break's second backslash followed by the spacing command "\\ " (which broke every spaced matrix).
+_ROW_BREAK = r"(\\\\)"
+_SPACING_RE = re.compile(_ROW_BREAK + r"|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\displaystyle(?![A-Za-z])")
+_LEFT_RIGHT_RE = re.compile(_ROW_BREAK + r"|\\(?:left|right)(?:\.|(?![A-Za-z]))|\\[bB]ig[glr]?(?![A-Za-z])")
+_THIN_THOUSANDS_RE = re.compile(r"(?<=\d),(?:\s*\\!)+\s*(?=\d)")  # "10,\!080", "11,\! 111": LaTeX thousands
+# inequalities in one variable with constant bounds -> intervals: "-2 \le x \le 7" -> "[-2, 7]"
+_REL = r"(<|\\lt(?![A-Za-z])|\\leq?(?:slant)?(?![A-Za-z])|≤|>|\\gt(?![A-Za-z])|\\geq?(?:slant)?(?![A-Za-z])|≥)"
+_REL_RE = re.compile(_REL)
+_CHAIN_RE = re.compile(r"^(.+?)\s*" + _REL + r"\s*([A-Za-z])\s*" + _REL + r"\s*(.+)$")
+_ONE_SIDED_RE = re.compile(r"^(?:([A-Za-z])\s*" + _REL + r"\s*(.+)|(.+?)\s*" + _REL + r"\s*([A-Za-z]))$")
+_VAR_IN_RE = re.compile(r"^[A-Za-z]\s*\\in(?![A-Za-z])\s*(?=[\[(]|\\\{)")
 _TEXT_CMD = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)"
 _TEXT_UNWRAP_RE = re.compile(_TEXT_CMD + r"\s*\{([^{}]*)\}")
 # a trailing unit: "10\text{ cm}", "10 \mathrm{~cm}", "864 \mbox{ inches}^2" (not "3\mathrm{i}": one letter, no space)
@@ -223,6 +415,57 @@ def _unwrap_outer(s: str) -> str:
     return s.strip()
 
 
+def _keep_row_break(m: re.Match) -> str:
+    return m.group(1) or " "
+
+
+def _keep_row_break_drop(m: re.Match) -> str:
+    return m.group(1) or ""
+
+
+_LESS = ("<", "\\lt", "\\le", "\\leq", "\\leqslant", "≤")
+
+
+def _constant_bound(b: str) -> bool:
+    """A bound without variables: no letters outside LaTeX command names (``\\infty``, ``\\frac``, ``\\pi``)."""
+    b = b.strip()
+    return bool(b) and "," not in b and not _REL_RE.search(b) and "=" not in b and not re.search(
+        r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", b)
+    )
+
+
+def _ineq_to_interval(s: str) -> str:
+    """``a < x \\le b`` / ``x \\ge a`` / ``b > x`` (one letter, constant bounds) as an interval with the same
+    ends; ``x \\in [a, b]`` as ``[a, b]``. Anything else is returned unchanged."""
+    m = _VAR_IN_RE.match(s)
+    if m:
+        return s[m.end():]
+    if len(s) > MAX_ANSWER_CHARS or not _REL_RE.search(s):
+        return s
+    m = _CHAIN_RE.match(s)
+    if m:
+        a, r1, _, r2, b = m.groups()
+        if _constant_bound(a) and _constant_bound(b) and (r1 in _LESS) == (r2 in _LESS):
+            if r1 not in _LESS:  # "b > x > a"
+                a, r1, b, r2 = b, r2, a, r1
+            return ("(" if r1 in ("<", "\\lt") else "[") + f"{a.strip()}, {b.strip()}" + (
+                ")" if r2 in ("<", "\\lt") else "]")
+        return s
+    m = _ONE_SIDED_RE.match(s)
+    if m:
+        if m.group(1) is not None:  # "x < b", "x \ge a"
+            rel, bound, upper = m.group(2), m.group(3), m.group(2) in _LESS
+        else:  # "a < x", "b \ge x"
+            rel, bound, upper = m.group(5), m.group(4), m.group(5) not in _LESS
+        if not _constant_bound(bound):
+            return s
+        strict = rel in ("<", ">", "\\lt", "\\gt")
+        if upper:
+            return f"(-\\infty, {bound.strip()}" + (")" if strict else "]")
+        return ("(" if strict else "[") + f"{bound.strip()}, \\infty)"
+    return s
+
+
 @lru_cache(maxsize=8192)
 def _clean(s: str) -> str:
     """Meaning-preserving cleanup applied to both sides before the fast path and before math-verify."""
@@ -230,15 +473,16 @@ def _clean(s: str) -> str:
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "").replace("%", "")
     s = s.replace("{,}", ",")
+    s = _THIN_THOUSANDS_RE.sub(",", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     s = _DEGREE_RE.sub("", s)
-    s = _SPACING_RE.sub(" ", s)
-    s = _LEFT_RIGHT_RE.sub("", s)
+    s = _SPACING_RE.sub(_keep_row_break, s)
+    s = _LEFT_RIGHT_RE.sub(_keep_row_break_drop, s)
     s = s.replace("\n", " ").strip()
     s = re.sub(r"(?<!\.)\.$", "", s).strip()  # trailing period ("5." -> "5"), not an ellipsis
-    if _THOUSANDS_RE.fullmatch(s):
+    if _THOUSANDS_RE.fullmatch(s):  # "1,000" (no space: "32, 349" is a list of two numbers)
         s = s.replace(",", "")
-    return s
+    return _ineq_to_interval(s)
 
 
 @lru_cache(maxsize=8192)
@@ -253,6 +497,8 @@ def _canon(s: str) -> str:
         if s2 == s:
             break
         s = s2
+    if _THOUSANDS_RE.fullmatch(s.strip()):  # "1,000" left once a unit is gone; before spaces are dropped
+        s = s.replace(",", "")
     s = _FRAC_SHORT_RE.sub(lambda m: "\\frac{%s}{%s}" % (m.group(1).strip("{}"), m.group(2).strip("{}")), s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
     s = re.sub(r"\s+|~", "", s)
@@ -263,8 +509,6 @@ def _canon(s: str) -> str:
     m = _MC_RE.match(s)
     if m:
         s = m.group(1) or m.group(2)
-    if _THOUSANDS_RE.fullmatch(s):
-        s = s.replace(",", "")
     return s
 
 
@@ -713,6 +957,7 @@ def score(
     timeout_s: float = 5.0,
     num_workers: int | None = None,
     reward_range: str = "01",
+    multi_box: bool = False,
 ) -> Scores:
     """Reward of each response against its gold: 1.0 if its extracted answer is equivalent, else 0.0
     (``reward_range="pm1"``: +1 / -1, as DAPO). Each item that needs math-verify gets at most
@@ -723,8 +968,7 @@ def score(
         raise ValueError(f"{len(responses)} responses but {len(golds)} golds")
     if reward_range not in ("01", "pm1"):
         raise ValueError(f"reward_range must be '01' or 'pm1', got {reward_range!r}")
-    if mode not in ("auto", "boxed", "answer"):
-        raise ValueError(f"mode must be 'auto', 'boxed' or 'answer', got {mode!r}")
+    _check_mode(mode)
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
     if num_workers is None:
@@ -732,10 +976,14 @@ def score(
     right, wrong = 1.0, (0.0 if reward_range == "01" else -1.0)
 
     correct = [False] * len(responses)
+    no_answer = 0
     pending: dict[tuple[str, str], list[int]] = {}  # identical (pred, gold) pairs are graded once
     for i, (response, gold) in enumerate(zip(responses, golds)):
-        pred = extract_answer(response, mode) if isinstance(response, str) else None
-        if pred is None or gold is None:
+        pred = extract_answer(response, mode, multi_box=multi_box)
+        if pred is None:
+            no_answer += 1
+            continue
+        if gold is None:
             continue
         gold = _gold_str(gold)
         try:
@@ -770,4 +1018,4 @@ def score(
             crashes += len(pending[key]) * (status == "crash")
             for i in pending[key]:
                 correct[i] = ok
-    return Scores([right if c else wrong for c in correct], timeouts=timeouts, crashes=crashes)
+    return Scores([right if c else wrong for c in correct], timeouts=timeouts, crashes=crashes, no_answer=no_answer)

@@ -133,6 +133,33 @@ EQUAL = [
     ("3.14159265", "3.14159265"),
     ("\\text{Evelyn}", "Evelyn"),
     ("(-\\infty, 0) \\cup\\{1\\}", "(-\\infty,0)\\cup\\{1\\}"),
+    # matrices and vectors: a row break followed by a space is still a row break
+    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}"),
+    ("\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+    ("\\begin{pmatrix} \\frac{1}{5} \\\\ -\\frac{18}{5} \\end{pmatrix}", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"),
+    ("\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    # thousands separators: no space after the comma (a LaTeX thin space "\\!" is not a space)
+    ("32,349", "32349"),
+    ("32349", "32,349"),
+    ("10,\\!080", "10080"),
+    ("11,\\! 111,\\! 111,\\! 100", "11111111100"),
+    ("\\$32,\\!348", "32348"),
+    # inequalities in one variable against intervals, ends respected
+    ("-2 \\le x \\le 7", "x \\in [-2, 7]"),
+    ("x \\in [-2, 7]", "-2 \\le x \\le 7"),
+    ("-2 \\le x \\le 7", "[-2,7]"),
+    ("[-2,7]", "-2 \\le x \\le 7"),
+    ("-2 \\leq x \\leq 7", "x \\in [-2,7]"),
+    ("7 \\ge x \\ge -2", "[-2, 7]"),
+    ("-2 < x \\le 7", "(-2, 7]"),
+    ("(-2, 7]", "-2 < x \\le 7"),
+    ("x > 3", "(3,\\infty)"),
+    ("(3,\\infty)", "x > 3"),
+    ("x \\geq 3", "[3, \\infty)"),
+    ("5 \\ge x", "(-\\infty, 5]"),
+    ("\\frac{1}{2} < x \\leq \\pi", "\\left(\\frac12, \\pi\\right]"),
+    ("x \\in (2, \\infty)", "(2,\\infty)"),
 ]
 
 UNEQUAL = [
@@ -158,6 +185,27 @@ UNEQUAL = [
     ("\\text{Evelyn}", "\\text{Bob}"),
     ("", "0"),
     ("1,000", "1,001"),
+    # entry order matters for vectors, matrices and tuples (a spaced row break used to hide it)
+    ("\\begin{pmatrix} -7 \\\\ -14 \\\\ -2 \\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix} -7 \\\\ -14 \\\\ -2 \\end{pmatrix}"),
+    ("\\begin{pmatrix}-7\\\\-14\\\\-2\\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),
+    # a comma followed by a space separates list items
+    ("32, 349", "32349"),
+    ("32349", "32, 349"),
+    ("10, 100", "10100"),
+    ("10100", "10, 100"),
+    ("32,349", "32, 349"),
+    # inequalities against intervals: open and closed ends differ
+    ("-2 < x \\le 7", "[-2, 7]"),
+    ("[-2, 7]", "-2 < x \\le 7"),
+    ("-2 \\le x < 7", "x \\in [-2,7]"),
+    ("-2 \\le x \\le 7", "(-2, 7)"),
+    ("-2 \\le x \\le 8", "[-2, 7]"),
+    ("x \\geq 3", "(3,\\infty)"),
+    ("x > 3", "[3, \\infty)"),
+    ("x < 3", "(3,\\infty)"),
 ]
 
 
