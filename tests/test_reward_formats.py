@@ -74,6 +74,10 @@ EXTRACT = [
     ("**Answer:**\n\n$$\\frac{1}{2}$$", "the-answer-is", "\\frac{1}{2}"),
     ("Answer: 4", "the-answer-is", "4"),
     ("The answer is \\boxed{9}.", "the-answer-is", "9"),
+    ("The answer is $\\$18.90$.", "the-answer-is", "\\$18.90"),  # an escaped dollar is no delimiter
+    ("**Answer:** $\\$18.90$", "the-answer-is", "\\$18.90"),
+    ("The answer is 5\\$.", "the-answer-is", "5\\$"),
+    (MINERVA.format("$\\$5$"), "minerva", "\\$5"),
     ("I said the answer is 4. Checking again, the answer is 5.", "the-answer-is", "5"),
     ("The answer is 5. Let me double-check: 2 + 3 = 5.", "the-answer-is", "5"),
     ("I think the answer is 5, let me check.\n" + "We verify each case. " * 20, "the-answer-is", None),  # not at the end
