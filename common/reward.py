@@ -47,7 +47,12 @@ How an answer pair is judged
    ``_canon``). Equal canonical strings -> correct. If both are *plain numbers* (integer, decimal,
    ``4.5e33``, ``4.5\\times10^{33}``; thousands separators and zero padding allowed) they are compared
    exactly as decimals: integers must match exactly, otherwise a relative tolerance of 1e-6 applies,
-   and a difference decides *incorrect*. The fast path never decides "incorrect" in any other case.
+   and a difference decides *incorrect*. Exact rationals (integers, ``\\frac{p}{q}``, ``p/q``, mixed
+   numbers) are compared exactly (``\\frac{333333}{1000000} != \\frac{1}{3}``); a decimal against a
+   fraction is correct when the values are equal exactly, incorrect when they differ by more than
+   ``VETO_REL_TOL`` (step 2 could not say otherwise), and left to step 2 in between (its rounding:
+   ``0.333333 = \\frac{1}{3}``). Numerals with a base (``52_8``) equal the same digits in the same base
+   or with no base written, nothing else. The fast path decides "incorrect" in no other case.
 2. Otherwise math-verify: ``parse("\\boxed{<answer>}", [LatexExtractionConfig(boxed_match_priority=0)])``
    for gold and prediction, then ``verify(gold, pred)`` (gold first: verify is asymmetric). This gives
    symbolic equality (``2\\sqrt2 = \\sqrt8``, ``x^2+2x+1 = (x+1)^2``), ordered tuples, intervals with
@@ -56,7 +61,14 @@ How an answer pair is judged
    with an absolute tolerance (6-decimal rounding, ``evalf(chop=True)``), so ``1.6\\times10^{-19}`` would
    equal ``1.7\\times10^{-19}``; when it says "equal" and both sides are plain numeric expressions whose
    values differ by more than 1% relative, the answer is judged incorrect.
-3. Extracted answers longer than ``MAX_ANSWER_CHARS`` are judged by the fast path only.
+3. Answers that math-verify cannot judge in reasonable time are judged by the fast path only (so they
+   are incorrect unless equal as canonical strings), as gold or as prediction: longer than
+   ``MAX_ANSWER_CHARS``; nested deeper than ``MAX_NESTING`` brackets (its LaTeX parser needs seconds from
+   a depth of about 12 on; real golds are nested at most 4 deep); or whose literals make a number of
+   more than ``MAX_MAGNITUDE_DIGITS`` digits (``9^{9^{9}}``, ``10^{10^{10}}``, ``1000000!``: sympy
+   computes integer powers and factorials exactly, in C, where no signal can stop it). These checks
+   are string scans in the calling process; they spare the pool the items that would otherwise each
+   take a worker for the whole time limit.
 
 Equivalence rules (both directions; tested in ``tests/test_reward.py``): ``025 = 25``; ``1,000 = 1000``
 and ``10,\\!080 = 10080`` (only the pattern ``\\d{1,3}(,\\d{3})+`` with no space after a comma: ``32, 349``
@@ -74,18 +86,24 @@ for an interval or set ``S``.
 
 Safety: model output is untrusted. Nothing here evaluates a raw string as Python: no ``eval``/``exec``,
 no ``sympify``/``parse_expr`` on strings, no math-verify ``ExprExtractionConfig`` (which calls
-``parse_expr``). Answers go through math-verify's LaTeX parser only; plain numbers are read with
-``decimal.Decimal`` after a strict regex match.
+``parse_expr``). Answers go through math-verify's LaTeX parser only; plain numbers and fractions are
+read with ``decimal.Decimal`` / ``int`` after a strict regex match.
 
 Why worker processes: math-verify's own time limit is ``signal.alarm`` based, so it only works on the
-main thread of a process, and a pathological answer (``9^{9^{9^{9}}}``, a 200 KB string) can take
-minutes or gigabytes. ``score`` therefore grades in a persistent pool of worker processes (started
-lazily, reused across calls, restarted as needed, stopped at exit). Each worker arms its own
-``SIGALRM`` per item at ``SOFT_TIMEOUT_FRACTION * timeout_s`` (cheap: the worker survives), and the
-parent enforces a hard limit: a worker that has not answered an item within ``timeout_s`` is killed
-(SIGKILL), the item scores as incorrect and counts in ``Scores.timeouts``, a replacement is started and
-the rest of its chunk goes to the other workers. A worker that dies (e.g. out of memory) costs its
-current item (``Scores.crashes``). ``score`` returns in bounded time whatever the input.
+main thread of a process, and a pathological answer that passes the checks of step 3 (``(x+y+z)^{60}``
+against ``1`` expands a polynomial for seconds) can take long. ``score`` therefore grades in a
+persistent pool of worker processes (started lazily, reused across calls, restarted as needed, stopped
+at exit). The limit of ``timeout_s`` per item counts the worker's *CPU time* (``TIME_LIMIT_CLOCK =
+"cpu"``), so that a busy machine (a training job beside the grader) does not turn right answers into
+timeouts: each worker arms ``SIGPROF`` (``ITIMER_PROF``) per item at ``SOFT_TIMEOUT_FRACTION *
+timeout_s`` of its CPU time (cheap: the worker survives), and the parent enforces the hard limit: a
+worker whose current item has used more than ``timeout_s`` of CPU (read from ``/proc``), or has not
+answered within ``WALL_BACKSTOP_FACTOR * timeout_s`` of wall time, is killed (SIGKILL), the item
+scores as incorrect and counts in ``Scores.timeouts``, a replacement is started and the rest of its
+chunk goes to the other workers. ``TIME_LIMIT_CLOCK = "wall"`` (or no ``/proc``) counts wall time
+instead (``SIGALRM``, kill after ``timeout_s``). A worker that dies (e.g. out of memory) costs its
+current item (``Scores.crashes``). ``score`` returns in bounded time whatever the input (at most
+``WALL_BACKSTOP_FACTOR * timeout_s`` per item that needs the parser).
 
 Workers are plain ``subprocess`` children (``python -c`` loading this file by path), not
 ``multiprocessing``: nothing is forked from the caller (which has usually imported torch and started
@@ -96,7 +114,8 @@ The pool belongs to the process that created it: a forked child or another rank 
 with N processes) gets its own pool of ``num_workers`` workers on first use.
 
 ``num_workers=0`` grades in the calling process (for debugging): no hard limit then, only the soft
-``SIGALRM`` limit, and only when called from the main thread.
+limit in wall time (``SIGALRM``: the caller's other threads would count in its CPU time), and only when
+called from the main thread.
 """
 
 from __future__ import annotations
@@ -989,6 +1008,7 @@ class _Pool:
     def __init__(self):
         self.pid = os.getpid()
         self.workers: list[_Worker] = []
+        self.item_cpu: list[tuple[bool, float]] = []  # (correct, worker CPU seconds) of the last grade()'s items
 
     def ensure(self, n: int) -> list[_Worker]:
         alive = []
@@ -1028,6 +1048,7 @@ class _Pool:
     def grade(self, items: list[tuple[int, str, str]], n: int, timeout_s: float) -> dict[int, tuple[bool, str]]:
         """Grade ``(key, pred, gold)`` items on ``n`` workers: {key: (correct, "" | "timeout" | "crash")}."""
         results: dict[int, tuple[bool, str]] = {}
+        self.item_cpu = []
         start_failures = 0
         soft = SOFT_TIMEOUT_FRACTION * timeout_s if SOFT_TIMEOUT_FRACTION else None
         clock = TIME_LIMIT_CLOCK
@@ -1048,7 +1069,7 @@ class _Pool:
                 return None
             return now + max(min(timeout_s - used, backstop - elapsed), 0.01)
 
-        chunk = max(1, min(32, math.ceil(len(items) / (4 * n))))
+        chunk = max(1, min(8, math.ceil(len(items) / (4 * n))))
         queue = deque(items[i : i + chunk] for i in range(0, len(items), chunk))
         workers = self.ensure(n)
         sel = selectors.DefaultSelector()
@@ -1094,6 +1115,8 @@ class _Pool:
                         elif "i" in m and w.items and w.items[0][0] == m["i"]:
                             w.items.popleft()
                             results[m["i"]] = (bool(m["ok"]), "timeout" if m.get("to") else "")
+                            if w.cpu_mark is not None and m.get("c") is not None:
+                                self.item_cpu.append((bool(m["ok"]), m["c"] - w.cpu_mark))
                             w.item_start, w.cpu_mark, w.next_check = t, m.get("c"), t + timeout_s
                     if eof:
                         if w.items:  # died while grading (e.g. out of memory): its current item is lost
