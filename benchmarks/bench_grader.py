@@ -30,7 +30,8 @@ loaded passes (one competing job per core: 2x load with the 2 workers). Items th
 limit counted in CPU time (the default, ``reward.TIME_LIMIT_CLOCK = "cpu"``) and in wall time.
 
 "Reference solutions": the 500 MATH-500 reference solutions against their own answers (the fast
-path decides all of them), for comparison with earlier figures.
+path decides all of them), for comparison with earlier figures. ``--compare-rev REV`` also grades the
+mix (warm) with ``common/reward.py`` as of git revision REV.
 """
 
 from __future__ import annotations
@@ -65,10 +66,17 @@ PATHOLOGICAL = [
 
 
 def uptime() -> str:
+    """``uptime`` and the number of processes runnable right now (the load averages lag behind)."""
     try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+        out = subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "load average %.2f %.2f %.2f" % os.getloadavg()
+        out = "load average %.2f %.2f %.2f" % os.getloadavg()
+    try:
+        with open("/proc/loadavg") as f:
+            out += f"; runnable now {f.read().split()[3].split('/')[0]}"
+    except OSError:
+        pass
+    return out
 
 
 def load_math500(data_dir: Path) -> list[dict]:
@@ -247,6 +255,33 @@ def report(name, kinds, scores, seconds, parent_cpu):
           + ", ".join(f"{k} {right[k]}/{total[k]}" for k in KINDS))
 
 
+def compare(rev: str, warm_items, items, kinds, w: int, limit: float) -> None:
+    """The warm pass with the grader of another git revision, loaded from a temporary file (its workers
+    load it by path, as ours do)."""
+    import importlib.util
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    source = subprocess.run(["git", "-C", str(root), "show", f"{rev}:common/reward.py"],
+                            capture_output=True, text=True, check=True).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "reward_at_rev.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("reward_at_rev", path)
+        other = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = other
+        spec.loader.exec_module(other)
+        with other._POOL_LOCK:
+            other._get_pool().wait_ready(w)
+        other.score([r for _, r, _ in warm_items], [g for _, _, g in warm_items], num_workers=w, timeout_s=limit)
+        print(f"common/reward.py at {rev}: {uptime()}")
+        t0, c0 = time.perf_counter(), time.process_time()
+        got = other.score([r for _, r, _ in items], [g for _, _, g in items], num_workers=w, timeout_s=limit)
+        got.no_answer = getattr(got, "no_answer", "n/a")
+        report(f"warm, grader at {rev}", kinds, got, time.perf_counter() - t0, time.process_time() - c0)
+        other.shutdown_workers()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -256,6 +291,8 @@ def main() -> None:
     ap.add_argument("--load-procs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--compare-rev", default=None,
+                    help="also grade the mix (warm pool, idle) with common/reward.py as of this git revision")
     args = ap.parse_args()
     w, limit = args.num_workers, args.timeout_s
 
@@ -304,12 +341,16 @@ def main() -> None:
             with Load(args.load_procs):
                 print(f"loaded ({args.load_procs} competing busy processes), limit in {clock} time: {uptime()}")
                 loaded, t, c = timed_score(responses, golds, w, limit)
-            report(f"warm, loaded, {clock}-time limit", kinds, loaded, t, c)
+                report(f"warm, loaded, {clock}-time limit", kinds, loaded, t, c)
+                print(f"  end of pass: {uptime()}")
             lost = sum(a == 1.0 and b != 1.0 for a, b in zip(warm, loaded))
             gained = sum(a != 1.0 and b == 1.0 for a, b in zip(warm, loaded))
             print(f"  correct items lost to the time limit under load: {lost} (idle 1 -> loaded 0); "
                   f"the other way: {gained}")
         reward.TIME_LIMIT_CLOCK = "cpu"
+
+    if args.compare_rev:
+        compare(args.compare_rev, warm_items, items, kinds, w, limit)
 
     if not args.skip_reference:
         print(f"reference solutions (MATH-500, fast path): {uptime()}")
