@@ -17,8 +17,9 @@ Public API
   final answer is X", "Answer: X" or its Markdown forms ("**Answer:** X", "**Final Answer**: X") that
   starts in the last ``ANSWER_WINDOW`` (300) characters. X is the delimited formula that follows
   (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``; the next line when the label ends its
-  line), else the rest of the sentence (up to a period followed by a space or the line end); a box in
-  it gives its content.
+  line) if only punctuation follows it in its sentence, else the rest of the sentence (up to a period
+  followed by a space or the line end), so that "The answer is $5$ or $7$." reads "5 or 7", not a
+  hedge that scores 5; a box in it gives its content.
   ``"answer"``: DAPO / verl ``math_dapo``: the last match of ``(?i)Answer\\s*:\\s*([^\\n]+)`` in the last
   300 characters, ``$`` stripped, and the content of a ``\\boxed{}`` inside it if there is one
   (kept exactly as DAPO's reward reads it: "**Answer:** 5" gives "** 5").
@@ -296,11 +297,13 @@ def _tidy(ans: str) -> str | None:
         ans = re.sub(r"^(?:\*\*|__)|(?:\*\*|__)$", "", ans.strip()).strip()
         ans = re.sub(r"(?<!\.)\.$", "", ans).strip()
         for left, right in _DELIMS:
+            inner = ans[len(left) : -len(right)]
             if (len(ans) > len(left) + len(right) and ans.startswith(left) and ans.endswith(right)
-                    and not ans[: -len(right)].endswith("\\")):  # "\\$" is a dollar sign, not a delimiter
-                ans = ans[len(left) : -len(right)]
+                    and not inner.endswith("\\")  # "\\$" is a dollar sign, not a delimiter
+                    and _find_unescaped(inner, right, 0) < 0):  # one formula, not "$5$ or $7$"
+                ans = inner
                 break
-    ans = re.sub(r"^\$+|(?<!\\)\$+$", "", ans.strip()).strip()
+    ans = ans.strip()
     return ans or None
 
 
@@ -324,7 +327,11 @@ def _first_statement(rest: str) -> str | None:
         if rest.startswith(left):
             close = _find_unescaped(rest, right, len(left))
             if close > len(left):
-                return _tidy(rest[len(left) : close])
+                after = rest[close + len(right) :].partition("\n")[0]
+                m = _SENTENCE_END_RE.search(after)
+                if not re.sub(r"[\s.,;:!?*_)]", "", after[: m.start()] if m else after):
+                    return _tidy(rest[len(left) : close])
+                # more follows in the sentence ("$5$ or $7$"): the answer is the whole sentence, no hedge
             break
     line = rest.partition("\n")[0]
     if _BOX_RE.search(line):

@@ -64,7 +64,8 @@ EXTRACT = [
     (MINERVA.format("$\\frac{1}{2}$"), "answer", "The final answer is $\\frac{1}{2}$. I hope it is correct"),
     # "The answer is X" / "**Answer:** X" at the end of a response
     ("So 8 + 64 = 72. The answer is 72.", "the-answer-is", "72"),
-    ("Therefore, the final answer is $\\frac{3}{4}$, as required.", "the-answer-is", "\\frac{3}{4}"),
+    ("Therefore, the final answer is $\\frac{3}{4}$.", "the-answer-is", "\\frac{3}{4}"),
+    ("Therefore, the final answer is $\\frac{3}{4}$, as required.", "the-answer-is", "$\\frac{3}{4}$, as required"),
     ("The answer is: 12", "the-answer-is", "12"),
     ("The answer is 3.5.", "the-answer-is", "3.5"),
     ("**Answer:** 42", "the-answer-is", "42"),
@@ -85,6 +86,13 @@ EXTRACT = [
     ("no label at all: 5", "the-answer-is", None),
     ("The answer is", "the-answer-is", None),
     ("**Answer:** 42", "answer", "** 42"),  # DAPO's rule, unchanged: why "the-answer-is" exists
+    # a formula followed by more text in its sentence is not the answer alone (no hedging)
+    ("The answer is $5$ or $7$.", "the-answer-is", "$5$ or $7$"),
+    ("The answer is $5$, $7$", "the-answer-is", "$5$, $7$"),
+    ("The answer is $5$, since $2 + 3 = 5$.", "the-answer-is", "$5$, since $2 + 3 = 5$"),
+    ("The answer is $5$ (or seven)", "the-answer-is", "$5$ (or seven)"),
+    ("The answer is $5$**.", "the-answer-is", "5"),
+    ("The answer is $5$. Or maybe 7.", "the-answer-is", "5"),  # the statement ends at its sentence, as a box
     # auto: boxed -> minerva -> the-answer-is -> answer
     ("The answer is 4, i.e. \\boxed{5}", "auto", "5"),
     (MINERVA.format("$6$"), "auto", "6"),
@@ -181,6 +189,15 @@ def test_no_answer_count(pool):
     pm1 = score(responses[:4], ["5"] * 4, reward_range="pm1", num_workers=0)
     assert pm1 == [1.0, -1.0, 1.0, -1.0] and pm1.no_answer == 1
     assert score([], []).no_answer == 0
+
+
+def test_hedged_labelled_answers_score_0(pool):
+    """Two candidates in one labelled statement never match either of them."""
+    texts = ["The answer is $5$ or $7$.", "The answer is $5$, $7$", "The answer is 5 or 7.", "**Answer:** $5$ or $7$",
+             "Answer: $5$ or $7$", MINERVA.format("$5$ or $7$"), MINERVA.format("$5$, $7$"), "\\boxed{5 \\text{ or } 7}"]
+    for gold in ("5", "7"):
+        got = score(texts, [gold] * len(texts))
+        assert got == [0.0] * len(texts) and got.no_answer == 0
 
 
 def test_real_formats_through_the_pool(pool):
