@@ -19,7 +19,8 @@ from common import reward  # noqa: E402
 from common.reward import Scores, extract_answer, is_equiv, score, shutdown_workers  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"
+POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"  # rejected before the parser (MAX_MAGNITUDE_DIGITS)
+SLOW = "\\boxed{(x+y+z)^{60}}"  # passes every static check; math-verify needs ~10 s of CPU against "1"
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +134,41 @@ EQUAL = [
     ("3.14159265", "3.14159265"),
     ("\\text{Evelyn}", "Evelyn"),
     ("(-\\infty, 0) \\cup\\{1\\}", "(-\\infty,0)\\cup\\{1\\}"),
+    # matrices and vectors: a row break followed by a space is still a row break
+    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}"),
+    ("\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
+    ("\\begin{pmatrix} \\frac{1}{5} \\\\ -\\frac{18}{5} \\end{pmatrix}", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"),
+    ("\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
+    # thousands separators: no space after the comma (a LaTeX thin space "\\!" is not a space)
+    ("32,349", "32349"),
+    ("32349", "32,349"),
+    ("10,\\!080", "10080"),
+    ("11,\\! 111,\\! 111,\\! 100", "11111111100"),
+    ("\\$32,\\!348", "32348"),
+    # inequalities in one variable against intervals, ends respected
+    ("-2 \\le x \\le 7", "x \\in [-2, 7]"),
+    ("x \\in [-2, 7]", "-2 \\le x \\le 7"),
+    ("-2 \\le x \\le 7", "[-2,7]"),
+    ("[-2,7]", "-2 \\le x \\le 7"),
+    ("-2 \\leq x \\leq 7", "x \\in [-2,7]"),
+    ("7 \\ge x \\ge -2", "[-2, 7]"),
+    ("-2 < x \\le 7", "(-2, 7]"),
+    ("(-2, 7]", "-2 < x \\le 7"),
+    ("x > 3", "(3,\\infty)"),
+    ("(3,\\infty)", "x > 3"),
+    ("x \\geq 3", "[3, \\infty)"),
+    ("5 \\ge x", "(-\\infty, 5]"),
+    ("\\frac{1}{2} < x \\leq \\pi", "\\left(\\frac12, \\pi\\right]"),
+    ("x \\in (2, \\infty)", "(2,\\infty)"),
+    # numerals with their base: the same digits, with the base or without it
+    ("52_8", "52_{8}"),
+    ("52", "52_8"),
+    ("4210_{5}", "4210_5"),
+    # exact rationals (decided without the parser)
+    ("\\frac{3}{8}", "0.375"),
+    ("-\\frac{5}{2}", "-2\\frac{1}{2}"),
+    ("\\frac{6}{4}", "3/2"),
 ]
 
 UNEQUAL = [
@@ -158,6 +194,36 @@ UNEQUAL = [
     ("\\text{Evelyn}", "\\text{Bob}"),
     ("", "0"),
     ("1,000", "1,001"),
+    # entry order matters for vectors, matrices and tuples (a spaced row break used to hide it)
+    ("\\begin{pmatrix} -7 \\\\ -14 \\\\ -2 \\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix} -7 \\\\ -14 \\\\ -2 \\end{pmatrix}"),
+    ("\\begin{pmatrix}-7\\\\-14\\\\-2\\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}", "\\begin{pmatrix} 1 & 3 \\\\ 2 & 4 \\end{pmatrix}"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix} 1 & 2 \\end{pmatrix}"),
+    # a comma followed by a space separates list items
+    ("32, 349", "32349"),
+    ("32349", "32, 349"),
+    ("10, 100", "10100"),
+    ("10100", "10, 100"),
+    ("32,349", "32, 349"),
+    # inequalities against intervals: open and closed ends differ
+    ("-2 < x \\le 7", "[-2, 7]"),
+    ("[-2, 7]", "-2 < x \\le 7"),
+    ("-2 \\le x < 7", "x \\in [-2,7]"),
+    ("-2 \\le x \\le 7", "(-2, 7)"),
+    ("-2 \\le x \\le 8", "[-2, 7]"),
+    ("x \\geq 3", "(3,\\infty)"),
+    ("x > 3", "[3, \\infty)"),
+    ("x < 3", "(3,\\infty)"),
+    # a numeral in another base is another number
+    ("52_9", "52_8"),
+    ("52_8", "52_9"),
+    ("42", "52_8"),
+    ("4211_5", "4210_{5}"),
+    # exact rationals: no rounding between two fractions
+    ("\\frac{333333}{1000000}", "\\frac{1}{3}"),
+    ("\\frac{3}{8}", "0.38"),
+    ("-\\frac{5}{2}", "\\frac{5}{2}"),
 ]
 
 
@@ -183,6 +249,47 @@ def test_fast_path_never_decides_false_for_non_numbers():
     assert reward._fast_equiv("2\\sqrt{2}", "\\sqrt{8}") is None
     assert reward._fast_equiv("25", "26") is False
     assert reward._fast_equiv("025", "25") is True
+
+
+def test_fast_path_rationals():
+    """Exact numbers are decided without the parser; a decimal near a fraction is left to math-verify
+    (its 6-decimal rounding), one far from it (more than the veto's 1%) is wrong either way."""
+    assert reward._fast_equiv("\\frac{1}{2}", "0.5") is True
+    assert reward._fast_equiv("\\dfrac{2}{4}", "1/2") is True
+    assert reward._fast_equiv("2\\frac{1}{2}", "\\frac{5}{2}") is True
+    assert reward._fast_equiv("\\frac{1}{3}", "\\frac{333333}{1000000}") is False
+    assert reward._fast_equiv("\\frac{1}{3}", "0.5") is False
+    assert reward._fast_equiv("\\frac{1}{3}", "0.333333") is None
+    assert reward._fast_equiv("\\frac{1}{0}", "1") is None
+    assert reward._fast_equiv("52_8", "52_9") is False
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["9^{9^{9^{9^{9}}}}", "9^{9^9}", "10^{10^{10}}", "2^{100000000}", "(10^{10})^{10^{10}}", "1000000!",
+     "\\frac{1}{10^{10^{10}}}", "{" * 9 + "1" + "}" * 9, "\\frac{1}{" * 9 + "2" + "}" * 9, "(" * 9 + "1" + ")" * 9,
+     "1+" * 600],
+)
+def test_too_complex_answers_skip_the_parser(answer):
+    """Power towers, huge factorials, deep nesting, very long answers: judged without math-verify (which
+    would take seconds or minutes), incorrect unless equal as strings, in either role."""
+    assert reward._too_complex(answer)
+    t0 = time.perf_counter()
+    assert not is_equiv(answer, "1") and not is_equiv("1", answer)
+    assert is_equiv(answer, answer)
+    got = score([f"\\boxed{{{answer}}}", f"\\boxed{{{answer}}}"], ["1", answer], num_workers=0)
+    assert got == [0.0, 1.0] and got.timeouts == 0
+    assert time.perf_counter() - t0 < 1.0
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["2^{2014}", "3^{1000}", "100!", "e^{x^2}", "x^{x^{x}}", "4.5\\times10^{33}", "10^{-19}", "\\frac{\\sqrt{3}}{2}",
+     "\\left( \\frac{3}{2}, -13 \\right)", "\\frac{2 \\pi c^{2} R^{2}}{\\lambda^{5}\\left[e^{h c /(\\lambda k T)}-1\\right] d^{2}}",
+     "{" * 8 + "1" + "}" * 8],
+)
+def test_ordinary_answers_reach_the_parser(answer):
+    assert not reward._too_complex(answer)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,34 +330,34 @@ JUNK_TEXT = ("lorem ipsum \\frac{" * 12_000)[:200_000]  # 200 KB, no extractable
 
 
 def _batch():
-    responses = [POWER_TOWER, JUNK_BOXED, JUNK_TEXT, "so \\boxed{2\\sqrt{2}}"]
-    return responses, ["1", "1", "1", "\\sqrt{8}"]
+    responses = [SLOW, JUNK_BOXED, JUNK_TEXT, "so \\boxed{2\\sqrt{2}}", POWER_TOWER]
+    return responses, ["1", "1", "1", "\\sqrt{8}", "1"]
 
 
 def test_timeout_soft_limit(pool):
-    """Default path: the worker's own SIGALRM stops the power tower; the worker survives."""
+    """Default path: the worker's own signal (CPU-time limit) stops the slow item; the worker survives."""
     pids = [w.proc.pid for w in reward._POOL.workers]
     limit = 2.0
     t0 = time.perf_counter()
     got = score(*_batch(), timeout_s=limit)
     elapsed = time.perf_counter() - t0
-    assert got == [0.0, 0.0, 0.0, 1.0]
+    assert got == [0.0, 0.0, 0.0, 1.0, 0.0]
     assert got.timeouts == 1 and got.crashes == 0
     assert elapsed < 4 * limit
     assert [w.proc.pid for w in reward._POOL.workers] == pids  # nobody was killed
 
 
 def test_timeout_hard_kill(pool, monkeypatch):
-    """Without the worker-side alarm the power tower really does not finish (math-verify with no
-    limit blocks in sympy/int arithmetic): the parent must SIGKILL the worker, and ``score`` still
-    returns in bounded time, scores it 0, counts it, and the pool recovers."""
+    """Without the worker-side signal the slow item really does not finish in time: the parent must
+    SIGKILL the worker, and ``score`` still returns in bounded time, scores it 0, counts it, and the
+    pool recovers."""
     monkeypatch.setattr(reward, "SOFT_TIMEOUT_FRACTION", None)
     pids = {w.proc.pid for w in reward._POOL.workers}
     limit = 2.0
     t0 = time.perf_counter()
     got = score(*_batch(), timeout_s=limit)
     elapsed = time.perf_counter() - t0
-    assert got == [0.0, 0.0, 0.0, 1.0]
+    assert got == [0.0, 0.0, 0.0, 1.0, 0.0]
     assert got.timeouts == 1
     assert elapsed < 4 * limit
     killed = pids - {w.proc.pid for w in reward._POOL.workers}
@@ -270,13 +377,13 @@ def test_worker_crash_is_survived(pool, monkeypatch):
     def assassin():
         time.sleep(0.7)
         for w in list(reward._POOL.workers):
-            if w.items and w.items[0][1] == "9^{9^{9^{9^{9}}}}":
+            if w.items and w.items[0][1] == "(x+y+z)^{60}":
                 w.proc.kill()
 
     thread = threading.Thread(target=assassin)
     thread.start()
     t0 = time.perf_counter()
-    got = score([POWER_TOWER, "\\boxed{2\\sqrt{2}}"], ["1", "\\sqrt{8}"], timeout_s=5)
+    got = score([SLOW, "\\boxed{2\\sqrt{2}}"], ["1", "\\sqrt{8}"], timeout_s=5)
     thread.join()
     assert got == [0.0, 1.0]
     assert got.crashes == 1 and got.timeouts == 0
@@ -285,7 +392,7 @@ def test_worker_crash_is_survived(pool, monkeypatch):
 
 def test_in_process_mode_has_soft_limit():
     t0 = time.perf_counter()
-    got = score([POWER_TOWER, "\\boxed{5}"], ["1", "5"], num_workers=0, timeout_s=1.0)
+    got = score([SLOW, "\\boxed{5}"], ["1", "5"], num_workers=0, timeout_s=1.0)
     assert got == [0.0, 1.0] and got.timeouts == 1
     assert time.perf_counter() - t0 < 4
 
@@ -343,6 +450,7 @@ def test_benchmark_golds(name, pool):
     problems = _load(name)
     golds = [p["answer"] for p in problems]
     assert golds and all(isinstance(g, str) and g for g in golds)
+    assert not [g for g in golds if reward._too_complex(g)]  # the static limits spare every real gold
 
     # 1. every gold, written the way a model writes it, is correct
     responses = [f"Thus the final answer is $\\boxed{{{g}}}$." for g in golds]
