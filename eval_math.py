@@ -93,8 +93,11 @@ class Args:
     """evaluate only the first K problems of each benchmark"""
     output_dir: str | None = None
     """where results.json, results.md and completions.jsonl go (default eval_out/<model name>__<time>)"""
-    answer_mode: Literal["auto", "boxed", "answer"] = "auto"
-    """answer extraction: last \\boxed{}, DAPO `Answer:` line, or boxed else Answer line"""
+    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"
+    """answer extraction: last \\boxed{}, Minerva's "The final answer is X", "The answer is X", DAPO's `Answer:`
+    line, or `auto` (those, in that order)"""
+    multi_box: bool = False
+    """read several nearby \\boxed{} as one set answer ("find all" questions)"""
     grader_timeout_s: float = 5.0
     """hard time limit per graded response (a response over it scores as incorrect and is counted)"""
     grader_workers: int | None = None
@@ -780,13 +783,16 @@ def main(args: Args) -> dict:
         texts = tokenizer.batch_decode([s["response_ids"] for s in flat], skip_special_tokens=True)
         golds = [p["answer"] for p in d["problems"] for _ in range(n)]
         t0 = time.time()
-        scores = score(texts, golds, mode=args.answer_mode, timeout_s=args.grader_timeout_s, num_workers=args.grader_workers)
+        scores = score(texts, golds, mode=args.answer_mode, timeout_s=args.grader_timeout_s,
+                       num_workers=args.grader_workers, multi_box=args.multi_box)
         grading_s = time.time() - t0
         for s, text, sc in zip(flat, texts, scores):
-            s.update(response=text, score=float(sc), answer=extract_answer(text, args.answer_mode), length=len(s["response_ids"]))
+            s.update(response=text, score=float(sc), answer=extract_answer(text, args.answer_mode, args.multi_box),
+                     length=len(s["response_ids"]))
         per_problem = [{"id": p["id"], "samples": samples} for p, samples in zip(d["problems"], d["samples"])]
         metrics = benchmark_metrics(per_problem, n)
         metrics.update(grader_timeouts=scores.timeouts, grader_crashes=getattr(scores, "crashes", 0),
+                       no_answer=scores.no_answer,
                        generation_s=round(gen_time[name], 2), grading_s=round(grading_s, 2),
                        skipped_rows=d["problems"].skipped_rows, duplicates_dropped=d["problems"].duplicates)
         results["benchmarks"][name] = metrics

@@ -151,8 +151,11 @@ class Rollout:
 @dataclass
 class Reward:
     """rewards and advantages"""
-    answer_mode: Literal["auto", "boxed", "answer"] = "auto"
-    """how the final answer is extracted (last \\boxed{}, DAPO `Answer:` line, or either)"""
+    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"
+    """final-answer extraction: last \\boxed{}, Minerva's "The final answer is X", "The answer is X", DAPO's
+    `Answer:` line, or `auto` (those, in that order); a response with none scores 0 (`rollout/no_answer_frac`)"""
+    multi_box: bool = False
+    """read several nearby \\boxed{} as one set answer ("find all" questions; off for training by default)"""
     reward_range: Literal["01", "pm1"] = "01"
     """reward of a correct/incorrect response: 1/0, or DAPO's +1/−1"""
     grader_timeout_s: float = 5.0
@@ -939,10 +942,12 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
         llm.sleep(level=1)
     texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
     rewards = score(texts, [p["answer"] for p in shard[:real] for _ in range(n)], mode=args.reward.answer_mode,
-                    timeout_s=args.reward.grader_timeout_s, num_workers=args.reward.grader_workers)
+                    timeout_s=args.reward.grader_timeout_s, num_workers=args.reward.grader_workers,
+                    multi_box=args.reward.multi_box)
     metrics = Metrics()
     metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
     metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples), len(samples))
+    metrics.add("eval/no_answer_frac", rewards.no_answer, len(samples))
     return metrics.reduce(accelerator)
 
 
@@ -1137,13 +1142,14 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
         rewards = score(texts, [p["answer"] for p in problems for _ in range(G)], mode=args.reward.answer_mode,
                         timeout_s=args.reward.grader_timeout_s, num_workers=args.reward.grader_workers,
-                        reward_range=args.reward.reward_range)
+                        reward_range=args.reward.reward_range, multi_box=args.reward.multi_box)
         rollout_s, grading_s, timeouts = rollout_s + t1 - t0, grading_s + time.time() - t1, timeouts + rewards.timeouts
         tokens += sum(len(s["response_ids"]) for s in samples)
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32)
         informative = informative_groups(correct, G)
         metrics.add("rollout/accuracy", correct.sum(), len(correct))
         metrics.add("rollout/reward", sum(rewards), len(rewards))
+        metrics.add("rollout/no_answer_frac", rewards.no_answer, len(rewards))
         metrics.add("rollout/filtered_group_frac", (~informative).sum() if args.reward.filter_groups else 0, per_rank)
         metrics.add("rollout/all_correct_group_frac", (correct.view(-1, G) == 1).all(1).sum(), per_rank)
         metrics.add("rollout/all_wrong_group_frac", (correct.view(-1, G) == 0).all(1).sum(), per_rank)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--num-eval-problems", "8",
         "--micro-batch-size", "8", "--grader-workers", "1", "--log-completions-every", "1"]
 EXPECTED_METRICS = {
-    "rollout/reward", "rollout/accuracy", "rollout/filtered_group_frac", "rollout/all_correct_group_frac",
+    "rollout/reward", "rollout/accuracy", "rollout/no_answer_frac", "rollout/filtered_group_frac", "rollout/all_correct_group_frac",
     "rollout/all_wrong_group_frac",
     "rollout/response_length_mean", "rollout/response_length_max", "rollout/truncated_frac",
     "rollout/logp_diff_mean", "rollout/logp_diff_max", "rollout/grader_timeouts", "rollout/gen_batches",
@@ -50,7 +50,8 @@ def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
     run_dir = tmp_path / "e2e"
     assert f"run directory: {run_dir}" in proc.stdout
     initial, *rows = metrics(run_dir)
-    assert initial["step"] == 0 and set(initial) == {"step", "eval/accuracy", "eval/response_length_mean"}
+    assert initial["step"] == 0 and set(initial) == {"step", "eval/accuracy", "eval/response_length_mean",
+                                                      "eval/no_answer_frac"}
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
         assert EXPECTED_METRICS <= set(row), EXPECTED_METRICS - set(row)
