@@ -25,7 +25,7 @@ Outputs in `--output-dir` (default `eval_out/<model name>__<YYYYmmdd-HHMMSS>`): 
 of each benchmark, their macro average, and the exact settings and versions), `results.md` (the Markdown
 table that is also printed) and `completions.jsonl` (one line per sampled response).
 
-`--protocol opefo` (ALGORITHMS.md §5.4, OPEFO arXiv 2605.11491) sets, where the flag is not given:
+`--protocol opefo` (the evaluation of the OPEFO paper, arXiv 2605.11491) sets, where the flag is not given:
 benchmarks aime24, aime25, amc23, math500, minerva_math, olympiadbench; n = 32 for aime24/aime25/amc23 and
 n = 1 for math500/minerva_math/olympiadbench (`name@n` in --benchmarks still wins; other benchmarks use
 --n); template qwen-math; temperature 1.0; max_new_tokens 3000. top_p stays 1.0 unless given.

@@ -1,6 +1,6 @@
 """Throughput of the grader (common/reward.py) on model-like responses, idle and under CPU load.
 
-    python benchmarks/bench_grader.py [--data-dir ../shared/data] [--num-workers 2] [--group-size 8]
+    python benchmarks/bench_grader.py [--data-dir DIR] [--num-workers 2] [--group-size 8]
                                       [--timeout-s 5] [--load-procs N] [--skip-load] [--skip-reference]
 
 The mix (MATH-500, deterministic): G responses per problem (G = ``--group-size``, as one GRPO step
@@ -284,7 +284,7 @@ def compare(rev: str, warm_items, items, kinds, w: int, limit: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--data-dir", default=None, help="benchmark files (default: $RLVR_DATA_DIR, else the cache)")
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--group-size", type=int, default=8)
     ap.add_argument("--timeout-s", type=float, default=5.0)
@@ -296,7 +296,9 @@ def main() -> None:
     args = ap.parse_args()
     w, limit = args.num_workers, args.timeout_s
 
-    rows = load_math500(Path(args.data_dir))
+    from common.data import fetch_file
+
+    rows = load_math500(fetch_file("math500/test.jsonl", args.data_dir).parents[1])  # downloaded and checked if missing
     half = len(rows) // 2
     warm_items = build_mix(rows[:half], args.group_size, seed=1)
     items = build_mix(rows[half:], args.group_size, seed=2)
