@@ -1215,7 +1215,8 @@ def rerun_command(run_dir: str) -> str:
     for i, arg in enumerate(argv):
         if arg.split("=")[0] not in dropped and (i == 0 or argv[i - 1] not in dropped):
             kept.append(arg)
-    return shlex.join(["python", SCRIPT, *kept, "--resume", run_dir])
+    script = sys.argv[0] if os.path.basename(sys.argv[0]) == SCRIPT else SCRIPT  # as invoked, so it works from here
+    return shlex.join(["python", script, *kept, "--resume", run_dir])
 
 
 def main(args: Args) -> str:
