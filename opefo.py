@@ -268,8 +268,9 @@ class UsageError(ValueError):
     """A user error: printed as one `error: ...` line, exit status 2."""
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written: printed as one `error: ...` line with what to run next, exit status 1."""
+class RunError(RuntimeError):
+    """A run that cannot go on (a checkpoint that cannot be written, every update skipped): printed as one
+    `error: ...` line with what to run next, exit status 1."""
 
 
 def check_shared_args(args, world: int) -> None:
@@ -316,6 +317,12 @@ def check_shared_args(args, world: int) -> None:
     if not os.path.isdir(os.path.expanduser(model)) and (model.startswith((".", "/", "~")) or model.count("/") > 1
                                                           or os.path.isdir(model.split("/")[0])):
         raise UsageError(f"--model {args.data.model}: no such directory")
+    try:  # an output directory that cannot be written fails now, not at the first checkpoint
+        os.makedirs(args.exp.output_dir, exist_ok=True)
+        with open(os.path.join(args.exp.output_dir, f".write_test_{os.getpid()}"), "w") as probe:
+            os.remove(probe.name)
+    except OSError as error:
+        raise UsageError(f"--output-dir {args.exp.output_dir} is not writable ({error.strerror})") from None
     if args.exp.resume is not None:
         check_resume(args)
     elif args.exp.run_name and os.path.exists(os.path.join(args.exp.output_dir, args.exp.run_name)):
@@ -1027,7 +1034,7 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir: str, step: int, trai
     except Exception as error:  # a full disk surfaces as OSError, torch's "enforce fail", safetensors' I/O error
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
-        raise CheckpointError(f"could not write checkpoint {final} ({str(error).splitlines()[0][:200]}); "
+        raise RunError(f"could not write checkpoint {final} ({str(error).splitlines()[0][:200]}); "
                               f"free disk space under {root}, then resume from "
                               f"{previous or 'the start (no earlier checkpoint)'}: {rerun_command(run_dir)}") from None
     accelerator.wait_for_everyone()
@@ -1418,7 +1425,7 @@ def main(args: Args) -> str:
         accelerator.print(f"step    0 | eval {initial['eval/accuracy']:.3f}")
 
     # ── the loop (Ctrl-C ends it with what to run next)
-    step = start_step
+    step, skipped_streak = start_step, 0
     try:
         for step in range(start_step + 1, args.optim.total_steps + 1):
             step_start = time.time()
@@ -1443,6 +1450,8 @@ def main(args: Args) -> str:
             skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step,
                                     fill_old=not old_policy_pass)
             metrics.add("train/skipped_updates", skipped)
+            all_skipped = skipped == args.optim.update_epochs * args.optim.num_minibatches
+            skipped_streak = skipped_streak + 1 if all_skipped else 0
             scheduler.step()
             batch_token_metrics(batch, metrics, reduce_sum)
             if args.log.measure_entropy_change:  # realised entropy change of the same batch
@@ -1458,6 +1467,10 @@ def main(args: Args) -> str:
             if args.log.eval_every > 0 and (step % args.log.eval_every == 0 or step == args.optim.total_steps):
                 metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
             logger.log(step, metrics)
+            if skipped_streak == 3:  # nothing is being learnt: stop rather than spin
+                raise RunError(f"every update of steps {step - 2}-{step} was skipped (non-finite loss or gradients); "
+                               f"the weights are unchanged since step {step - 3}. Lower --learning-rate or check the "
+                               f"data, then continue from {latest_checkpoint(run_dir)}: {rerun_command(run_dir)}")
             if args.log.log_completions_every and step % args.log.log_completions_every == 0:
                 logger.completions(step, [{"prompt": s["problem"]["question"], "response": s["text"],
                                            "reward": s["reward"], "gold": s["problem"]["answer"]}
@@ -1492,7 +1505,7 @@ if __name__ == "__main__":
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    except CheckpointError as error:
+    except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as interrupt:

@@ -32,7 +32,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS[:1])  # the manifest check is shared code
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, script):
     common = [*TINY, "--total-steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "5",
               "--output-dir", str(tmp_path)]
@@ -94,3 +94,36 @@ def test_ctrl_c_names_the_run_and_how_to_continue(tmp_path, script):
     assert "Traceback" not in err
     assert f"interrupted: run {tmp_path / 'int'} stopped at step" in err and "continue with: python" in err
     assert f"--resume {tmp_path / 'int'}" in err
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_kill_9_while_writing_a_checkpoint_then_resume_matches_the_uninterrupted_run(tmp_path, script):
+    """SIGKILL the moment the step-3 checkpoint starts being written (its `.tmp` directory appears): the resumed run
+    ignores the partial checkpoint, continues from step 2, and ends with the uninterrupted run's metrics."""
+    common = [*TINY, "--total-steps", "4", "--checkpoint-every", "1", "--keep-checkpoints", "5",
+              "--output-dir", str(tmp_path)]
+    run(script, [*common, "--run-name", "full"])
+    proc = subprocess.Popen([sys.executable, script, *common, "--run-name", "killed"], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "killed" / "checkpoints" / "step_000003.tmp"
+    deadline = time.time() + 300
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.001)
+    proc.kill()
+    proc.wait()
+    assert partial.exists(), "the run was not caught while writing its checkpoint"
+    resumed = run(script, [*common, "--resume", str(tmp_path / "killed")])
+    assert "step_000002" in resumed.stdout.split("resumed from")[1].splitlines()[0]
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "full")
+
+
+def test_read_only_output_directory_fails_at_start(tmp_path):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("needs permission to mount a read-only tmpfs (root ignores file permissions)")
+    try:
+        proc = run(SCRIPTS[0], [*TINY, "--output-dir", str(mount)], expect=2)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --output-dir {mount} is not writable (Read-only file system)"

@@ -3,6 +3,7 @@
 import json
 import math
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -30,3 +31,19 @@ def test_nan_loss_skips_update_and_keeps_weights(tmp_path, monkeypatch):
     for name, tensor in before.items():
         assert torch.isfinite(after[name]).all()
         assert torch.equal(after[name], tensor), name  # the update was skipped entirely
+
+
+def test_a_run_whose_every_update_is_skipped_stops(tmp_path, monkeypatch):
+    """Three rollout steps in a row with every update skipped end the run with a RunError saying what to do."""
+    real_loss = grpo.policy_token_loss
+    monkeypatch.setattr(grpo, "policy_token_loss",
+                        lambda mb, logp, args, state: (lambda out: (out[0] * float("inf"), out[1]))(
+                            real_loss(mb, logp, args, state)))
+    args = grpo.Args(exp=grpo.Experiment(output_dir=str(tmp_path), run_name="inf"),
+                     rollout=grpo.Rollout(prompts_per_step=4, group_size=4, max_new_tokens=20),
+                     reward=grpo.Reward(grader_workers=1), optim=grpo.Optim(total_steps=10),
+                     log=grpo.Log(eval_every=0, checkpoint_every=0))
+    with pytest.raises(grpo.RunError, match="every update of steps 1-3 was skipped"):
+        grpo.main(args)
+    rows = [json.loads(line) for line in open(tmp_path / "inf" / "metrics.jsonl")]
+    assert [r["train/skipped_updates"] for r in rows] == [1, 1, 1]
