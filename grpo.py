@@ -291,12 +291,11 @@ def check_shared_args(args, world: int) -> None:
     if not os.path.isdir(os.path.expanduser(model)) and (model.startswith((".", "/", "~")) or model.count("/") > 1
                                                           or os.path.isdir(model.split("/")[0])):
         raise UsageError(f"--model {args.data.model}: no such directory")
-    try:  # an output directory that cannot be written fails now, not at the first checkpoint
-        os.makedirs(args.exp.output_dir, exist_ok=True)
-        with open(os.path.join(args.exp.output_dir, f".write_test_{os.getpid()}"), "w") as probe:
-            os.remove(probe.name)
-    except OSError as error:
-        raise UsageError(f"--output-dir {args.exp.output_dir} is not writable ({error.strerror})") from None
+    existing = os.path.abspath(args.exp.resume or args.exp.output_dir)  # unwritable: fail now, not at a checkpoint
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--output-dir {args.exp.output_dir} is not writable ({existing} is read-only)")
     if args.exp.resume is not None:
         check_resume(args)
     elif args.exp.run_name and os.path.exists(os.path.join(args.exp.output_dir, args.exp.run_name)):

@@ -126,4 +126,4 @@ def test_read_only_output_directory_fails_at_start(tmp_path):
         proc = run(SCRIPTS[0], [*TINY, "--output-dir", str(mount)], expect=2)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
-    assert proc.stderr.strip().splitlines()[-1] == f"error: --output-dir {mount} is not writable (Read-only file system)"
+    assert proc.stderr.strip().splitlines()[-1] == f"error: --output-dir {mount} is not writable ({mount} is read-only)"
