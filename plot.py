@@ -266,6 +266,7 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 def group_curve(group: dict, metric: str, smooth: int, band: str):
     """(steps, mean, low, high, dropped_steps) over the runs of `group` that logged `metric`, or None."""
+    smooth = 1 if metric.startswith(SPARSE_METRICS) else smooth  # sparse (eval) points are drawn as logged
     series = []
     for run in group["runs"]:
         if metric in run["metrics"]:

@@ -183,3 +183,20 @@ def test_figure_goes_under_the_runs_directory_by_default(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and is_png(tmp_path / "again.png"), proc.stderr
     assert f"note: {root / 'plots'}: plot.py's output folder, skipped" in proc.stdout
+
+
+def test_sparse_eval_points_are_drawn_as_logged_even_with_smoothing(tmp_path):
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import plot
+
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"step": s, "entropy/mean": 0.1 - s / 1000} for s in range(1, 11)]
+    rows += [{"step": 5, "eval/accuracy": 0.2}, {"step": 10, "eval/accuracy": 0.8}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    group = {"runs": [plot.load_run(str(run))], "label": "r"}
+    steps, mean, *_ = plot.group_curve(group, "eval/accuracy", 5, "minmax")
+    assert list(mean) == [0.2, 0.8]
