@@ -1471,6 +1471,9 @@ def main(args: Args) -> str:
         return encode_problems(problems, tokenizer, args.data.template, args.data.max_prompt_length)
 
     train_problems = load(args.data.train_data, args.data.train_split)
+    if len(train_problems) < args.rollout.prompts_per_step:
+        accelerator.print(f"note: {len(train_problems)} training problems, fewer than --prompts-per-step "
+                          f"{args.rollout.prompts_per_step}: every step repeats problems (reshuffled each pass)")
     eval_problems = load(args.data.eval_data, args.data.eval_split, args.log.num_eval_problems) \
         if args.log.eval_every > 0 else []
 

@@ -190,3 +190,13 @@ def test_help_is_grouped_with_a_description():
                     "algorithm", "logging, evaluation, checkpoints"):
         assert f"{section}" in out.stdout, section
     assert out.stdout.count("(default: 0.28)") == 1  # each default printed once
+
+
+def test_dataset_smaller_than_one_batch_is_said_and_trains(tmp_path):
+    data = tmp_path / "two.jsonl"
+    data.write_text(json.dumps({"question": "Compute 12+30.", "answer": "42"}) + "\n"
+                    + json.dumps({"question": "Compute 50-8.", "answer": "42"}) + "\n")
+    proc = run([*TINY, "--train-data", str(data), "--total-steps", "2", "--eval-every", "0", "--output-dir",
+                str(tmp_path), "--run-name", "small"])
+    assert "note: 2 training problems, fewer than --prompts-per-step 4" in proc.stdout
+    assert [r["step"] for r in metrics(tmp_path / "small")] == [1, 2]
