@@ -225,10 +225,16 @@ def group_runs(runs: list[dict], group: bool = True) -> list[dict]:
             g["label"] = ", ".join(shown) + (f", … ({len(differing) - 4} more)" if len(differing) > 4 else "")
         else:
             g["label"] = base_name(g["runs"][0])
+        if len(differing) > 4:  # too many differences to list (e.g. different scripts): the runs' own name is clearer
+            g["label"] = base_name(g["runs"][0])
         if g["key"] in repeated:  # same arguments and seed as another run: name the run, do not call them seeds
             g["label"] += f" (run {g['runs'][0]['name']})"
         seeds = [r["seed"] for r in g["runs"]]
         g["label"] += f" [{len(seeds)} seeds]" if len(seeds) > 1 else (f" [seed {seeds[0]}]" if seeds[0] is not None else "")
+    labels = [g["label"] for g in groups]
+    for g in groups:  # two groups must never share a legend entry
+        if labels.count(g["label"]) > 1:
+            g["label"] += f" ({g['runs'][0]['name']})"
     return groups
 
 

@@ -200,3 +200,20 @@ def test_sparse_eval_points_are_drawn_as_logged_even_with_smoothing(tmp_path):
     group = {"runs": [plot.load_run(str(run))], "label": "r"}
     steps, mean, *_ = plot.group_curve(group, "eval/accuracy", 5, "minmax")
     assert list(mean) == [0.2, 0.8]
+
+
+def test_groups_that_differ_in_many_arguments_get_distinct_readable_labels(tmp_path):
+    import json
+
+    import plot
+
+    dirs = []
+    for name, lr in (("alpha__1", 0.1), ("beta__1", 0.2), ("gamma__1", 0.3)):
+        run = tmp_path / name
+        run.mkdir()
+        config = {"seed": 1, "learning_rate": lr, "a": lr, "b": lr, "c": lr, "d": lr}
+        (run / "args.json").write_text(json.dumps(config))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "entropy/mean": lr}) + "\n")
+        dirs.append(str(run))
+    labels = [g["label"] for g in plot.group_runs([plot.load_run(d) for d in dirs])]
+    assert len(set(labels)) == 3 and labels[0].startswith("alpha")
