@@ -51,12 +51,11 @@ Run:  python clip_cov.py                   # CPU, testbed model, synthetic arith
 # ─── SHARED: imports ───────────────────────────────────────────────────────────────────────────
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import logging
 import math
 import os
-import random
 import re
 import shlex
 import shutil
@@ -66,11 +65,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import numpy as np
 import torch
+import transformers
 import tyro
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, broadcast_object_list
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
@@ -80,252 +79,181 @@ from common.reward import score
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")
 SCRIPT = os.path.basename(__file__)
+transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars on every run
 
 
 # ─── SHARED: arguments ─────────────────────────────────────────────────────────────────────────
 @dataclass
-class Experiment:
-    """experiment"""
-    exp_name: str = os.path.splitext(SCRIPT)[0]
-    """name of the experiment (the script's file name)"""
-    seed: int = 1
-    """seed of data order, sampling and evaluation"""
-    torch_deterministic: bool = True
-    """deterministic torch algorithms where they exist (`torch.use_deterministic_algorithms(warn_only=True)`)"""
-    threads: int = 1
-    """torch threads per process on CPU (0 = torch's default); 1 is fastest for the testbed on a busy 2-core machine"""
-    output_dir: str = "runs"
-    """parent directory of the run directories"""
-    run_name: str | None = None
-    """run directory name (None: `{train_data}__{exp_name}__{seed}__{unix time}`)"""
-    resume: str | None = None
-    """run directory to resume from its latest checkpoint (continues writing into it)"""
-    track: bool = False
-    """mirror the TensorBoard logs to Weights & Biases (needs `pip install wandb`)"""
-    wandb_project_name: str = "rlvr-entropy"
-    """Weights & Biases project"""
-    wandb_entity: str | None = None
-    """Weights & Biases entity (team)"""
-
-
-@dataclass
-class Data:
-    """model and data"""
-    model: str = TESTBED_MODEL
-    """Hugging Face model id or local folder (here: the committed CPU testbed model)"""
-    train_data: str = "arith"
-    """training problems: a benchmark/training-set name, a local .jsonl/.json/.parquet file, or a hub dataset"""
-    train_split: str | None = None
-    """split of `train_data` (None: the loader's own choice)"""
-    eval_data: str = "arith"
-    """held-out problems evaluated every `eval_every` steps (same forms as `train_data`)"""
-    eval_split: str | None = "test"
-    """split of `eval_data`"""
-    data_dir: str | None = None
-    """directory of the benchmark files (None: $RLVR_DATA_DIR, else the download cache)"""
-    skip_invalid: bool = False
-    """skip (and count) data rows without a usable question or answer instead of stopping"""
-    template: Literal["plain", "qwen-math", "dapo"] = "plain"
-    """prompt template (`plain` for the testbed, `qwen-math` or `dapo` for real models)"""
-    max_prompt_length: int = 1024
-    """prompts with more tokens are skipped at load time (the count is printed)"""
-
-
-@dataclass
-class Rollout:
-    """rollout"""
-    rollout_engine: Literal["auto", "vllm", "hf"] = "auto"
-    """`auto` = vLLM when CUDA and vLLM are available, else Hugging Face `generate`"""
-    prompts_per_step: int = 16
-    """prompts per rollout step, summed over all processes"""
-    group_size: int = 8
-    """responses per prompt (G)"""
-    temperature: float = 1.0
-    """rollout sampling temperature (the trainer divides its logits by it too)"""
-    top_p: float = 1.0
-    """rollout nucleus sampling (keep 1.0 for unbiased RL; vLLM only)"""
-    max_new_tokens: int = 64
-    """maximum response length in tokens"""
-    hf_generation_batch_size: int = 256
-    """sequences per `generate` call of the HF engine"""
-    rollout_is_cap: float | None = None
-    """truncated importance-sampling cap C: each token's loss × min(π_old/π_rollout, C); 0 = off;
-    None: 2 with vLLM, off with the HF engine (whose log-probs match the trainer's)"""
-    vllm_gpu_memory_utilization: float = 0.3
-    """fraction of total GPU memory vLLM may take (colocated with training)"""
-    vllm_sleep_mode: bool = False
-    """offload vLLM weights and free its KV cache between rollouts (sleep level 1)"""
-    vllm_max_model_len: int = 4096
-    """vLLM context length (prompt + response)"""
-
-
-@dataclass
-class Reward:
-    """rewards and advantages"""
-    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"
-    """final-answer extraction: last \\boxed{}, Minerva's "The final answer is X", "The answer is X", DAPO's
-    `Answer:` line, or `auto` (those, in that order); a response with none scores 0 (`rollout/no_answer_frac`)"""
-    multi_box: bool = False
-    """read several nearby \\boxed{} as one set answer ("find all" questions; off for training by default)"""
-    reward_range: Literal["01", "pm1"] = "01"
-    """reward of a correct/incorrect response: 1/0, or DAPO's +1/−1"""
-    grader_timeout_s: float = 5.0
-    """hard time limit per graded response; a response that exceeds it scores as incorrect"""
-    grader_workers: int = 2
-    """grader worker processes per training process"""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    """advantage normalisation: group std (GRPO), batch std, or none (Dr.GRPO)"""
-    filter_groups: bool = False
-    """DAPO dynamic sampling: drop groups whose rewards are all equal and sample more"""
-    max_gen_batches: int = 10
-    """with `filter_groups`: most generation batches per step (then train on what was kept)"""
-    overlong_buffer: int = 0
-    """DAPO overlong shaping: responses longer than max_new_tokens − buffer are penalised (0 = off)"""
-    overlong_penalty_factor: float = 1.0
-    """DAPO overlong shaping: penalty at max_new_tokens"""
-    mask_truncated: bool = False
-    """exclude responses that hit `max_new_tokens` from the loss"""
-
-
-@dataclass
-class Optim:
-    """optimisation"""
-    total_steps: int = 200
-    """number of rollout steps"""
-    learning_rate: float = 2e-4
-    """AdamW learning rate (tuned for the testbed; the paper-scale runs use 1e-6)"""
-    lr_warmup_steps: int = 0
-    """linear warm-up, in rollout steps"""
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """learning-rate schedule after warm-up"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    max_grad_norm: float = 1.0
-    """gradient clipping (global L2 norm)"""
-    update_epochs: int = 1
-    """passes over each rollout batch (1 with `num_minibatches` 1 = strict on-policy)"""
-    num_minibatches: int = 1
-    """optimizer steps per pass over the rollout batch"""
-    micro_batch_size: int = 64
-    """sequences per forward/backward on each process (gradient accumulation inside a minibatch)"""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """`auto` = bf16 autocast on CUDA, fp32 on CPU"""
-    gradient_checkpointing: bool = False
-    """recompute activations in the backward pass (saves memory on long responses)"""
-
-
-@dataclass
-class Loss:
-    """loss"""
-    clip_low: float = 0.2
-    """ε_low: the ratio is clipped below at 1 − ε_low (for A < 0)"""
-    clip_high: float = 0.28
-    """ε_high: the ratio is clipped above at 1 + ε_high (for A > 0); DAPO clip-higher"""
-    dual_clip_c: float = 10.0
-    """dual-clip bound c > 1 for A < 0 (loss ≤ −A·c); 0 disables"""
+class Args:
+    # experiment
+    exp_name: str = os.path.splitext(SCRIPT)[0]  # name of the experiment (the script's file name)
+    seed: int = 1  # seed of data order, sampling and evaluation
+    torch_deterministic: bool = True  # deterministic torch algorithms where they exist (warn_only)
+    threads: int = 1  # torch threads per process on CPU (0: torch's default; 2 is faster on an idle 2-core machine)
+    output_dir: str = "runs"  # parent directory of the run directories
+    run_name: str | None = None  # run directory name (None: {train_data}__{exp_name}__{seed}__{unix time})
+    resume: str | None = None  # run directory to continue with its own arguments (flags given here override them)
+    track: bool = False  # mirror the TensorBoard logs to Weights & Biases (needs `pip install wandb`)
+    wandb_project_name: str = "rlvr-entropy"  # Weights & Biases project
+    wandb_entity: str | None = None  # Weights & Biases entity (team)
+    # model and data
+    model: str = "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
+    train_data: str = "arith"  # training problems: a data-set name or a local .jsonl/.json/.parquet file
+    train_split: str | None = None  # split of train_data (None: the loader's choice)
+    eval_data: str = "arith"  # held-out problems evaluated every eval_every steps (same forms as train_data)
+    eval_split: str | None = "test"  # split of eval_data
+    data_dir: str | None = None  # directory of the benchmark files (None: $RLVR_DATA_DIR, else the download cache)
+    skip_invalid: bool = False  # skip (and count) data rows without a usable question or answer instead of stopping
+    template: Literal["plain", "qwen-math", "dapo"] = "plain"  # prompt template (plain: testbed; others: real models)
+    max_prompt_length: int = 1024  # longer prompts are skipped at load time (the count is printed)
+    # rollout
+    rollout_engine: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM with CUDA and vLLM installed, else HF generate
+    prompts_per_step: int = 16  # prompts per rollout step, summed over all processes
+    group_size: int = 8  # responses per prompt (G)
+    temperature: float = 1.0  # rollout sampling temperature (the trainer divides its logits by it too)
+    top_p: float = 1.0  # rollout nucleus sampling (vLLM only; 1.0 keeps the gradient unbiased)
+    max_new_tokens: int = 64  # maximum response length in tokens
+    hf_generation_batch_size: int = 256  # sequences per `generate` call of the HF engine
+    rollout_is_cap: float | None = None  # truncated IS: loss × min(π_old/π_rollout, C); 0: off; None: 2 with vLLM, else 0
+    vllm_gpu_memory_utilization: float = 0.3  # fraction of GPU memory vLLM may take (colocated with training)
+    vllm_sleep_mode: bool = False  # offload vLLM weights and free its KV cache between rollouts (sleep level 1)
+    vllm_max_model_len: int = 4096  # vLLM context length (prompt + response)
+    # rewards and advantages
+    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"  # last \boxed{}, ..., or all in turn
+    multi_box: bool = False  # read several nearby \boxed{} as one set answer ("find all" questions)
+    reward_range: Literal["01", "pm1"] = "01"  # reward of a correct / incorrect response: 1 / 0, or DAPO's +1 / −1
+    grader_timeout_s: float = 5.0  # time limit per graded response (exceeded: incorrect)
+    grader_workers: int = 2  # grader worker processes per training process
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # advantage scale: group std (GRPO), batch std, none (Dr.GRPO)
+    filter_groups: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more
+    max_gen_batches: int = 10  # with filter_groups: most generation batches per step (then train on what was kept)
+    overlong_buffer: int = 0  # DAPO overlong shaping: penalise responses longer than max_new_tokens − buffer (0: off)
+    overlong_penalty_factor: float = 1.0  # DAPO overlong shaping: the penalty at max_new_tokens
+    mask_truncated: bool = False  # exclude responses that hit max_new_tokens from the loss
+    # optimisation
+    total_steps: int = 200  # rollout steps
+    learning_rate: float = 2e-4  # AdamW learning rate (the testbed's; paper-scale runs use 1e-6)
+    lr_warmup_steps: int = 0  # linear warm-up, in rollout steps
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
+    update_epochs: int = 1  # passes over each rollout batch (1 with num_minibatches 1: strict on-policy)
+    num_minibatches: int = 1  # optimizer steps per pass over the rollout batch
+    micro_batch_size: int = 64  # sequences per forward/backward on each process
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (long responses)
+    # loss
+    clip_low: float = 0.2  # ε_low: the ratio is clipped below at 1 − ε_low (A < 0)
+    clip_high: float = 0.28  # ε_high: the ratio is clipped above at 1 + ε_high (A > 0; DAPO clip-higher)
+    dual_clip_c: float = 10.0  # dual-clip bound c > 1 for A < 0 (loss ≤ −A·c); 0: off
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        "token-mean")
-    """loss aggregation over a minibatch (all processes): tokens, sequences, or sequences × L (Dr.GRPO)"""
-    loss_scale_factor: float | None = None
-    """L of `seq-mean-token-sum-norm` (None: max_new_tokens)"""
-    kl_coef: float = 0.0
-    """β of the k3 KL penalty to the initial model (the reference model is loaded only when > 0)"""
-    ent_coef: float = 0.0
-    """α of the entropy bonus −α·H_t (the "Entropy-Reg" baseline)"""
+        "token-mean")  # aggregation over a minibatch on all processes: tokens, sequences, or B·L (Dr.GRPO)
+    loss_scale_factor: float | None = None  # L of seq-mean-token-sum-norm (None: max_new_tokens)
+    kl_coef: float = 0.0  # β of the k3 KL penalty to the initial model (loaded only when > 0)
+    ent_coef: float = 0.0  # α of the entropy bonus −α·H_t (the "Entropy-Reg" baseline)
+    # logging, evaluation, checkpoints
+    eval_every: int = 25  # evaluate every this many steps, before the first and after the last (0: never)
+    num_eval_problems: int = 256  # first problems of eval_data used for evaluation
+    eval_n: int = 1  # samples per evaluation problem (avg@n)
+    eval_temperature: float = 1.0  # evaluation sampling temperature
+    log_completions_every: int = 10  # write a few sample completions every this many steps (0: never)
+    num_completions_to_log: int = 4  # completions written each time
+    checkpoint_every: int = 50  # resumable checkpoint every this many steps, and at the end (0: only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept (a resume never deletes those it found)
+    entropy_chunk_size: int = 1024  # rows of [tokens × vocab] processed at once for log-probs, entropy and G
+    measure_entropy_change: bool = False  # re-run the batch after the update and log the realised entropy change
+    algo: Algorithm = field(default_factory=lambda: Algorithm())  # the method's flags (ALGORITHM section)
 
 
-@dataclass
-class Log:
-    """logging, evaluation, checkpoints"""
-    eval_every: int = 25
-    """evaluate every this many steps (and before the first and after the last); 0 = never"""
-    num_eval_problems: int = 256
-    """first problems of `eval_data` used for evaluation"""
-    eval_n: int = 1
-    """samples per evaluation problem (avg@n)"""
-    eval_temperature: float = 1.0
-    """evaluation sampling temperature"""
-    log_completions_every: int = 10
-    """write a few sample completions every this many steps (0 = never)"""
-    num_completions_to_log: int = 4
-    """completions written each time"""
-    checkpoint_every: int = 50
-    """save a resumable checkpoint every this many steps (and at the end); 0 = only at the end"""
-    keep_checkpoints: int = 2
-    """most recent checkpoints kept on disk"""
-    entropy_chunk_size: int = 1024
-    """rows of [tokens × vocab] processed at once for log-probs, entropy and G"""
-    measure_entropy_change: bool = False
-    """re-run the batch after the update and log the realised entropy change (one extra forward)"""
+# flags a resumed run may change; the others define the run and must match it
+RESUMABLE = {"total_steps", "eval_every", "num_eval_problems", "eval_n", "eval_temperature", "output_dir", "run_name",
+             "resume", "track", "wandb_project_name", "wandb_entity", "log_completions_every", "num_completions_to_log",
+             "checkpoint_every", "keep_checkpoints", "grader_workers", "threads", "grader_timeout_s", "data_dir",
+             "entropy_chunk_size", "measure_entropy_change", "hf_generation_batch_size"}
+MOST_USED = ("Most runs set: --model --template --train-data --eval-data --total-steps --learning-rate "
+             "--prompts-per-step --group-size --max-new-tokens --micro-batch-size --resume; `accelerate launch` for GPUs.")
 
 
 class UsageError(ValueError):
-    """A user error: printed as one `error: ...` line, exit status 2."""
+    """A mistake in the arguments or the files they name: one `error: ...` line, exit status 2."""
 
 
 class RunError(RuntimeError):
-    """A run that cannot go on (a checkpoint that cannot be written, every update skipped): printed as one
-    `error: ...` line with what to run next, exit status 1."""
+    """A run that cannot go on (a checkpoint not written, every update skipped): one `error: ...` line, exit 1."""
 
 
-def check_shared_args(args, world: int) -> None:
-    """Refuse, before anything is loaded or written, every setting that would crash later or train on nothing."""
-    r, o, lo, lg, rw = args.rollout, args.optim, args.loss, args.log, args.reward
-    checks = [
-        (r.prompts_per_step >= 1 and r.prompts_per_step % world == 0,
-         f"--prompts-per-step must be a positive multiple of the {world} processes"),
-        (r.group_size >= 1, "--group-size must be >= 1"),
-        (r.group_size > 1 or rw.scale_rewards == "none",
-         "--group-size 1 has no group statistics: use --group-size >= 2 or --scale-rewards none"),
-        (r.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
-        (r.temperature > 0, "--temperature must be > 0"),
-        (0 < r.top_p <= 1, "--top-p must be in (0, 1]"),
-        (r.rollout_is_cap is None or r.rollout_is_cap == 0 or r.rollout_is_cap >= 1,
-         "--rollout-is-cap must be 0 (off) or >= 1"),
-        (r.hf_generation_batch_size >= 1, "--hf-generation-batch-size must be >= 1"),
-        (o.total_steps >= 1, "--total-steps must be >= 1"),
-        (o.learning_rate > 0, "--learning-rate must be > 0"),
-        (o.lr_warmup_steps >= 0 and o.weight_decay >= 0, "--lr-warmup-steps and --weight-decay must be >= 0"),
-        (o.max_grad_norm > 0, "--max-grad-norm must be > 0"),
-        (o.update_epochs >= 1 and o.num_minibatches >= 1, "--update-epochs and --num-minibatches must be >= 1"),
-        (o.micro_batch_size >= 1, "--micro-batch-size must be >= 1"),
-        (r.prompts_per_step // world * r.group_size % o.num_minibatches == 0,
-         f"--num-minibatches {o.num_minibatches} must divide the {r.prompts_per_step // world * r.group_size} "
-         "sequences per process (--prompts-per-step / processes × --group-size)"),
-        (0 <= lo.clip_low < 1 and lo.clip_high >= 0, "--clip-low must be in [0, 1) and --clip-high >= 0"),
-        (lo.dual_clip_c == 0 or lo.dual_clip_c > 1, "--dual-clip-c must be 0 (off) or > 1"),
-        (lo.loss_scale_factor is None or lo.loss_scale_factor > 0, "--loss-scale-factor must be > 0"),
-        (lo.kl_coef >= 0 and lo.ent_coef >= 0, "--kl-coef and --ent-coef must be >= 0"),
-        (rw.grader_timeout_s > 0 and rw.grader_workers >= 0, "--grader-timeout-s must be > 0, --grader-workers >= 0"),
-        (rw.max_gen_batches >= 1, "--max-gen-batches must be >= 1"),
-        (0 <= rw.overlong_buffer < r.max_new_tokens, "--overlong-buffer must be in [0, --max-new-tokens)"),
-        (lg.eval_every >= 0 and lg.checkpoint_every >= 0, "--eval-every and --checkpoint-every must be >= 0"),
-        (lg.eval_every == 0 or (lg.num_eval_problems >= 1 and lg.eval_n >= 1 and lg.eval_temperature > 0),
-         "--num-eval-problems and --eval-n must be >= 1 and --eval-temperature > 0 (or --eval-every 0)"),
-        (lg.keep_checkpoints >= 1 and lg.entropy_chunk_size >= 1, "--keep-checkpoints and --entropy-chunk-size >= 1"),
-        (args.exp.threads >= 0, "--threads must be >= 0"),
-    ]
-    for ok, message in checks:
+def flat_args(args: Args) -> dict:
+    """{flag: value}, the method's flags included (what `args.json`, TensorBoard and W&B record)."""
+    values = asdict(args)
+    return {**values, **values.pop("algo")}
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The command line. With `--resume RUN` the run's own arguments (`RUN/args.json`) are the defaults, so a resumed
+    run goes on as it was started and a flag given here is the only change."""
+    parse = lambda default=None: tyro.cli(Args, args=argv, default=default, config=(tyro.conf.OmitArgPrefixes,),  # noqa
+                                          description=__doc__.split("\n\n")[0] + "\n" + MOST_USED)
+    args = parse()
+    saved = read_run_args(args.resume) if args.resume else None
+    if saved and saved.pop("script") == SCRIPT:  # another script's run is refused by check_args
+        algo = saved.pop("algo")
+        args = parse(Args(**{k: v for k, v in saved.items() if k in Args.__dataclass_fields__}, algo=Algorithm(**algo)))
+    return args
+
+
+def read_run_args(run_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(run_dir, "args.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def check_args(args: Args, world: int, engine: str) -> None:
+    """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
+    seqs = args.prompts_per_step // world * args.group_size
+    for flag, ok, requirement in [
+        ("prompts_per_step", args.prompts_per_step >= 1 and args.prompts_per_step % world == 0,
+         f"a positive multiple of the {world} processes"),
+        ("group_size", args.group_size >= 2 or (args.group_size == 1 and args.scale_rewards == "none"),
+         ">= 2 (1 has no group statistics: only with --scale-rewards none)"),
+        ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"), ("temperature", args.temperature > 0, "> 0"),
+        ("top_p", 0 < args.top_p <= 1 and (args.top_p == 1 or engine == "vllm"), "in (0, 1], and 1 with the HF engine"),
+        ("total_steps", args.total_steps >= 1, ">= 1"), ("learning_rate", args.learning_rate > 0, "> 0"),
+        ("micro_batch_size", args.micro_batch_size >= 1, ">= 1"), ("update_epochs", args.update_epochs >= 1, ">= 1"),
+        ("num_minibatches", args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
+         f"a divisor of the {seqs} sequences per process (--prompts-per-step / processes × --group-size)"),
+        ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
+        ("dual_clip_c", args.dual_clip_c == 0 or args.dual_clip_c > 1, "0 (off) or > 1"),
+        ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
+        ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
+        ("num_eval_problems", args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
+         ">= 1, with --eval-n >= 1 (or --eval-every 0)"),
+    ]:
         if not ok:
-            raise UsageError(message)
-    model = args.data.model  # a local path (not a hub id `owner/name`) that does not exist: fail now, not at the hub
-    if not os.path.isdir(os.path.expanduser(model)) and (model.startswith((".", "/", "~")) or model.count("/") > 1
-                                                          or os.path.isdir(model.split("/")[0])):
-        raise UsageError(f"--model {args.data.model}: no such directory")
-    existing = os.path.abspath(args.exp.resume or args.exp.output_dir)  # unwritable: fail now, not at a checkpoint
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be {requirement}")
+    if engine != "vllm" and args.rollout_engine == "vllm":
+        raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
+    resolve_model(args.model)
+    existing = os.path.abspath(args.resume or args.output_dir)  # unwritable: fail now, not at the first checkpoint
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK):
-        raise UsageError(f"--output-dir {args.exp.output_dir} is not writable ({existing} is read-only)")
-    if args.exp.resume is not None:
-        check_resume(args)
-    elif args.exp.run_name and os.path.exists(os.path.join(args.exp.output_dir, args.exp.run_name)):
-        raise UsageError(f"--run-name {args.exp.run_name}: {os.path.join(args.exp.output_dir, args.exp.run_name)} "
-                         "exists; continue it with --resume, or choose another --run-name")
-    if r.top_p < 1 and not (r.rollout_engine == "vllm" or (r.rollout_engine == "auto" and vllm_available())):
-        raise UsageError("--top-p < 1 needs the vLLM engine (the HF engine records unbiased log-probs only)")
-    if r.rollout_engine == "vllm" and not vllm_available():
-        raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
+        raise UsageError(f"--output-dir {args.output_dir} is not writable ({existing} is read-only)")
+    if args.resume:
+        saved = read_run_args(args.resume)
+        if saved is None:
+            raise UsageError(f"--resume {args.resume}: not a run directory (no readable args.json)")
+        if saved["script"] != SCRIPT:
+            raise UsageError(f"--resume {args.resume}: written by {saved['script']}, not {SCRIPT}")
+        saved = {**saved, **saved["algo"]}
+        changed = [f"--{k.replace('_', '-')} {v!r} (the run's: {saved.get(k)!r})" for k, v in flat_args(args).items()
+                   if k not in RESUMABLE and saved.get(k) != v]
+        if changed:
+            raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
+    elif args.run_name and os.path.exists(os.path.join(args.output_dir, args.run_name)):
+        raise UsageError(f"--run-name {args.run_name}: {os.path.join(args.output_dir, args.run_name)} exists; "
+                         "continue it with --resume, or choose another --run-name")
 
 # ─── ALGORITHM: arguments ──────────────────────────────────────────────────────────────────────
 @dataclass
@@ -340,10 +268,8 @@ class Algorithm:
     all processes from the old policy's ℓ"""
     clip_cov_ratio: float = 2e-4
     """ρ of Clip-Cov, a fraction (not a percent) of the N valid tokens: max(⌊ρ·N⌋, 1) candidates lose their gradient"""
-    clip_cov_lb: float = 1.0
-    """ω_low of Clip-Cov: only tokens with ω_low < c_t < ω_high are candidates"""
-    clip_cov_ub: float = 5.0
-    """ω_high of Clip-Cov"""
+    clip_cov_lb: float = 1.0  # ω_low of Clip-Cov: only tokens with ω_low < c_t < ω_high are candidates
+    clip_cov_ub: float = 5.0  # ω_high of Clip-Cov
     cov_clip_low: float | None = 1.0
     """ε_low of Clip-Cov's PPO clip, the ratio clipped below at 1 − ε_low (1, the paper's scripts: PPO clipping
     essentially off); None: --clip-low"""
@@ -355,23 +281,6 @@ class Algorithm:
     penalised (the paper: 2e-3 for 7B models, 2e-4 for 32B)"""
     kl_cov_coef: float = 1.0
     """β of KL-Cov's penalty β·|ℓ_t − ℓ_t^old| (1 in the paper's scripts; upstream verl defaults to 0.1)"""
-
-
-@dataclass
-class Args:
-    """Clip-Cov / KL-Cov (arXiv 2505.22617) on GRPO / DAPO, logging token-level entropy flows.
-
-    Trains on the CPU testbed by default: `python clip_cov.py`. Paper scale: `accelerate launch --config_file
-    configs/zero3.yaml clip_cov.py --model Qwen/Qwen2.5-7B --template dapo --train-data dapo_math_17k
-    --method kl-cov ...`"""
-    exp: Experiment = field(default_factory=Experiment)
-    data: Data = field(default_factory=Data)
-    rollout: Rollout = field(default_factory=Rollout)
-    reward: Reward = field(default_factory=Reward)
-    optim: Optim = field(default_factory=Optim)
-    loss: Loss = field(default_factory=Loss)
-    algo: Algorithm = field(default_factory=Algorithm)
-    log: Log = field(default_factory=Log)
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────
@@ -522,22 +431,20 @@ def aggregation_weights(loss_mask, mode: str, totals: dict, max_len: float) -> t
 
 
 def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, world: int):
-    """The whole loss of one micro-batch: the method's token loss (surrogate × its weight, ALGORITHM section)
-    × the truncated importance weight min(π_old/π_rollout, C), + β·KL_k3 − α·H_t, aggregated with
-    `aggregation_weights`; × world because DDP averages gradients over processes. Returns the scalar and `info`
-    (per-token tensors, [b, R]: token_loss, clipped_low/high, ratio, is_weight, kl_ref; `algo/...` scalars)."""
+    """The loss of one micro-batch: the method's token loss (ALGORITHM section) × the truncated importance weight
+    min(π_old/π_rollout, C), + β·KL_k3 − α·H_t, aggregated by `aggregation_weights`, × world (DDP averages).
+    Returns the scalar and `info` ([b, R] tensors: token_loss, clipped_low/high, ratio, is_weight, kl_ref; `algo/...`)."""
     token_loss, info = policy_token_loss(mb, logp, args, algo_state)
-    if args.rollout.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
-        cap, raw = args.rollout.rollout_is_cap, torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
-        info["is_weight"], info["is_capped"] = raw.clamp(max=cap), raw > cap
+    if args.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
+        raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
+        info["is_weight"], info["is_capped"] = raw.clamp(max=args.rollout_is_cap), raw > args.rollout_is_cap
         token_loss = token_loss * info["is_weight"]
-    if args.loss.kl_coef > 0:
+    if args.kl_coef > 0:
         info["kl_ref"] = k3_kl(mb["logp_ref"], logp)
-        token_loss = token_loss + args.loss.kl_coef * info["kl_ref"]
-    if args.loss.ent_coef > 0:
-        token_loss = token_loss - args.loss.ent_coef * entropy
-    coef = aggregation_weights(mb["loss_mask"], args.loss.loss_agg_mode, totals,
-                               args.loss.loss_scale_factor or args.rollout.max_new_tokens)
+        token_loss = token_loss + args.kl_coef * info["kl_ref"]
+    if args.ent_coef > 0:
+        token_loss = token_loss - args.ent_coef * entropy
+    coef = aggregation_weights(mb["loss_mask"], args.loss_agg_mode, totals, args.loss_scale_factor or args.max_new_tokens)
     info["token_loss"] = token_loss.detach()
     return (coef * token_loss).sum() * world, info
 
@@ -613,6 +520,8 @@ def top_k_mask(scores, valid, k: int, reduce_sum=_identity, rank: int = 0, world
 
 def selection_generator(seed: int, step: int, call: int, rank: int) -> torch.Generator:
     """CPU generator of Clip-Cov's draw, a function of (seed, rollout step, loss call within the step, rank)."""
+    import numpy as np
+
     words = [x % 2**63 for x in (seed, step, call, rank)]
     return torch.Generator().manual_seed(int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) % 2**63)
 
@@ -667,8 +576,8 @@ def selection_metrics(totals) -> dict:
 def ppo_clip_bounds(args: Args) -> tuple[float, float]:
     """(ε_low, ε_high) of Clip-Cov: --cov-clip-low/high, or the shared --clip-low/high where those are None."""
     a = args.algo
-    return (args.loss.clip_low if a.cov_clip_low is None else a.cov_clip_low,
-            args.loss.clip_high if a.cov_clip_high is None else a.cov_clip_high)
+    return (args.clip_low if a.cov_clip_low is None else a.cov_clip_low,
+            args.clip_high if a.cov_clip_high is None else a.cov_clip_high)
 
 
 def init_algorithm_state(args: Args) -> dict:
@@ -692,7 +601,7 @@ def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> di
     rank, world = rank_and_world()
     cov = token_covariance(batch["adv"], batch["logp_old"], mask, reduce_sum)
     if a.method == "clip-cov":  # at r = 1, before any update, no token is clipped by PPO
-        generator = selection_generator(args.exp.seed, state["step"], 0, rank)
+        generator = selection_generator(args.seed, state["step"], 0, rank)
         selected = clip_cov_mask(cov, torch.zeros_like(mask, dtype=torch.bool), mask, a.clip_cov_ratio, a.clip_cov_lb,
                                  a.clip_cov_ub, generator, reduce_sum, rank, world) == 0
     else:
@@ -715,7 +624,7 @@ def policy_token_loss(mb: dict, logp, args: Args, state: dict):
     if a.method == "clip-cov":
         loss, clipped_low, clipped_high = clipped_surrogate(mb["adv"], ratio, *ppo_clip_bounds(args), 0.0)
         if per_call:
-            generator = selection_generator(args.exp.seed, state["step"], state["calls"], rank_and_world()[0])
+            generator = selection_generator(args.seed, state["step"], state["calls"], rank_and_world()[0])
             selected = clip_cov_mask(cov, clipped_low | clipped_high, mask, a.clip_cov_ratio, a.clip_cov_lb,
                                      a.clip_cov_ub, generator) == 0
         loss = loss * (~selected).to(loss.dtype)
@@ -763,81 +672,75 @@ def response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[torc
 
 
 @torch.no_grad()
-def hf_generate(model, prompt_ids: list[list[int]], n: int, temperature: float, max_new_tokens: int,
-                stop_ids: list[int], pad_id: int, batch_size: int) -> list[dict]:
-    """Hugging Face engine: n samples per prompt, one dict per sample (prompt-major) with prompt_ids,
-    response_ids, rollout_logp (log-probs of the sampled tokens at `temperature`), truncated."""
+def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size) -> list[dict]:
+    """Hugging Face engine: n samples per prompt (prompt-major); temperature 0 is greedy. Only these settings apply:
+    the model's own generation_config (top_k, repetition penalty, ...) is set aside meanwhile."""
     rows = [ids for ids in prompt_ids for _ in range(n)]
-    results, device = [], next(model.parameters()).device
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start: start + batch_size]
-        width = max(len(r) for r in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=device)  # left padding
-        attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=device)
-        recorder = _SampledLogprobRecorder(temperature)
-        out = model.generate(  # every sampling knob explicit: the model's generation_config must not leak in
-            input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-            min_p=None, repetition_penalty=1.0, max_new_tokens=max_new_tokens,
-            logits_processor=LogitsProcessorList([recorder]), eos_token_id=stop_ids, pad_token_id=pad_id)
-        generated = out[:, width:]
-        logps = recorder.finish(generated[:, -1]).cpu()
-        lengths, truncated = (x.tolist() for x in response_lengths(generated, stop_ids))
-        for i, (r, tokens) in enumerate(zip(chunk, generated.tolist())):
-            results.append({"prompt_ids": r, "response_ids": tokens[: lengths[i]], "truncated": truncated[i],
-                            "rollout_logp": logps[i, : lengths[i]].tolist()})
+    results, device, greedy = [], next(model.parameters()).device, temperature == 0
+    saved_config, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start: start + batch_size]
+            width = max(len(r) for r in chunk)
+            input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=device)  # left padding
+            attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=device)
+            recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
+            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=not greedy, temperature=1.0,
+                                 top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                 pad_token_id=pad_id, logits_processor=LogitsProcessorList([recorder]))
+            generated = out[:, width:]
+            logps = recorder.finish(generated[:, -1]).cpu()
+            lengths, truncated = (x.tolist() for x in response_lengths(generated, stop_ids))
+            for i, tokens in enumerate(generated.tolist()):
+                results.append({"response_ids": tokens[: lengths[i]], "rollout_logp": logps[i, : lengths[i]].tolist(),
+                                "truncated": truncated[i]})
+    finally:
+        model.generation_config = saved_config
     return results
 
 
 # ── GPU only: vLLM engine (colocated, one engine per process, tensor parallel 1; written against vLLM 0.33) ──
-def vllm_sampling_kwargs(n: int, temperature: float, top_p: float, max_new_tokens: int, stop_ids: list[int]) -> dict:
-    """vllm.SamplingParams for RL rollouts: unbiased sampling (top_k 0 = off), stop tokens, and the sampled
-    token's log-prob (logprobs=0) after temperature (engine logprobs_mode=processed_logprobs)."""
-    return dict(n=n, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repetition_penalty=1.0,
-                max_tokens=max_new_tokens, logprobs=0, stop_token_ids=list(stop_ids), skip_special_tokens=False)
-
-
-def vllm_requests(prompt_ids: list[list[int]]) -> list[dict]:
-    """Token-in prompts for LLM.generate (no re-tokenisation)."""
-    return [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-
-
-def parse_vllm_outputs(outputs, prompt_ids: list[list[int]]) -> list[dict]:
-    """vLLM RequestOutputs -> the per-sample dicts of `hf_generate`. `token_ids` already ends with the stop token
-    when finish_reason is "stop"; any other finish reason ("length", "abort", ...) counts as truncated."""
-    results = []
-    for prompt, request in zip(prompt_ids, outputs):
-        for completion in request.outputs:
-            tokens = list(completion.token_ids)
-            logps = [completion.logprobs[t][token].logprob for t, token in enumerate(tokens)]
-            results.append({"prompt_ids": list(prompt), "response_ids": tokens, "rollout_logp": logps,
-                            "truncated": completion.finish_reason != "stop"})
-    return results
-
-
 def vllm_available() -> bool:
     try:
-        import vllm  # noqa: F401
+        import vllm  # noqa: F401  (only whether it is installed)
     except ImportError:
         return False
     return torch.cuda.is_available()
 
 
-def build_vllm_engine(args, accelerator):
-    """This process's engine, built before any optimizer state (vLLM checks free memory at start-up) and by every
-    process at the same point (vLLM creates process groups collectively)."""
+def vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> dict:
+    """vllm.SamplingParams: unbiased sampling (top_k 0 = off), stop tokens, the sampled token's log-prob after the
+    temperature (logprobs=0 with the engine's logprobs_mode=processed_logprobs); greedy at temperature 0."""
+    return dict(n=n, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repetition_penalty=1.0, seed=seed,
+                max_tokens=max_new_tokens, logprobs=0, stop_token_ids=list(stop_ids), skip_special_tokens=True)
+
+
+def parse_vllm_outputs(outputs) -> list[dict]:
+    """RequestOutputs -> the dicts of `hf_generate`. `token_ids` ends with the stop token when finish_reason is
+    "stop"; any other reason ("length", "abort") is truncated."""
+    return [{"response_ids": list(c.token_ids), "truncated": c.finish_reason != "stop",
+             "rollout_logp": [c.logprobs[t][token].logprob for t, token in enumerate(c.token_ids)]}
+            for request in outputs for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))]
+
+
+def build_vllm_engine(model: str, seed: int, memory: float, max_model_len: int | None, sleep_mode=False,
+                      accelerator=None, dtype="bfloat16"):
+    """An in-process engine. With an `accelerator` (training) every process builds its own, at the same point
+    (vLLM creates process groups collectively) and before any optimizer state (it checks free memory at start-up)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: weights reachable
-    for key, value in (("RANK", accelerator.process_index), ("LOCAL_RANK", accelerator.local_process_index),
-                       ("WORLD_SIZE", accelerator.num_processes), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", 29500)):
-        os.environ.setdefault(key, str(value))
+    extra = {}
+    if accelerator is not None:
+        for key, value in (("RANK", accelerator.process_index), ("LOCAL_RANK", accelerator.local_process_index),
+                           ("WORLD_SIZE", accelerator.num_processes), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", 29500)):
+            os.environ.setdefault(key, str(value))
+        extra = dict(distributed_executor_backend="external_launcher", enable_sleep_mode=sleep_mode,
+                     max_num_batched_tokens=max(4096, max_model_len))
     from vllm import LLM
 
-    r = args.rollout
-    llm = LLM(model=args.data.model, distributed_executor_backend="external_launcher", tensor_parallel_size=1,
-              seed=args.exp.seed + accelerator.process_index, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-              max_model_len=r.vllm_max_model_len, enable_prefix_caching=True, enable_sleep_mode=r.vllm_sleep_mode,
-              logprobs_mode="processed_logprobs", dtype="bfloat16",
-              max_num_batched_tokens=max(4096, r.vllm_max_model_len))
-    if r.vllm_sleep_mode:
+    llm = LLM(model=model, tensor_parallel_size=1, seed=seed, gpu_memory_utilization=memory, dtype=dtype,
+              max_model_len=max_model_len, enable_prefix_caching=True, logprobs_mode="processed_logprobs", **extra)
+    if sleep_mode:
         llm.sleep(level=1)  # level 1 keeps the weights (on CPU), so a wake-up is always valid
     return llm
 
@@ -856,10 +759,9 @@ def layer_groups(named: list) -> list[list]:
 
 
 def full_parameter_chunks(model, accelerator):
-    """Yield the policy's weights as lists of (HF name, bf16 tensor), one decoder layer at a time, on every process:
+    """The policy's weights as lists of (HF name, bf16 tensor), one decoder layer at a time, on every process:
     gathered under ZeRO-3 (one batched all-gather per layer), FSDP1 (one wrapped unit at a time) and FSDP2
-    (`full_tensor`) only while the consumer holds them, so the extra memory is one layer, not the model.
-    A tied `lm_head.weight` is never sent (vLLM ties it to the embedding, and rejects it alone)."""
+    (`full_tensor`) only while the consumer holds them. A tied `lm_head.weight` is never sent (vLLM rejects it alone)."""
     unwrapped = accelerator.unwrap_model(model)
     tied = getattr(unwrapped.config, "tie_word_embeddings", False)
     named = [(n, p) for n, p in unwrapped.named_parameters() if not (tied and n == "lm_head.weight")]
@@ -889,8 +791,7 @@ def full_parameter_chunks(model, accelerator):
 @torch.no_grad()
 def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
     """Push the trainer's weights into the engine layer by layer (vLLM 0.33's Llama/Qwen2 `load_weights` takes HF
-    names, keeps no state between calls and copies q/k/v and gate/up into its fused shards in place) and drop the
-    prefix cache (its KV came from the old weights)."""
+    names and copies q/k/v and gate/up into its fused shards in place) and drop the stale prefix cache."""
     if sleep_mode:
         torch.cuda.empty_cache()
         llm.wake_up(tags=["weights"])  # never load into sleeping (unmapped) memory
@@ -901,27 +802,45 @@ def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
         llm.wake_up(tags=["kv_cache"])
 
 
-def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids) -> list[dict]:
+def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
     from vllm import SamplingParams
 
-    params = SamplingParams(**vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids))
-    return parse_vllm_outputs(llm.generate(vllm_requests(prompt_ids), sampling_params=params, use_tqdm=False),
-                              prompt_ids)
+    params = SamplingParams(**vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed))
+    return parse_vllm_outputs(llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids],
+                                           sampling_params=params, use_tqdm=False))
 # ── end of the GPU-only vLLM block ──
 
 
-def generate(model, llm, accelerator, prompt_ids, n, temperature, args, stop_ids, pad_id) -> list[dict]:
-    """Rollout with the chosen engine (a vLLM engine must hold the current weights); n samples per prompt."""
+def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, stop_ids, top_p=1.0,
+             batch_size=256, seed=None) -> list[dict]:
+    """The one generation path of training and of eval_math.py: n samples per prompt, prompt-major, with vLLM (whose
+    weights must be current) or HF `generate`. Each sample: prompt_ids, response_ids (up to and including the first
+    stop token), rollout_logp (log π_T of each response token), truncated (no stop token within max_new_tokens) and
+    text (decoded without special tokens)."""
     if llm is not None:
-        return vllm_generate(llm, prompt_ids, n, temperature, args.rollout.top_p, args.rollout.max_new_tokens, stop_ids)
-    unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
-    with accelerator.autocast():
-        samples = hf_generate(unwrapped, prompt_ids, n, temperature, args.rollout.max_new_tokens, stop_ids, pad_id,
-                              args.rollout.hf_generation_batch_size)
-    unwrapped.train(was_training)
-    return samples
+        samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
+    else:
+        was_training = model.training
+        samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids,
+                              tokenizer.pad_token_id, batch_size)
+        model.train(was_training)
+    texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
+    return [{**s, "prompt_ids": prompt_ids[i // n], "text": text} for i, (s, text) in enumerate(zip(samples, texts))]
+
+
+def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
+    """The tokenizer's EOS, the generation config's EOS ids and, for the chat templates, `<|im_end|>` (base models
+    often close the assistant turn with it and then invent a new turn)."""
+    try:
+        generation_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except OSError:  # no generation_config.json
+        generation_eos = None
+    im_end = tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None
+    ids = sorted({tokenizer.eos_token_id, im_end, *(generation_eos if isinstance(generation_eos, list)
+                                                     else [generation_eos])} - {None})
+    if not ids:
+        raise UsageError(f"--model {model_path}: the tokenizer has no EOS token and the model no eos_token_id")
+    return ids
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:
@@ -963,7 +882,7 @@ def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: fl
 # ─── SHARED: logging, evaluation, checkpoints ──────────────────────────────────────────────────
 class Metrics:
     """Per-process sums, counts and maxima (tensors stay on the device until `reduce`): the reduced value of a
-    name is Σ sum / Σ count over processes, or the max over processes."""
+    name is Σ sum / Σ count over processes, or the max over processes (the min for names ending in `_min`)."""
 
     def __init__(self):
         self.sums, self.counts, self.maxes = {}, {}, {}
@@ -976,18 +895,14 @@ class Metrics:
         self.add(name, (values * mask).sum(), mask.sum())
 
     def max(self, name: str, value) -> None:
-        """Largest value, or the smallest for names ending in `_min`."""
         value = -value if name.endswith("_min") else value
         self.maxes[name] = value if name not in self.maxes else max(self.maxes[name], value)
 
     def reduce(self, accelerator) -> dict:
         keys, max_keys, device = sorted(self.sums), sorted(self.maxes), accelerator.device
-
-        def as_tensor(values):  # one transfer for all values, no per-value device synchronisation
-            return torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(()) for v in values]) \
-                if values else torch.zeros(0, dtype=torch.float64, device=device)
-
-        totals = as_tensor([self.sums[k] for k in keys] + [self.counts[k] for k in keys])
+        as_tensor = lambda values: torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(())  # noqa
+                                                for v in values]) if values else torch.zeros(0, device=device)
+        totals = as_tensor([self.sums[k] for k in keys] + [self.counts[k] for k in keys])  # one transfer for all
         maxes = as_tensor([self.maxes[k] for k in max_keys])
         if accelerator.num_processes > 1:
             totals = accelerator.reduce(totals, reduction="sum")
@@ -998,204 +913,126 @@ class Metrics:
         return {**out, **{k: -v if k.endswith("_min") else v for k, v in zip(max_keys, maxes)}}
 
 
-def encode_problems(problems: list[dict], tokenizer, template: str, max_prompt_length: int) -> list[dict]:
-    """Attach prompt token ids; prompts longer than `max_prompt_length` are skipped and counted."""
-    encoded = []
-    for p in problems:
-        ids = tokenizer(build_prompt(p["question"], template, tokenizer), add_special_tokens=False)["input_ids"]
-        if len(ids) <= max_prompt_length:
-            encoded.append({**p, "prompt_ids": ids})
-    if len(encoded) < len(problems):
-        print(f"skipped {len(problems) - len(encoded)} of {len(problems)} prompts over {max_prompt_length} tokens")
-    if not encoded:
-        raise UsageError(f"no prompt fits in --max-prompt-length {max_prompt_length}")
-    return encoded
+def one_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
-def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
-    """avg@n accuracy and response length on the held-out problems, sharded over processes; shards are padded to
-    equal length (padding is generated but not scored) so every process runs the same calls."""
-    world, rank, n = accelerator.num_processes, accelerator.process_index, args.log.eval_n
-    per_rank = math.ceil(len(problems) / world)
-    shard = (problems + problems[: per_rank * world - len(problems)])[rank * per_rank: (rank + 1) * per_rank]
-    real = max(0, min(per_rank, len(problems) - rank * per_rank))
-    if llm is not None:
-        sync_weights_to_vllm(llm, model, accelerator, args.rollout.vllm_sleep_mode)
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # evaluation never perturbs the training RNG stream
-        torch.manual_seed(args.exp.seed * 7919 + step * 104729 + rank)
-        samples = generate(model, llm, accelerator, [p["prompt_ids"] for p in shard], n, args.log.eval_temperature,
-                           args, stop_ids, tokenizer.pad_token_id)[: real * n]
-    if llm is not None and args.rollout.vllm_sleep_mode:
-        llm.sleep(level=1)
-    texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
-    rewards = score(texts, [p["answer"] for p in shard[:real] for _ in range(n)], mode=args.reward.answer_mode,
-                    timeout_s=args.reward.grader_timeout_s, num_workers=args.reward.grader_workers,
-                    multi_box=args.reward.multi_box)
-    metrics = Metrics()
-    metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
-    metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples), len(samples))
-    metrics.add("eval/no_answer_frac", rewards.no_answer, len(samples))
-    return metrics.reduce(accelerator)
+def resolve_model(model: str) -> str:
+    """A model folder or hub id as given; a run folder of these scripts: its newest checkpoint's model; a checkpoint
+    folder: its `hf/`. The default `testbed/model` is found from any working directory."""
+    path = os.path.expanduser(model)
+    if not os.path.exists(path) and os.path.isdir(os.path.join(REPO_DIR, path)):
+        path = os.path.join(REPO_DIR, path)
+    if os.path.isfile(os.path.join(path, "hf", "config.json")):  # a checkpoint folder
+        return os.path.join(path, "hf")
+    found = [c for c in checkpoints(path) if os.path.isfile(os.path.join(c, "hf", "config.json"))]
+    if found:  # a run folder: its newest model
+        return os.path.join(found[-1], "hf")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"--model {model}: a folder without config.json, hf/ or checkpoints/step_*/hf/")
+    parts = model.split("/")  # a hub id is `owner/name`; `runs/x` or `./x` is a folder
+    if not os.path.exists(path) and (model.startswith((".", "/", "~")) or len(parts) > 2 or
+                                     (len(parts) == 2 and (parts[0] == "runs" or os.path.exists(parts[0])))):
+        parent, base = os.path.split(os.path.normpath(path))
+        near = sorted(d for d in os.listdir(parent or ".") if d.startswith(base)) if os.path.isdir(parent or ".") else []
+        raise UsageError(f"--model {model}: no such directory" + (f"; did you mean {os.path.join(parent, near[0])}?"
+                                                                    if near else ""))
+    return path if os.path.exists(path) else model
 
 
-# flags that may change when a run is resumed (the rest must match the checkpoint, or the run is not the same run)
-RESUMABLE_CHANGES = {"total_steps", "eval_every", "num_eval_problems", "eval_n", "eval_temperature", "output_dir",
-                     "run_name", "resume", "track", "wandb_project_name", "wandb_entity", "log_completions_every",
-                     "num_completions_to_log", "checkpoint_every", "keep_checkpoints", "grader_workers", "threads",
-                     "grader_timeout_s", "data_dir", "entropy_chunk_size", "measure_entropy_change"}
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def checkpoint_damage(checkpoint: str) -> str | None:
-    """None if every file listed in the checkpoint's `manifest.json` is present with its size and sha256, else what
-    is wrong (a partial write, a truncated or changed file)."""
+def load_pretrained(path: str, what: str = "tokenizer", dtype=torch.float32):
+    """The tokenizer or the model of a resolved `--model`; a folder without a tokenizer or with damaged weights is
+    one error line, not a traceback."""
     try:
-        with open(os.path.join(checkpoint, "manifest.json")) as f:
-            files = json.load(f)["files"]
-    except (OSError, ValueError, KeyError) as error:
-        return f"no readable manifest.json ({error.__class__.__name__})"
-    for name, expected in files.items():
-        path = os.path.join(checkpoint, name)
-        if not os.path.isfile(path) or os.path.getsize(path) != expected["bytes"]:
-            return f"{name}: missing or truncated"
-        if file_sha256(path) != expected["sha256"]:
-            return f"{name}: checksum mismatch"
-    return None
+        if what == "tokenizer":
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+            return tokenizer
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as error:  # OSError, ValueError, safetensors' errors, sentencepiece/tiktoken import errors
+        raise UsageError(f"--model {path}: no loadable {what} ({one_line(error)})") from None
 
 
-def latest_checkpoint(run_dir: str, verify: bool = False) -> str | None:
-    """The newest finished checkpoint (`step_N`, not `step_N.tmp`); with `verify`, the newest intact one, saying
-    which damaged ones it passed over."""
+def checkpoints(run_dir: str) -> list[str]:
+    """Finished checkpoints of a run, oldest first (`step_N.tmp` is one that was being written)."""
     root = os.path.join(run_dir, "checkpoints")
-    done = sorted((d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")), reverse=True) \
+    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if d.startswith("step_") and not d.endswith(".tmp")] \
         if os.path.isdir(root) else []
-    for name in done:
-        damage = checkpoint_damage(os.path.join(root, name)) if verify else None
-        if damage is None:
-            return os.path.join(root, name)
-        print(f"checkpoint {os.path.join(root, name)} is damaged ({damage}); trying the previous one", file=sys.stderr)
-    return None
 
 
-def check_resume(args) -> None:
-    """Refuse to resume a run of another script or with arguments that change the run (listed by flag)."""
-    checkpoint = latest_checkpoint(args.exp.resume, verify=True)
-    if checkpoint is None:
-        raise UsageError(f"--resume {args.exp.resume}: no intact checkpoint under {args.exp.resume}/checkpoints")
-    with open(os.path.join(checkpoint, "manifest.json")) as f:
-        recorded = json.load(f)
-    if recorded["script"] != SCRIPT:
-        raise UsageError(f"--resume {args.exp.resume}: written by {recorded['script']}, not {SCRIPT}")
-    now = flat_args(args)
-    changed = [f"--{k.replace('_', '-')} {v!r} (checkpoint: {recorded['args'].get(k)!r})" for k, v in now.items()
-               if k not in RESUMABLE_CHANGES and recorded["args"].get(k) != v]
-    if changed:
-        raise UsageError(f"--resume {args.exp.resume}: arguments differ from the run's: {'; '.join(changed)}")
-    if recorded["code_sha256"] != file_sha256(os.path.join(REPO_DIR, SCRIPT)):
-        print(f"note: {SCRIPT} has changed since {checkpoint} was written", file=sys.stderr)
-
-
-def save_checkpoint(accelerator, model, tokenizer, run_dir: str, step: int, trainer_state: dict, args,
-                    with_hf: bool = True) -> None:
-    """Resumable checkpoint, written to `step_N.tmp` and renamed to `step_N` when complete: accelerate state (model,
-    optimizer, scheduler, RNG states of every process), `trainer_state.json` (step, data position, algorithm state),
-    unless `with_hf` is off (the last step, whose model goes to `final/`) the model in HF format (`hf/`), and last
-    `manifest.json`: the script, its sha256, the arguments, and the size and sha256 of every file."""
+def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, args, first_step: int) -> None:
+    """`checkpoints/step_N`: accelerate state (model, optimizer, RNG states of every process), the model in HF format
+    (`hf/`) and `trainer_state.json` (step, data position, algorithm state), written to `step_N.tmp` and renamed when
+    complete, so a crash never leaves one that looks finished. Keeps the newest `keep_checkpoints` written since
+    `first_step` (a resume never deletes a checkpoint it found)."""
     root = os.path.join(run_dir, "checkpoints")
-    final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
+    final, tmp = os.path.join(root, f"step_{state['step']:06d}"), os.path.join(root, f"step_{state['step']:06d}.tmp")
     try:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         accelerator.wait_for_everyone()
         accelerator.save_state(tmp)
-        if with_hf:
-            save_model(accelerator, model, tokenizer, os.path.join(tmp, "hf"))
-        accelerator.wait_for_everyone()  # every process has written its files before the manifest and the rename
+        state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
         if accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, "hf"), state_dict=state_dict)
+            tokenizer.save_pretrained(os.path.join(tmp, "hf"))
             with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-                json.dump(trainer_state, f)
-            files = {os.path.relpath(os.path.join(d, n), tmp): os.path.join(d, n) for d, _, names in os.walk(tmp)
-                     for n in names}
-            manifest = {"script": SCRIPT, "code_sha256": file_sha256(os.path.join(REPO_DIR, SCRIPT)),
-                        "args": flat_args(args), "files": {rel: {"bytes": os.path.getsize(path),
-                                                                 "sha256": file_sha256(path)}
-                                                           for rel, path in sorted(files.items())}}
-            with open(os.path.join(tmp, "manifest.json"), "w") as f:
-                json.dump(manifest, f, indent=1)
+                json.dump(state, f)
+        accelerator.wait_for_everyone()  # every process has written its files before the rename
+        if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))[
-                    :-args.log.keep_checkpoints]:
-                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    except Exception as error:  # a full disk surfaces as OSError, torch's "enforce fail", safetensors' I/O error
+            for old in [c for c in checkpoints(run_dir) if int(c[-6:]) > first_step][:-args.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+    except Exception as error:  # a full disk: OSError, torch's "enforce fail", safetensors' I/O error
         shutil.rmtree(tmp, ignore_errors=True)
-        previous = latest_checkpoint(run_dir)
-        raise RunError(f"could not write checkpoint {final} ({str(error).splitlines()[0][:200]}); "
-                              f"free disk space under {root}, then resume from "
-                              f"{previous or 'the start (no earlier checkpoint)'}: {rerun_command(run_dir)}") from None
+        raise RunError(f"could not write checkpoint {final} ({one_line(error)}); free disk space under {root}, then "
+                       f"continue from {(checkpoints(run_dir) or ['the start'])[-1]}: {rerun_command(run_dir)}") from None
     accelerator.wait_for_everyone()
 
 
-def save_model(accelerator, model, tokenizer, path: str) -> None:
-    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(path, state_dict=state_dict)
-        tokenizer.save_pretrained(path)
-
-
-def flat_args(args) -> dict:
-    """{flag name: value} of the nested argument groups (what `args.json` and W&B record)."""
-    return {k: v for group in asdict(args).values() for k, v in group.items()}
+def rerun_command(run_dir: str) -> str:
+    script = sys.argv[0] if os.path.basename(sys.argv[0]) == SCRIPT else SCRIPT  # as invoked, so it works from here
+    return shlex.join(["python", script, "--resume", run_dir])
 
 
 class RunLogger:
-    """TensorBoard (`runs/<run_name>`), `metrics.jsonl` (one line per step), optional W&B, sample completions."""
+    """`metrics.jsonl` (one line per step), TensorBoard, W&B (`--track`), `completions.jsonl`, `args.json` (what a
+    resume continues with); main process only. A resumed run first drops what was logged after its checkpoint."""
 
-    def __init__(self, run_dir: str, args, enabled: bool, resume_step: int):
+    def __init__(self, run_dir: str, args, enabled: bool, start_step: int):
         self.enabled, self.run_dir = enabled, run_dir
         if not enabled:
             return
-        os.makedirs(run_dir, exist_ok=True)
-        for name in ("metrics.jsonl", "completions.jsonl"):  # on resume, drop lines logged after the checkpoint
+        for name in ("metrics.jsonl", "completions.jsonl"):
             path = os.path.join(run_dir, name)
-            if resume_step and os.path.exists(path):
-                with open(path) as f:
-                    kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+            if os.path.exists(path):
+                with open(path) as f:  # a line cut short by a crash has no newline
+                    kept = [line for line in f if start_step > 0 and line.endswith("\n") and json.loads(line)["step"] <= start_step]
                 with open(path, "w") as f:
                     f.writelines(kept)
         flat = flat_args(args)
-        if args.exp.track:
+        if args.track:
             import wandb
 
-            wandb.init(project=args.exp.wandb_project_name, entity=args.exp.wandb_entity, sync_tensorboard=True,
-                       config=flat, name=os.path.basename(run_dir), save_code=True, resume="allow")
-        self.writer = SummaryWriter(run_dir)
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
-                                                                                    flat.items()))
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=flat,
+                       name=os.path.basename(run_dir), save_code=True, resume="allow")
+        self.writer = SummaryWriter(run_dir, purge_step=start_step + 1)  # a resume overwrites the replayed steps
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items()))
         with open(os.path.join(run_dir, "args.json"), "w") as f:
-            json.dump({"script": SCRIPT, **flat}, f, indent=1)
+            json.dump({"script": SCRIPT, **asdict(args)}, f, indent=1)
         self.metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
 
-    def log(self, step: int, metrics: dict) -> None:
+    def log(self, step: int, metrics: dict, completions: list[dict] = ()) -> None:
         if self.enabled:
             for k, v in metrics.items():
                 self.writer.add_scalar(k, v, step)
             self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
             self.metrics_file.flush()
-
-    def completions(self, step: int, rows: list[dict]) -> None:
-        if self.enabled:
-            with open(os.path.join(self.run_dir, "completions.jsonl"), "a") as f:
-                f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+            if completions:
+                with open(os.path.join(self.run_dir, "completions.jsonl"), "a") as f:
+                    f.writelines(json.dumps({"step": step, **row}) + "\n" for row in completions)
 
     def close(self) -> None:
         if self.enabled:
@@ -1211,58 +1048,75 @@ def take_prompts(problems: list[dict], pos: int, count: int, seed: int) -> list[
     return [problems[int(orders[i // n][i % n])] for i in range(pos, pos + count)]
 
 
+def sample_and_grade(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids):
+    """n graded samples per problem with the current weights (`generate`, pushed to vLLM first)."""
+    if llm is not None:
+        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
+    with accelerator.autocast():
+        samples = generate(accelerator.unwrap_model(model), llm, tokenizer, [p["prompt_ids"] for p in problems], n,
+                           temperature, args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size)
+    if llm is not None and args.vllm_sleep_mode:
+        llm.sleep(level=1)  # free the KV cache for training
+    rewards = score([s["text"] for s in samples], [p["answer"] for p in problems for _ in range(n)],
+                    mode=args.answer_mode, timeout_s=args.grader_timeout_s, num_workers=args.grader_workers,
+                    reward_range=args.reward_range, multi_box=args.multi_box)
+    return samples, rewards
+
+
+def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
+    """avg@eval_n accuracy, response length and no-answer rate on the held-out problems, sharded over processes;
+    shards are padded to equal length (padding is generated, not scored) so every process makes the same calls."""
+    world, rank, n = accelerator.num_processes, accelerator.process_index, args.eval_n
+    per_rank = math.ceil(len(problems) / world)
+    shard = (problems * world)[rank * per_rank: (rank + 1) * per_rank]
+    real = max(0, min(per_rank, len(problems) - rank * per_rank))
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
+        samples, rewards = sample_and_grade(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer,
+                                            stop_ids)
+    metrics = Metrics()
+    metrics.add("eval/accuracy", sum(r > 0 for r in rewards[: real * n]), real * n)
+    metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples[: real * n]), real * n)
+    metrics.add("eval/no_answer_frac", sum(r.no_answer for r in [rewards] if real == per_rank), real * n)
+    return metrics.reduce(accelerator)
+
+
 def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics):
     """Sample and grade groups until this step's batch is full (DAPO dynamic sampling keeps only groups whose
     rewards differ, up to `max_gen_batches`). Returns the samples of `prompts_per_step / world` groups (all-equal
-    groups fill any gap, with `is_padding` set), and the new data position."""
-    world, rank, G = accelerator.num_processes, accelerator.process_index, args.rollout.group_size
-    per_rank = args.rollout.prompts_per_step // world
-    kept, dropped, gen_batches, rollout_s, grading_s, timeouts, tokens = [], [], 0, 0.0, 0.0, 0, 0
-    if llm is not None:
-        sync_weights_to_vllm(llm, model, accelerator, args.rollout.vllm_sleep_mode)
+    groups fill any gap, with `is_padding` set) and the new data position."""
+    world, rank, G = accelerator.num_processes, accelerator.process_index, args.group_size
+    per_rank = args.prompts_per_step // world
+    kept, dropped, gen_batches, t0 = [], [], 0, time.time()
     while True:
-        problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.exp.seed)
-        data_pos, gen_batches = data_pos + args.rollout.prompts_per_step, gen_batches + 1
-        t0 = time.time()
-        samples = generate(model, llm, accelerator, [p["prompt_ids"] for p in problems], G, args.rollout.temperature,
-                           args, stop_ids, tokenizer.pad_token_id)
-        t1 = time.time()
-        texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
-        rewards = score(texts, [p["answer"] for p in problems for _ in range(G)], mode=args.reward.answer_mode,
-                        timeout_s=args.reward.grader_timeout_s, num_workers=args.reward.grader_workers,
-                        reward_range=args.reward.reward_range, multi_box=args.reward.multi_box)
-        rollout_s, grading_s, timeouts = rollout_s + t1 - t0, grading_s + time.time() - t1, timeouts + rewards.timeouts
-        tokens += sum(len(s["response_ids"]) for s in samples)
+        problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
+        data_pos, gen_batches = data_pos + args.prompts_per_step, gen_batches + 1
+        samples, rewards = sample_and_grade(model, llm, accelerator, args, problems, G, args.temperature, tokenizer,
+                                            stop_ids)
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32)
         informative = informative_groups(correct, G)
-        metrics.add("rollout/accuracy", correct.sum(), len(correct))
-        metrics.add("rollout/reward", sum(rewards), len(rewards))
-        metrics.add("rollout/no_answer_frac", rewards.no_answer, len(rewards))
-        metrics.add("rollout/filtered_group_frac", (~informative).sum() if args.reward.filter_groups else 0, per_rank)
-        metrics.add("rollout/all_correct_group_frac", (correct.view(-1, G) == 1).all(1).sum(), per_rank)
-        metrics.add("rollout/all_wrong_group_frac", (correct.view(-1, G) == 0).all(1).sum(), per_rank)
+        for name, total, count in [
+                ("rollout/accuracy", correct.sum(), len(correct)), ("rollout/reward", sum(rewards), len(rewards)),
+                ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
+                ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
+                ("rollout/all_correct_group_frac", (correct.view(-1, G) == 1).all(1).sum(), per_rank),
+                ("rollout/all_wrong_group_frac", (correct.view(-1, G) == 0).all(1).sum(), per_rank),
+                ("rollout/grader_timeouts", rewards.timeouts, 1.0 / world),  # summed over processes
+                ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), 1.0 / world)]:  # ÷ step time later
+            metrics.add(name, total, count)
         for g, problem in enumerate(problems):
-            group = [{**samples[i], "reward": rewards[i], "text": texts[i], "problem": problem}
-                     for i in range(g * G, (g + 1) * G)]
-            (kept if informative[g] or not args.reward.filter_groups else dropped).append(group)
-        if not args.reward.filter_groups:
-            break
+            group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
+            (kept if informative[g] or not args.filter_groups else dropped).append(group)
         fewest = torch.tensor(float(len(kept)), device=accelerator.device)
-        if (accelerator.gather(fewest[None]).min() if world > 1 else fewest) >= per_rank or \
-                gen_batches >= args.reward.max_gen_batches:
+        if not args.filter_groups or gen_batches >= args.max_gen_batches or \
+                (accelerator.gather(fewest[None]).min() if world > 1 else fewest) >= per_rank:
             break
-    if llm is not None and args.rollout.vllm_sleep_mode:
-        llm.sleep(level=1)  # free the KV cache for training
     metrics.add("rollout/gen_batches", gen_batches)
-    metrics.add("rollout/grader_timeouts", timeouts, 1.0 / world)  # summed over processes
-    metrics.add("time/tokens_per_s", tokens, 1.0 / world)  # summed over processes; divided by the step time later
-    metrics.add("time/rollout_s", rollout_s)
-    metrics.add("time/grading_s", grading_s)
-    # every process trains on exactly `per_rank` groups (same number of backward calls); when the sampling
+    metrics.add("time/rollout_s", time.time() - t0)
+    # every process trains on exactly `per_rank` groups (the same number of backward calls); when the sampling
     # budget ran out, all-equal groups fill the gap with their loss masked out
     groups = kept[:per_rank] + dropped[: max(0, per_rank - len(kept))]
-    samples = [dict(s, is_padding=g >= len(kept)) for g, group in enumerate(groups) for s in group]
-    return samples, data_pos
+    return [dict(s, is_padding=g >= len(kept)) for g, group in enumerate(groups) for s in group], data_pos
 
 
 def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
@@ -1272,11 +1126,11 @@ def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
     batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
     lengths = batch["response_mask"].sum(-1)
     rewards = torch.tensor([s["reward"] for s in samples], device=device) + overlong_penalty(
-        lengths, args.rollout.max_new_tokens, args.reward.overlong_buffer, args.reward.overlong_penalty_factor)
-    advantages = group_advantages(accelerator.gather(rewards) if world > 1 else rewards, args.rollout.group_size,
-                                  args.reward.scale_rewards).view(world, -1)[rank]  # [B]
+        lengths, args.max_new_tokens, args.overlong_buffer, args.overlong_penalty_factor)
+    advantages = group_advantages(accelerator.gather(rewards) if world > 1 else rewards, args.group_size,
+                                  args.scale_rewards).view(world, -1)[rank]  # [B]
     excluded = torch.tensor([s["is_padding"] for s in samples], device=device)
-    excluded |= batch["truncated"] & args.reward.mask_truncated
+    excluded |= batch["truncated"] & args.mask_truncated
     batch["loss_mask"] = batch["response_mask"] * ~excluded[:, None]
     batch["adv"] = advantages[:, None].expand_as(batch["loss_mask"]).contiguous()
     metrics.add("rollout/response_length_mean", lengths.sum(), len(lengths))
@@ -1291,16 +1145,15 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
     """No-grad logp, entropy, G [B, R] of the whole batch, in micro-batches."""
     model.eval()
     with accelerator.autocast():
-        rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.optim.micro_batch_size)
-        parts = [micro_batch_stats(model, batch, r, args.log.entropy_chunk_size, args.rollout.temperature)
-                 for r in rows]
+        rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.micro_batch_size)
+        parts = [micro_batch_stats(model, batch, r, args.entropy_chunk_size, args.temperature) for r in rows]
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
 @contextmanager
 def accumulation(accelerator, model, last: bool, n_micro: int):
-    """Gradient accumulation over a minibatch's micro-batches; yields the factor for the loss. DDP: all-reduce on
-    the last micro-batch only. DeepSpeed: its engine accumulates, clips and steps at the boundary marked by
+    """Gradient accumulation over a minibatch's micro-batches; yields the loss factor. DDP: all-reduce on the last
+    micro-batch only. DeepSpeed: its engine accumulates, clips and steps at the boundary marked by
     `sync_gradients`, and divides each loss by its accumulation steps (undone by the factor n_micro)."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         accelerator.sync_gradients = last
@@ -1315,34 +1168,30 @@ def optimizer_step(accelerator, model, optimizer, max_grad_norm: float) -> tuple
     if accelerator.distributed_type == DistributedType.DEEPSPEED:  # the engine already clipped and stepped
         accelerator.sync_gradients = True
         norm = float(model.get_global_grad_norm() or 0.0)
-        skipped = not math.isfinite(norm)
     else:
         norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
-        skipped = not math.isfinite(norm)
-        if not skipped:
+        if math.isfinite(norm):
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return norm, skipped
+    return norm, not math.isfinite(norm)
 
 
-def update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool) -> int:
+def update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool,
+                  reduce_sum) -> int:
     """`update_epochs` × `num_minibatches` optimizer steps over the batch; each micro-batch's entropy flows come from
     the gradient ∂L/∂ℓ_t of the loss actually taken. With `fill_old` (strictly on-policy, no old-policy pass) the
     training forward's ℓ, H, G are stored as the batch's old-policy statistics. Returns the skipped updates."""
-    world, n_rows = accelerator.num_processes, len(batch["adv"])
-    reduce_sum = (lambda x: accelerator.reduce(x.clone(), reduction="sum")) if world > 1 else (lambda x: x)
+    world, n_rows, skipped_updates = accelerator.num_processes, len(batch["adv"]), 0
     model.train()
-    skipped_updates = 0
-    for epoch in range(args.optim.update_epochs):
-        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(args.exp.seed * 31 + step * 7 + epoch))
-        for k, mb_rows in enumerate(order.to(batch["adv"].device).split(n_rows // args.optim.num_minibatches)):
+    for epoch in range(args.update_epochs):
+        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(args.seed * 31 + step * 7 + epoch))
+        for k, mb_rows in enumerate(order.to(batch["adv"].device).split(n_rows // args.num_minibatches)):
             totals = minibatch_totals(batch["loss_mask"][mb_rows], reduce_sum)
-            micro = mb_rows.split(args.optim.micro_batch_size)
+            micro = mb_rows.split(args.micro_batch_size)
             for j, rows in enumerate(micro):
                 with accumulation(accelerator, model, j == len(micro) - 1, len(micro)) as loss_factor, \
                         accelerator.autocast():
-                    logp, entropy, g = micro_batch_stats(model, batch, rows, args.log.entropy_chunk_size,
-                                                         args.rollout.temperature)
+                    logp, entropy, g = micro_batch_stats(model, batch, rows, args.entropy_chunk_size, args.temperature)
                     mb = {key: value[rows] for key, value in batch.items()}
                     if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
                         mb["logp_old"] = logp.detach()
@@ -1357,7 +1206,7 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                         logp.detach(), entropy.detach(), g
                 log_micro_batch(metrics, info, mb, logp.detach(), entropy.detach(), g,
                                 -grad_logp[0] * totals["tokens"] / world)
-            grad_norm, skipped = optimizer_step(accelerator, model, optimizer, args.optim.max_grad_norm)
+            grad_norm, skipped = optimizer_step(accelerator, model, optimizer, args.max_grad_norm)
             skipped_updates += skipped
             metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
     return skipped_updates
@@ -1367,25 +1216,18 @@ def log_micro_batch(metrics, info, mb, logp, entropy, g, coef) -> None:
     """Loss and flow metrics of one micro-batch; `coef` = −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t."""
     m = mb["loss_mask"]
     delta = entropy_change(coef, logp, entropy, g) * m  # ΔH_t / η, exact first order (tabular softmax)
-    metrics.add("entropy/flow_increase", delta.clamp(min=0).sum(), m.sum())
-    metrics.add("entropy/flow_decrease", (-delta).clamp(min=0).sum(), m.sum())
-    metrics.add("entropy/flow_net", delta.sum(), m.sum())
-    metrics.add("entropy/increase_frac", (delta > 0).sum(), m.sum())
-    metrics.mean("train/policy_loss", info["token_loss"], m)
-    metrics.mean("train/clip_frac_low", info["clipped_low"].float(), m)
-    metrics.mean("train/clip_frac_high", info["clipped_high"].float(), m)
-    metrics.mean("train/ppo_kl", mb["logp_old"] - logp, m)
-    if "kl_ref" in info:
-        metrics.mean("train/kl_ref", info["kl_ref"].detach(), m)
-    if "is_weight" in info:
-        metrics.mean("rollout/is_weight_mean", info["is_weight"], m)
-        metrics.mean("rollout/is_capped_frac", info["is_capped"].float(), m)
+    for name, values in [("entropy/flow_increase", delta.clamp(min=0)), ("entropy/flow_decrease", (-delta).clamp(min=0)),
+                         ("entropy/flow_net", delta), ("entropy/increase_frac", (delta > 0).float()),
+                         ("train/policy_loss", info["token_loss"]), ("train/ppo_kl", mb["logp_old"] - logp),
+                         ("train/clip_frac_low", info["clipped_low"].float()),
+                         ("train/clip_frac_high", info["clipped_high"].float()),
+                         ("train/kl_ref", info.get("kl_ref")), ("rollout/is_weight_mean", info.get("is_weight")),
+                         ("rollout/is_capped_frac", info["is_capped"].float() if "is_capped" in info else None)]:
+        if values is not None:
+            metrics.mean(name, values.detach(), m)
     for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min by name
         if name.startswith("algo/"):
-            if name.endswith("_max") or name.endswith("_min"):
-                metrics.max(name, value)
-            else:
-                metrics.add(name, value)
+            metrics.max(name, value) if name.endswith(("_max", "_min")) else metrics.add(name, value)
 
 
 def batch_token_metrics(batch, metrics, reduce_sum) -> None:
@@ -1399,145 +1241,144 @@ def batch_token_metrics(batch, metrics, reduce_sum) -> None:
     metrics.mean("entropy/cov_adv_logp", (batch["adv"] - a / n) * (batch["logp_old"] - lp / n), mask)
 
 
-def rerun_command(run_dir: str) -> str:
-    """This command line with `--resume run_dir` in place of `--resume`, `--run-name`, `--total-steps`."""
-    dropped = ("--resume", "--run-name", "--total-steps")
-    argv, kept = sys.argv[1:] if os.path.basename(sys.argv[0]) == SCRIPT else [], []
-    for i, arg in enumerate(argv):
-        if arg.split("=")[0] not in dropped and (i == 0 or argv[i - 1] not in dropped):
-            kept.append(arg)
-    script = sys.argv[0] if os.path.basename(sys.argv[0]) == SCRIPT else SCRIPT  # as invoked, so it works from here
-    return shlex.join(["python", script, *kept, "--resume", run_dir])
+def learning_rate(args: Args, step: int) -> float:
+    """The rate of rollout step `step` (1-based): linear warm-up, then constant or cosine decay to 0."""
+    if step <= args.lr_warmup_steps:
+        return args.learning_rate * step / args.lr_warmup_steps
+    progress = min(1.0, (step - 1 - args.lr_warmup_steps) / max(1, args.total_steps - args.lr_warmup_steps))
+    return args.learning_rate * (0.5 * (1 + math.cos(math.pi * progress)) if args.lr_schedule == "cosine" else 1.0)
 
 
-def main(args: Args) -> str:
-    # ── setup: accelerator, argument checks (before anything is loaded or written), seeding, threads
-    use_bf16 = args.optim.precision == "bf16" or (args.optim.precision == "auto" and torch.cuda.is_available())
-    # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
-    world, rank = accelerator.num_processes, accelerator.process_index
-    engine = "vllm" if args.rollout.rollout_engine == "vllm" or (
-        args.rollout.rollout_engine == "auto" and vllm_available()) else "hf"
-    if args.rollout.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds variance
-        args.rollout.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
-    check_shared_args(args, world)
-    check_algorithm_args(args)
-    if args.exp.threads and accelerator.device.type == "cpu":
-        torch.set_num_threads(args.exp.threads)
-    seqs_per_rank = args.rollout.prompts_per_step // world * args.rollout.group_size
-    micro_steps = math.ceil(seqs_per_rank // args.optim.num_minibatches / args.optim.micro_batch_size)
-    is_deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
-    if is_deepspeed:  # the engine accumulates `micro_steps` backward calls, clips, then steps
-        accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            gradient_accumulation_steps=micro_steps, train_micro_batch_size_per_gpu=args.optim.micro_batch_size,
-            gradient_clipping=args.optim.max_grad_norm)
+def load_data(name: str, split, args, tokenizer, limit=None) -> list[dict]:
+    """Problems with their prompt token ids; prompts over `max_prompt_length` tokens are skipped and counted."""
+    try:
+        problems = load_problems(name, split=split, data_dir=args.data_dir, limit=limit, skip_invalid=args.skip_invalid)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error).replace("skip_invalid=True", "--skip-invalid").replace("data_dir=", "--data-dir"))
+    if getattr(problems, "skipped", 0):
+        print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), first: {problems.skipped_rows[0]}")
+    encoded = [{**p, "prompt_ids": tokenizer(build_prompt(p["question"], args.template, tokenizer),
+                                             add_special_tokens=False)["input_ids"]} for p in problems]
+    kept = [p for p in encoded if len(p["prompt_ids"]) <= args.max_prompt_length]
+    if len(kept) < len(encoded):
+        print(f"{name}: skipped {len(encoded) - len(kept)} of {len(encoded)} prompts over --max-prompt-length "
+              f"{args.max_prompt_length} tokens")
+    if not kept:
+        raise UsageError(f"{name}: no problem to train or evaluate on ({len(encoded)} loaded)")
+    return kept
 
-    def seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
 
-    seed_everything(args.exp.seed)
-    if args.exp.torch_deterministic:  # vLLM sampling stays non-deterministic
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-    run_name = args.exp.run_name or "__".join([os.path.basename(args.data.train_data), args.exp.exp_name,
-                                               str(args.exp.seed), str(int(time.time()))])
-    run_dir = args.exp.resume or os.path.join(args.exp.output_dir, broadcast_object_list([run_name])[0])
-    checkpoint = latest_checkpoint(run_dir, verify=True) if args.exp.resume else None
-
-    # ── data
-    tokenizer = AutoTokenizer.from_pretrained(args.data.model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    try:  # stop at the tokenizer's EOS, the generation config's EOS ids and, for chat templates, <|im_end|>
-        generation_eos = GenerationConfig.from_pretrained(args.data.model).eos_token_id
-    except OSError:
-        generation_eos = None
-    im_end = tokenizer.get_vocab().get("<|im_end|>") if args.data.template != "plain" else None
-    stop_ids = sorted({tokenizer.eos_token_id, im_end, *(generation_eos if isinstance(generation_eos, list)
-                                                          else [generation_eos])} - {None})
-
-    def load(name, split, limit=None):
-        try:
-            problems = load_problems(name, split=split, data_dir=args.data.data_dir, limit=limit,
-                                     skip_invalid=args.data.skip_invalid)
-        except (ValueError, FileNotFoundError) as error:
-            raise UsageError(str(error).replace("skip_invalid=True", "--skip-invalid")
-                             .replace("data_dir=", "--data-dir")) from None
-        if getattr(problems, "skipped", 0):
-            accelerator.print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), first: "
-                              f"{problems.skipped_rows[0]}")
-        return encode_problems(problems, tokenizer, args.data.template, args.data.max_prompt_length)
-
-    train_problems = load(args.data.train_data, args.data.train_split)
-    if len(train_problems) < args.rollout.prompts_per_step:
-        accelerator.print(f"note: {len(train_problems)} training problems, fewer than --prompts-per-step "
-                          f"{args.rollout.prompts_per_step}: every step repeats problems (reshuffled each pass)")
-    eval_problems = load(args.data.eval_data, args.data.eval_split, args.log.num_eval_problems) \
-        if args.log.eval_every > 0 else []
-
-    # ── rollout engine: vLLM is built before any optimizer state (it checks free memory at start-up)
-    llm = build_vllm_engine(args, accelerator) if engine == "vllm" else None
-    seed_everything(args.exp.seed)  # vLLM re-seeds the global RNGs in its worker
-
-    # ── policy, optimizer, schedule (and the reference model only when the KL term is on)
-    model = AutoModelForCausalLM.from_pretrained(args.data.model, dtype=torch.float32)
+def build_policy(args, accelerator, model_path: str, use_bf16: bool):
+    """The policy and its optimizer (prepared: DDP, ZeRO or FSDP), and a frozen reference when the KL term is on."""
+    model = load_pretrained(model_path, "model")
     for module in model.modules():  # dropout would make the on-policy ratio differ from 1
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     if model.config.tie_word_embeddings:  # accelerate warns on every save that the tied lm_head is stored once
         logging.getLogger("accelerate.utils.other").addFilter(lambda r: "Removed shared tensor" not in r.getMessage())
-    if args.optim.gradient_checkpointing:
+    if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.optim.learning_rate, weight_decay=args.optim.weight_decay)
-
-    def lr_factor(step: int) -> float:
-        if step < args.optim.lr_warmup_steps:
-            return (step + 1) / args.optim.lr_warmup_steps
-        if args.optim.lr_schedule == "cosine":
-            progress = (step - args.optim.lr_warmup_steps) / max(1, args.optim.total_steps - args.optim.lr_warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)  # stepped once per rollout step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     ref_model = None
-    if args.loss.kl_coef > 0:  # a plain (unsharded) frozen copy, also under ZeRO-3
-        with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False) if is_deepspeed \
-                else nullcontext():
-            ref_model = AutoModelForCausalLM.from_pretrained(args.data.model, dtype=torch.bfloat16 if use_bf16
-                                                             else torch.float32)
+    if args.kl_coef > 0:  # a plain (unsharded) frozen copy, also under ZeRO-3
+        with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False) \
+                if accelerator.distributed_type == DistributedType.DEEPSPEED else nullcontext():
+            ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
         ref_model = ref_model.to(accelerator.device).eval().requires_grad_(False)
-    algo_state = init_algorithm_state(args)
+    return model, optimizer, ref_model
 
-    # ── resume
-    start_step, data_pos = 0, 0
-    if checkpoint:
-        accelerator.load_state(checkpoint)
-        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-            trainer_state = json.load(f)
-        start_step, data_pos, algo_state = trainer_state["step"], trainer_state["data_pos"], trainer_state["algo_state"]
-        accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+
+def lock_run(run_dir: str):
+    """One process at a time writes a run (a second `--resume` of it is refused); held while the file stays open."""
+    os.makedirs(run_dir, exist_ok=True)
+    lock = open(os.path.join(run_dir, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)") from None
+    return lock
+
+
+def main(args: Args) -> str:
+    # ── setup: accelerator, argument checks (before anything is loaded or written), seeding
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available())
+    # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    world, rank = accelerator.num_processes, accelerator.process_index
+    engine = "vllm" if args.rollout_engine in ("vllm", "auto") and vllm_available() else "hf"
+    if args.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds the variance
+        args.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
+    check_args(args, world, engine)
+    check_algorithm_args(args)
+    if args.threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates, clips, then steps
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            gradient_accumulation_steps=math.ceil(args.prompts_per_step // world * args.group_size //
+                                                  args.num_minibatches / args.micro_batch_size),
+            train_micro_batch_size_per_gpu=args.micro_batch_size, gradient_clipping=args.max_grad_norm)
+    set_seed(args.seed)
+    if args.torch_deterministic:  # vLLM sampling stays non-deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run_dir = args.resume or os.path.join(args.output_dir, broadcast_object_list([args.run_name or "__".join(
+        [os.path.basename(args.train_data), args.exp_name, str(args.seed), str(int(time.time()))])])[0])
+
+    # ── data first: its errors come before anything is loaded or written
+    model_path = resolve_model(args.model)
+    if model_path != args.model:
+        accelerator.print(f"model: {model_path}")
+    tokenizer = load_pretrained(model_path, "tokenizer")
+    stop_ids = stop_token_ids(tokenizer, model_path, args.template)
+    train_problems = load_data(args.train_data, args.train_split, args, tokenizer)
+    if len(train_problems) < args.prompts_per_step:
+        accelerator.print(f"note: {len(train_problems)} training problems, fewer than --prompts-per-step "
+                          f"{args.prompts_per_step}: every step repeats problems (reshuffled each pass)")
+    eval_problems = load_data(args.eval_data, args.eval_split, args, tokenizer, args.num_eval_problems) \
+        if args.eval_every else []
+    found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
+    with open(os.path.join(found[-1], "trainer_state.json")) if found else nullcontext() as f:
+        start_step = json.load(f)["step"] if found else 0
+    if start_step >= args.total_steps:  # a finished run: nothing changes
+        accelerator.print(f"run {run_dir} is finished ({start_step} of {args.total_steps} steps); "
+                          f"to extend it: {rerun_command(run_dir)} --total-steps N")
+        return run_dir
+    lock = lock_run(run_dir) if accelerator.is_main_process else None  # noqa: F841 (held until main returns)
+
+    # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
+    llm = build_vllm_engine(model_path, args.seed + rank, args.vllm_gpu_memory_utilization, args.vllm_max_model_len,
+                            args.vllm_sleep_mode, accelerator) if engine == "vllm" else None
+    set_seed(args.seed)  # vLLM re-seeds the global RNGs in its worker
+    model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
+    algo_state, data_pos, start_step = init_algorithm_state(args), 0, 0
+    for checkpoint in reversed(found):
+        try:
+            accelerator.load_state(checkpoint)
+            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+                start_step, data_pos, algo_state = (json.load(f)[k] for k in ("step", "data_pos", "algo_state"))
+            accelerator.print(f"resumed from {checkpoint} at step {start_step}")
+            break
+        except Exception as error:  # a damaged checkpoint: fall back to the one before
+            accelerator.print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
+    if args.resume and start_step == 0:
+        accelerator.print(f"no usable checkpoint in {run_dir}: starting it again from step 0")
     logger = RunLogger(run_dir, args, accelerator.is_main_process, start_step)
     accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
     reduce_sum = (lambda x: accelerator.reduce(x.clone(), reduction="sum")) if world > 1 else (lambda x: x)
     # the old-policy pass is needed when later minibatches are off-policy or the algorithm needs batch statistics
-    old_policy_pass = needs_old_policy_pass(args) or args.optim.update_epochs * args.optim.num_minibatches > 1
-
-    if args.log.eval_every > 0 and start_step == 0:  # the starting point of the eval curve
-        initial = evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0)
-        logger.log(0, initial)
-        accelerator.print(f"step    0 | eval {initial['eval/accuracy']:.3f}")
+    old_policy_pass = needs_old_policy_pass(args) or args.update_epochs * args.num_minibatches > 1
+    if args.eval_every and start_step == 0:  # the starting point of the eval curve
+        logger.log(0, evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0))
 
     # ── the loop (Ctrl-C ends it with what to run next)
     step, skipped_streak = start_step, 0
     try:
-        for step in range(start_step + 1, args.optim.total_steps + 1):
+        for step in range(start_step + 1, args.total_steps + 1):
             step_start = time.time()
-            seed_everything(args.exp.seed * 10_007 + step * 101 + rank)  # sampling is a function of (seed, step, rank)
+            set_seed(args.seed * 10_007 + step * 101 + rank)  # sampling is a function of (seed, step, rank)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, step)
             metrics = Metrics()
             # 1. rollout and grading; 2. advantages and loss mask
             samples, data_pos = rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer,
@@ -1545,73 +1386,58 @@ def main(args: Args) -> str:
             batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)
             # 3. old-policy ℓ_old, H, G (no grad), or filled in by the single on-policy update
             t0 = time.time()
-            if old_policy_pass:
-                batch["logp_old"], batch["entropy_old"], batch["g_old"] = stats_pass(model, batch, args, accelerator)
-            else:
-                batch["logp_old"], batch["entropy_old"], batch["g_old"] = torch.zeros((3, *batch["adv"].shape),
-                                                                                      device=accelerator.device)
+            batch["logp_old"], batch["entropy_old"], batch["g_old"] = stats_pass(model, batch, args, accelerator) \
+                if old_policy_pass else torch.zeros((3, *batch["adv"].shape), device=accelerator.device)
             if ref_model is not None:
                 batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)[0]
             algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
             # 4. policy update
-            learning_rate = scheduler.get_last_lr()[0]  # the rate this step's updates use
             skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step,
-                                    fill_old=not old_policy_pass)
+                                    not old_policy_pass, reduce_sum)
+            skipped_streak = skipped_streak + 1 if skipped == args.update_epochs * args.num_minibatches else 0
             metrics.add("train/skipped_updates", skipped)
-            all_skipped = skipped == args.optim.update_epochs * args.optim.num_minibatches
-            skipped_streak = skipped_streak + 1 if all_skipped else 0
-            scheduler.step()
             batch_token_metrics(batch, metrics, reduce_sum)
-            if args.log.measure_entropy_change:  # realised entropy change of the same batch
+            if args.measure_entropy_change:  # realised entropy change of the same batch
                 metrics.mean("entropy/realised_change", stats_pass(model, batch, args, accelerator)[1] -
                              batch["entropy_old"], batch["response_mask"])
             metrics.add("time/training_s", time.time() - t0)
-
             # 5. metrics, evaluation, checkpoints
-            metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate}
-            step_s = time.time() - step_start
-            metrics.update({"time/step_s": step_s, "time/tokens_per_s": metrics["time/tokens_per_s"] / step_s})
+            metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate(args, step)}
+            metrics.update({"time/step_s": time.time() - step_start,
+                            "time/tokens_per_s": metrics["time/tokens_per_s"] / (time.time() - step_start)})
             algorithm_step_end(algo_state, args, metrics)
-            if args.log.eval_every > 0 and (step % args.log.eval_every == 0 or step == args.optim.total_steps):
+            if args.eval_every and (step % args.eval_every == 0 or step == args.total_steps):
                 metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
-            logger.log(step, metrics)
+            logger.log(step, metrics, [{"prompt": s["problem"]["question"], "response": s["text"], "reward": s["reward"],
+                                        "gold": s["problem"]["answer"]} for s in samples[: args.num_completions_to_log]]
+                       if args.log_completions_every and step % args.log_completions_every == 0 else [])
             if skipped_streak == 3:  # nothing is being learnt: stop rather than spin
                 raise RunError(f"every update of steps {step - 2}-{step} was skipped (non-finite loss or gradients); "
-                               f"the weights are unchanged since step {step - 3}. Lower --learning-rate or check the "
-                               f"data, then continue from {latest_checkpoint(run_dir)}: {rerun_command(run_dir)}")
-            if args.log.log_completions_every and step % args.log.log_completions_every == 0:
-                logger.completions(step, [{"prompt": s["problem"]["question"], "response": s["text"],
-                                           "reward": s["reward"], "gold": s["problem"]["answer"]}
-                                          for s in samples[: args.log.num_completions_to_log]])
+                               f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}")
             shown = {"reward": "rollout/reward", "entropy": "entropy/mean", "flow net": "entropy/flow_net",
-                     "len": "rollout/response_length_mean", "eval": "eval/accuracy"}
-            accelerator.print(f"step {step:4d} | " + " | ".join(
-                f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics) + f" | {step_s:.1f}s")
-            last = step == args.optim.total_steps
-            if (args.log.checkpoint_every and step % args.log.checkpoint_every == 0) or last:
-                save_checkpoint(accelerator, model, tokenizer, run_dir, step, {"step": step, "data_pos": data_pos,
-                                "algo_state": algo_state}, args, with_hf=not last)
+                     "len": "rollout/response_length_mean", "eval": "eval/accuracy", "s": "time/step_s"}
+            accelerator.print(f"step {step:4d} | " + " | ".join(f"{label} {metrics[key]:.4g}" for label, key in
+                                                              shown.items() if key in metrics))
+            if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
+                save_checkpoint(accelerator, model, tokenizer, run_dir, {"step": step, "data_pos": data_pos,
+                                "algo_state": algo_state}, args, start_step)
     except KeyboardInterrupt:
-        last_saved = latest_checkpoint(run_dir)
-        raise KeyboardInterrupt(f"run {run_dir} stopped at step {step}; its last checkpoint is {last_saved}; "
-                                f"continue with: {rerun_command(run_dir)}") from None
-
-    # ── final model in Hugging Face format, and what to run next
-    save_model(accelerator, model, tokenizer, os.path.join(run_dir, "final"))
+        raise KeyboardInterrupt(f"run {run_dir} stopped at step {step}; its last checkpoint is "
+                                f"{(checkpoints(run_dir) or ['none yet'])[-1]}; continue with: {rerun_command(run_dir)}")
     logger.close()
-    accelerator.print(f"done: {run_dir}\n  evaluate:  python eval_math.py --model {shlex.quote(run_dir)}\n"
-                      f"  plot:      python plot.py {shlex.quote(run_dir)}\n"
+    model_dir = os.path.join(checkpoints(run_dir)[-1] if accelerator.is_main_process else "", "hf")
+    accelerator.print(f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model "
+                      f"{shlex.quote(run_dir)}\n  plot:      python plot.py {shlex.quote(run_dir)}\n"
                       f"  continue:  {rerun_command(run_dir)} --total-steps N")
     accelerator.end_training()
     return run_dir
 
 
 if __name__ == "__main__":
-    cli_args = tyro.cli(Args, config=(tyro.conf.OmitArgPrefixes,))
     try:
-        main(cli_args)
+        main(parse_args())
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(2)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)

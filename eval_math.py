@@ -21,6 +21,10 @@ otherwise), grade them with `common.reward.score` (worker processes, hard time l
                  of softmax(logits / T) from a teacher-forced forward pass (in chunks of positions).
                  With temperature 0 (greedy) both use the unscaled logits (T = 1).
 
+Generation is grpo.py's own (`grpo.generate`): evaluation decodes, stops and counts truncation exactly as
+training does. `--model` takes what the training scripts take: a model folder or hub id, a run folder (its newest
+checkpoint's model, named with its step) or a checkpoint folder.
+
 Outputs in `--output-dir` (default `eval_out/<model name>__<YYYYmmdd-HHMMSS>`): `results.json` (the metrics
 of each benchmark, their macro average, and the exact settings and versions), `results.md` (the Markdown
 table that is also printed) and `completions.jsonl` (one line per sampled response).
@@ -37,7 +41,8 @@ Run:  python eval_math.py                  # CPU, the testbed model on the synth
 
 The named benchmarks are downloaded on first use into the data dir (`--data-dir`, else $RLVR_DATA_DIR, else
 ~/.cache/rlvr-entropy/data) and checked against pinned checksums (common/data.py). The arguments are checked
-before anything is loaded: a mistake prints one line `error: ...` naming the flag to change, exit status 2.
+before anything is loaded, the output folder's writability included: a mistake prints one line `error: ...`
+naming the flag to change, exit status 2.
 """
 
 from __future__ import annotations
@@ -49,17 +54,20 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
+import torch
 import tyro
+from transformers import AutoModelForCausalLM
 
 from common.data import BENCHMARKS, DataError, build_prompt, check_source, load_problems
+from common.reward import extract_answer, is_equiv, score
+from grpo import UsageError, build_vllm_engine, generate, load_pretrained, one_line, resolve_model, stop_token_ids, \
+    vllm_available
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")
 OPEFO_N = {"aime24": 32, "aime25": 32, "amc23": 32, "math500": 1, "minerva_math": 1, "olympiadbench": 1}
 OPEFO_MAX_NEW_TOKENS = 3000  # OPEFO's max response length for Qwen2.5-Math-7B (4,096 positions)
 DEFAULT_MAX_NEW_TOKENS = {"plain": 64, "qwen-math": 3000, "dapo": 3000}
@@ -67,116 +75,49 @@ DEFAULT_MAX_NEW_TOKENS = {"plain": 64, "qwen-math": 3000, "dapo": 3000}
 
 @dataclass
 class Args:
-    model: str = TESTBED_MODEL
-    """Hugging Face model id or folder; also a grpo.py run directory (its `final/`, else its latest checkpoint) or checkpoint (`step_N/hf`)"""
-    benchmarks: str | None = None
-    """comma-separated benchmarks: names under the data dir (aime24, aime25, amc23, math500, minerva_math, olympiadbench, gsm8k, arith), local files or hub datasets; `name@n` sets n for one benchmark (default: arith, the testbed's test split; with --protocol opefo the six benchmarks)"""
-    data_dir: str | None = None
-    """directory of the benchmark files; missing ones are downloaded into it and every one is checked (default: $RLVR_DATA_DIR, else ~/.cache/rlvr-entropy/data)"""
-    skip_invalid: bool = False
-    """skip data rows that cannot be used (missing or empty gold, malformed JSON) and report how many, instead of stopping at the first"""
-    template: Literal["plain", "qwen-math", "dapo"] | None = None
-    """prompt template (default: qwen-math with --protocol opefo or when the tokenizer has a chat template, else plain)"""
-    n: int = 4
-    """samples per problem (avg@n, pass@k for k ≤ n, maj@n); forced to 1 with temperature 0"""
-    temperature: float | None = None
-    """sampling temperature; 0 = greedy (default 1.0)"""
-    top_p: float = 1.0
-    """nucleus sampling threshold (1.0 = off); top-k is always off"""
-    max_new_tokens: int | None = None
-    """maximum response length in tokens (default: 64 for the plain template, 3000 for qwen-math/dapo and --protocol opefo)"""
-    seed: int = 0
-    """sampling seed (HF: torch seed, reset before each benchmark; vLLM: engine seed and per-request seed)"""
-    batch_size: int = 64
-    """sequences per Hugging Face `generate` call"""
-    limit: int | None = None
-    """evaluate only the first K problems of each benchmark"""
-    output_dir: str | None = None
-    """where results.json, results.md and completions.jsonl go (default eval_out/<model name>__<time>)"""
-    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"
-    """answer extraction: last \\boxed{}, Minerva's "The final answer is X", "The answer is X", DAPO's `Answer:`
-    line, or `auto` (those, in that order)"""
-    multi_box: bool = False
-    """read several nearby \\boxed{} as one set answer ("find all" questions)"""
-    grader_timeout_s: float = 5.0
-    """hard time limit per graded response (a response over it scores as incorrect and is counted)"""
-    grader_workers: int | None = None
-    """grader worker processes (default: common.reward's default, min(2, CPUs))"""
-    entropy: Literal["sampled", "full"] = "sampled"
-    """mean token entropy: `sampled` = mean −log p of the sampled tokens (free); `full` = full-vocabulary entropy from a teacher-forced forward pass"""
-    entropy_batch_size: int = 8
-    """sequences per forward pass of `--entropy full`"""
-    entropy_chunk_size: int = 1024
-    """response positions whose [positions × vocab] logits are materialised at once by `--entropy full`"""
-    protocol: Literal["none", "opefo"] = "none"
-    """evaluation preset (see the module docstring): opefo = AIME24/25, AMC23 avg@32 and MATH-500, Minerva, OlympiadBench avg@1, qwen-math, T = 1.0, 3000 tokens"""
-    engine: Literal["auto", "vllm", "hf"] = "auto"
-    """generation engine: `auto` = vLLM when CUDA and vLLM are available, else Hugging Face `generate`"""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """model weights dtype: `auto` = bfloat16 on CUDA, float32 on CPU"""
-    vllm_gpu_memory_utilization: float = 0.85
-    """fraction of GPU memory vLLM may take"""
-    vllm_max_model_len: int | None = None
-    """vLLM context length (default: the model's)"""
-    dry_run: bool = False
-    """load the benchmarks, build and tokenize the prompts, check that every gold grades as correct against itself, print counts, and exit"""
+    model: str = "testbed/model"  # HF model id or folder, a training run folder (its newest model) or a checkpoint folder
+    benchmarks: str | None = None  # comma-separated names or files, `name@n` sets n (None: arith; the six with --protocol opefo)
+    data_dir: str | None = None  # benchmark files (None: $RLVR_DATA_DIR, else the download cache)
+    skip_invalid: bool = False  # skip (and count) rows without a usable question or answer instead of stopping
+    template: Literal["plain", "qwen-math", "dapo"] | None = None  # prompt template (None: qwen-math for chat models)
+    n: int = 4  # samples per problem (avg@n, pass@k, maj@n)
+    temperature: float | None = None  # sampling temperature (None: 1.0; 0: greedy, n becomes 1)
+    top_p: float = 1.0  # nucleus sampling
+    max_new_tokens: int | None = None  # response length limit (None: 64 plain, 3000 chat templates and OPEFO)
+    seed: int = 0  # sampling seed (the samples of a benchmark do not depend on the others)
+    batch_size: int = 64  # sequences per HF `generate` call
+    limit: int | None = None  # first problems of each benchmark only
+    output_dir: str | None = None  # where results go (None: eval_out/<model name>__<time>)
+    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"  # answer extraction (grader)
+    multi_box: bool = False  # several nearby \boxed{} as one set answer ("find all" questions)
+    grader_timeout_s: float = 5.0  # time limit per graded response
+    grader_workers: int | None = None  # grader worker processes (None: one per core)
+    entropy: Literal["sampled", "full"] = "sampled"  # −log π of the sampled tokens, or the full-vocabulary entropy
+    entropy_batch_size: int = 8  # sequences per forward of --entropy full
+    entropy_chunk_size: int = 1024  # positions per LM-head chunk of --entropy full
+    protocol: Literal["none", "opefo"] = "none"  # opefo: the OPEFO paper's benchmarks, n, template and lengths
+    engine: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM when CUDA and vLLM are there, else HF generate
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    vllm_gpu_memory_utilization: float = 0.85  # fraction of GPU memory vLLM may take
+    vllm_max_model_len: int | None = None  # vLLM context length (None: the model's)
+    dry_run: bool = False  # load the benchmarks, build the prompts, check every gold grades against itself, and exit
 
 
 # ─── settings ───────────────────────────────────────────────────────────────────────────────────
-class UsageError(ValueError):
-    """A mistake in the arguments or the data they point at: `error: <message>` on stderr, exit status 2."""
-
-
-def looks_like_path(model: str) -> bool:
-    """True when `--model` can only mean a local folder: it starts with `.`, `~` or `/`, has a backslash or more
-    than one `/`, starts with `runs/` (grpo.py's output folder), or its first part exists here. A hub id is
-    `owner/name`."""
-    if model.startswith((".", "~", "/")) or "\\" in model:
-        return True
-    parts = model.split("/")
-    return len(parts) > 2 or (len(parts) == 2 and (parts[0] == "runs" or os.path.exists(parts[0])))
-
-
-def _check_model(model: str) -> None:
-    path = os.path.expanduser(model)
-    if os.path.isfile(path):
-        raise UsageError(f"--model {model}: a file, not a model folder (give the folder that holds config.json)")
-    if not os.path.exists(path) and looks_like_path(model):
-        parent = os.path.dirname(os.path.normpath(path)) or "."
-        base = os.path.basename(os.path.normpath(path))
-        near = sorted(d for d in os.listdir(parent) if d.startswith(base)) if base and os.path.isdir(parent) else []
-        hint = f"; did you mean {', '.join(os.path.join(parent, d) for d in near[:3])}?" if near else ""
-        raise UsageError(f"--model {model}: no such directory{hint}")
-    try:
-        resolve_model_path(path if os.path.exists(path) else model)
-    except FileNotFoundError as e:
-        raise UsageError(str(e)) from None
-
-
 def check_args(args: Args) -> list[tuple[str, int]]:
     """Check every argument without loading anything; returns the (benchmark, n) list. Raises UsageError."""
-    def positive(flag: str, value, allow_none: bool = True):
-        if value is None and allow_none:
-            return
-        if value is None or value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-
-    positive("--n", args.n, allow_none=False)
-    positive("--max-new-tokens", args.max_new_tokens)
-    positive("--batch-size", args.batch_size, allow_none=False)
-    positive("--limit", args.limit)
-    positive("--grader-workers", args.grader_workers)
-    positive("--entropy-batch-size", args.entropy_batch_size, allow_none=False)
-    positive("--entropy-chunk-size", args.entropy_chunk_size, allow_none=False)
-    positive("--vllm-max-model-len", args.vllm_max_model_len)
-    if args.temperature is not None and not args.temperature >= 0:
-        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if not args.grader_timeout_s > 0:
-        raise UsageError(f"--grader-timeout-s must be > 0, got {args.grader_timeout_s}")
-    if not 0 < args.vllm_gpu_memory_utilization <= 1:
-        raise UsageError(f"--vllm-gpu-memory-utilization must be in (0, 1], got {args.vllm_gpu_memory_utilization}")
+    for flag in ("n", "max_new_tokens", "batch_size", "limit", "grader_workers", "entropy_batch_size",
+                 "entropy_chunk_size", "vllm_max_model_len"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag, ok, requirement in [("temperature", args.temperature is None or args.temperature >= 0, ">= 0 (0 = greedy)"),
+                                  ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+                                  ("grader_timeout_s", args.grader_timeout_s > 0, "> 0"),
+                                  ("vllm_gpu_memory_utilization", 0 < args.vllm_gpu_memory_utilization <= 1, "in (0, 1]")]:
+        if not ok:
+            raise UsageError(f"--{flag.replace('_', '-')} must be {requirement}, got {getattr(args, flag)}")
+    if args.engine == "vllm" and not vllm_available():
+        raise UsageError("--engine vllm needs CUDA and the vllm package; use --engine hf (or auto)")
     try:
         benchmarks = parse_benchmarks(args.benchmarks, args.protocol, args.n)
         for name, _ in benchmarks:
@@ -186,7 +127,12 @@ def check_args(args: Args) -> list[tuple[str, int]]:
     for flag, value in (("--data-dir", args.data_dir), ("--output-dir", args.output_dir)):
         if value is not None and os.path.exists(os.path.expanduser(value)) and not os.path.isdir(os.path.expanduser(value)):
             raise UsageError(f"{flag} {value}: a file, not a directory")
-    _check_model(args.model)
+    existing = os.path.abspath(os.path.expanduser(args.output_dir or "eval_out"))  # hours of GPU time must not be lost
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--output-dir {args.output_dir or 'eval_out'} is not writable ({existing} is read-only)")
+    resolve_model(args.model)
     return benchmarks
 
 
@@ -215,26 +161,9 @@ def parse_benchmarks(spec: str | None, protocol: str, default_n: int) -> list[tu
     return out
 
 
-def resolve_model_path(model: str) -> str:
-    """A HF folder as is; a checkpoint folder (`step_N/` with `hf/`) -> its `hf/`; a grpo.py run directory
-    -> its `final/`, else its latest finished checkpoint; anything else (a hub id) unchanged."""
-    if not os.path.isdir(model) or os.path.isfile(os.path.join(model, "config.json")):
-        return model
-    for sub in ("hf", "final"):
-        if os.path.isfile(os.path.join(model, sub, "config.json")):
-            return os.path.join(model, sub)
-    root = os.path.join(model, "checkpoints")
-    if os.path.isdir(root):
-        done = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp")
-                      and os.path.isfile(os.path.join(root, d, "hf", "config.json")))
-        if done:
-            return os.path.join(root, done[-1], "hf")
-    raise FileNotFoundError(f"--model {model}: a folder without config.json, hf/, final/ or checkpoints/step_*/hf/")
-
-
 def model_display_name(model_path: str) -> str:
     """Short name for the output folder: `Qwen/Qwen2.5-Math-7B` -> Qwen2.5-Math-7B,
-    `runs/r/checkpoints/step_000100/hf` -> r__step_000100, `runs/r/final` -> r__final, `testbed/model` -> testbed__model."""
+    `runs/r/checkpoints/step_000100/hf` -> r__step_000100, `testbed/model` -> testbed__model."""
     parts = [p for p in os.path.normpath(model_path).split(os.sep) if p and p != "."]
     if not parts:
         return "model"
@@ -243,55 +172,6 @@ def model_display_name(model_path: str) -> str:
     if parts[-1] in ("final", "model", "hf") and len(parts) >= 2:  # generic folder names: keep the parent
         return f"{parts[-2]}__{parts[-1]}"
     return parts[-1]
-
-
-def _exit_usage(e: UsageError):
-    print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, no traceback
-    sys.exit(2)
-
-
-if __name__ == "__main__":  # check the arguments before the slow imports below: a mistake is reported at once
-    ARGS = tyro.cli(Args)
-    try:
-        check_args(ARGS)
-    except UsageError as e:
-        _exit_usage(e)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList)
-
-from common.reward import extract_answer, is_equiv, score  # noqa: E402
-
-
-def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
-    """Tokens that end a response: the tokenizer's EOS, the model's generation-config EOS ids, and, for the
-    chat templates, `<|im_end|>` when the vocabulary has it (base models often close the assistant turn
-    with it and then invent a new turn)."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    try:
-        gen_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-        ids += gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else []
-    except Exception:  # no generation_config.json
-        pass
-    if template != "plain":
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-            ids.append(im_end)
-    ids = list(dict.fromkeys(i for i in ids if i is not None))
-    if not ids:
-        raise ValueError("the tokenizer has no EOS token and the model no generation_config eos_token_id")
-    return ids
-
-
-def split_response(token_ids: list[int], stop_ids, max_new_tokens: int) -> tuple[list[int], bool]:
-    """Cut a generated row after its first stop token (kept). Returns (tokens, truncated)."""
-    for i, tok in enumerate(token_ids):
-        if tok in stop_ids:
-            return token_ids[: i + 1], False
-    return token_ids[:max_new_tokens], True
 
 
 # ─── metrics (pure functions) ───────────────────────────────────────────────────────────────────
@@ -421,79 +301,7 @@ def benchmark_metrics(problems: list[dict], n: int, equiv=is_equiv) -> dict:
     }
 
 
-# ─── Hugging Face engine (CPU or GPU) ───────────────────────────────────────────────────────────
-class _SampledLogprobRecorder(LogitsProcessor):
-    """Applies the temperature as the last logits processor and records log π_T of each sampled token
-    (`generate` samples from softmax of what this returns), keeping one [B, V] row at a time."""
-
-    def __init__(self, temperature: float):
-        self.temperature, self.prev_logp, self.recorded = temperature, None, []
-
-    def __call__(self, input_ids, scores):
-        if self.prev_logp is not None:  # input_ids[:, -1] was sampled from the previous call's scores
-            self.recorded.append(self.prev_logp.gather(1, input_ids[:, -1:]).squeeze(1))
-        scores = scores / self.temperature
-        self.prev_logp = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def finish(self, last_tokens):
-        self.recorded.append(self.prev_logp.gather(1, last_tokens[:, None]).squeeze(1))
-        return torch.stack(self.recorded, dim=1)  # [B, T_generated]
-
-
-@contextmanager
-def _only_these_generation_settings(model):
-    """`generate` fills every field left unset in the config it is given from the model's own
-    generation_config (a Qwen instruct model ships repetition_penalty, top_k, ...). Hide that one meanwhile,
-    so only our settings and the library's neutral defaults apply."""
-    saved, model.generation_config = model.generation_config, GenerationConfig()
-    try:
-        yield
-    finally:
-        model.generation_config = saved
-
-
-@torch.no_grad()
-def hf_generate(model, prompt_ids: list[list[int]], n: int, temperature: float, top_p: float, max_new_tokens: int,
-                stop_ids: list[int], pad_id: int, batch_size: int, desc: str = "generate") -> list[list[dict]]:
-    """n samples per prompt with `generate` (left padding, rows sorted by prompt length). Returns, per prompt,
-    n dicts with response_ids, logps (log π_T of each response token) and truncated."""
-    rows = sorted(((p, j) for p in range(len(prompt_ids)) for j in range(n)), key=lambda r: -len(prompt_ids[r[0]]))
-    device = next(model.parameters()).device
-    greedy = temperature == 0
-    config = GenerationConfig(do_sample=not greedy, temperature=1.0, top_p=top_p if not greedy else 1.0, top_k=0,
-                              max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=pad_id,
-                              repetition_penalty=1.0)
-    results: list[list[dict | None]] = [[None] * n for _ in prompt_ids]
-    remaining = Counter(p for p, _ in rows)
-    progress = tqdm(total=len(prompt_ids), desc=desc, unit="problem")
-    with _only_these_generation_settings(model):
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start: start + batch_size]
-            width = max(len(prompt_ids[p]) for p, _ in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, (p, _) in enumerate(chunk):
-                ids = prompt_ids[p]
-                input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                attention[i, width - len(ids):] = 1
-            recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                 generation_config=config, logits_processor=LogitsProcessorList([recorder]))
-            generated = out[:, width:]
-            logps = recorder.finish(generated[:, -1]).cpu()
-            generated = generated.cpu().tolist()
-            finished = 0
-            for i, (p, j) in enumerate(chunk):
-                tokens, truncated = split_response(generated[i], stop_ids, max_new_tokens)
-                results[p][j] = {"response_ids": tokens, "logps": logps[i, : len(tokens)].tolist(), "truncated": truncated}
-                remaining[p] -= 1
-                finished += remaining[p] == 0
-            progress.update(finished)
-    progress.close()
-    return results
-
-
+# ─── full-vocabulary entropy (teacher-forced) ────────────────────────────────────────────────────
 @torch.no_grad()
 def full_entropy(model, sequences: list[tuple[list[int], list[int]]], temperature: float, pad_id: int,
                  batch_size: int, chunk_size: int) -> list[list[float]]:
@@ -532,70 +340,6 @@ def full_entropy(model, sequences: list[tuple[list[int], list[int]]], temperatur
         for b, i in enumerate(idx):
             out[i] = ent[b, : len(sequences[i][1])].tolist()
     return out
-
-
-# ── GPU only: vLLM engine ────────────────────────────────────────────────────────────────────────
-# Building the engine and generating need CUDA and vLLM; the request building and output parsing are pure
-# functions (tested with stand-in objects).
-def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
-
-def vllm_sampling_kwargs(n: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
-                         stop_ids: list[int]) -> dict:
-    """Keyword arguments of vllm.SamplingParams: unbiased sampling (top_k 0 = off in vLLM 0.33), stop ids,
-    the sampled token's log-prob (logprobs=0; processed = after temperature with the engine's
-    logprobs_mode="processed_logprobs") and a per-request seed (child i of a request gets seed + i)."""
-    return dict(n=n, temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens, seed=seed,
-                logprobs=0, stop_token_ids=list(stop_ids), skip_special_tokens=True)
-
-
-def vllm_requests(prompt_ids: list[list[int]]) -> list[dict]:
-    """Token-in prompts for LLM.generate (no re-tokenisation)."""
-    return [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-
-
-def parse_vllm_outputs(outputs, n: int) -> list[list[dict]]:
-    """vLLM RequestOutputs (one per prompt, in order) -> per prompt, n dicts with response_ids, logps
-    (None when the engine returned none) and truncated (finish_reason "length")."""
-    results = []
-    for request in outputs:
-        if len(request.outputs) != n:
-            raise ValueError(f"vLLM returned {len(request.outputs)} completions for a request, expected {n}")
-        samples = []
-        for completion in sorted(request.outputs, key=lambda c: getattr(c, "index", 0)):
-            tokens = list(completion.token_ids)
-            logps = None
-            if completion.logprobs is not None:
-                logps = [float(entry[tok].logprob) for entry, tok in zip(completion.logprobs, tokens)]
-            samples.append({"response_ids": tokens, "logps": logps, "truncated": completion.finish_reason == "length"})
-        results.append(samples)
-    return results
-
-
-def build_vllm_engine(model_path: str, args: Args):
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process: easy to free
-    from vllm import LLM
-
-    kwargs = dict(model=model_path, seed=args.seed, logprobs_mode="processed_logprobs", tensor_parallel_size=1,
-                  gpu_memory_utilization=args.vllm_gpu_memory_utilization, enable_prefix_caching=True,
-                  dtype="auto" if args.dtype == "auto" else args.dtype)
-    if args.vllm_max_model_len:
-        kwargs["max_model_len"] = args.vllm_max_model_len
-    return LLM(**kwargs)
-
-
-def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, seed, stop_ids) -> list[list[dict]]:
-    from vllm import SamplingParams
-
-    params = SamplingParams(**vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, seed, stop_ids))
-    outputs = llm.generate(vllm_requests(prompt_ids), sampling_params=params, use_tqdm=True)
-    return parse_vllm_outputs(outputs, n)
-# ── end of the GPU-only block ────────────────────────────────────────────────────────────────────
 
 
 # ─── reporting ──────────────────────────────────────────────────────────────────────────────────
@@ -658,187 +402,158 @@ def _git_commit() -> dict:
         return {"commit": None, "dirty": None}
 
 
-def _encode(tokenizer, prompt: str) -> list[int]:
-    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
-
-
 # ─── main ───────────────────────────────────────────────────────────────────────────────────────
+def load_benchmarks(benchmarks, args) -> dict:
+    """{name: (n, problems)}; the data's errors come before any model is loaded."""
+    loaded = {}
+    for name, n in benchmarks:
+        try:
+            problems = load_problems(name, split="test" if name.lower() == "arith" else None, data_dir=args.data_dir,
+                                     skip_invalid=args.skip_invalid, limit=args.limit)
+        except (DataError, OSError) as e:  # bad rows, not the pinned file, missing and not downloadable
+            raise UsageError(f"{e}" if isinstance(e, (DataError, FileNotFoundError)) else f"--benchmarks {name}: {e}") \
+                from None
+        if not problems:
+            raise UsageError(f"--benchmarks {name}: no problems" + (f" ({problems.skipped} rows skipped)"
+                                                                     if problems.skipped else ""))
+        if problems.skipped:
+            print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), e.g. {problems.skipped_rows[0]}")
+        loaded[name] = (n, problems)
+    return loaded
+
+
+def dry_run(data: dict, args, template: str, max_new_tokens: int, stop_ids) -> None:
+    total_bad = 0
+    for name, d in data.items():
+        golds = [p["answer"] for p in d["problems"]]
+        checks = score([f"\\boxed{{{g}}}" for g in golds], golds, mode="boxed", timeout_s=args.grader_timeout_s,
+                       num_workers=args.grader_workers)
+        bad = [(p["id"], p["answer"]) for p, r in zip(d["problems"], checks) if r <= 0]
+        total_bad += len(bad)
+        lengths = [len(ids) for ids in d["prompt_ids"]]
+        print(f"{name}: {len(d['problems'])} problems, n={d['n']}, prompt tokens mean {np.mean(lengths):.0f} "
+              f"max {max(lengths)}, golds graded correct against themselves: {len(golds) - len(bad)}/{len(golds)}"
+              + (f" (failing: {bad[:5]})" if bad else ""))
+    print(f"dry run: {sum(len(d['problems']) for d in data.values())} problems in {len(data)} benchmarks, template "
+          f"{template}, max_new_tokens {max_new_tokens}, stop ids {stop_ids}; {total_bad} gold self-check failures")
+
+
+def grade_benchmark(name: str, d: dict, args, gen_s: float) -> tuple[dict, list[dict]]:
+    """The benchmark's metrics and its completions.jsonl rows."""
+    n, flat = d["n"], [s for samples in d["samples"] for s in samples]
+    t0 = time.time()
+    scores = score([s["text"] for s in flat], [p["answer"] for p in d["problems"] for _ in range(n)],
+                   mode=args.answer_mode, timeout_s=args.grader_timeout_s, num_workers=args.grader_workers,
+                   multi_box=args.multi_box)
+    grading_s = time.time() - t0
+    for s, sc in zip(flat, scores):
+        s.update(response=s["text"], score=float(sc), answer=extract_answer(s["text"], args.answer_mode, args.multi_box),
+                 length=len(s["response_ids"]))
+    metrics = benchmark_metrics([{"id": p["id"], "samples": ss} for p, ss in zip(d["problems"], d["samples"])], n)
+    metrics.update(grader_timeouts=scores.timeouts, grader_crashes=getattr(scores, "crashes", 0),
+                   no_answer=scores.no_answer, generation_s=round(gen_s, 2), grading_s=round(grading_s, 2),
+                   skipped_rows=d["problems"].skipped_rows, duplicates_dropped=d["problems"].duplicates)
+    rows = [{"benchmark": name, "problem_id": p["id"], "sample_index": j, "prompt": prompt, "response": s["response"],
+             "gold": p["answer"], "extracted_answer": s["answer"], "score": s["score"], "length": s["length"],
+             "truncated": s["truncated"], "entropy": s["entropy_sum"] / s["entropy_count"] if s["entropy_count"] else None}
+            for p, prompt, samples in zip(d["problems"], d["prompts"], d["samples"]) for j, s in enumerate(samples)]
+    return metrics, rows
+
+
 def main(args: Args) -> dict:
     t_start = time.time()
     benchmarks = check_args(args)
-    if args.engine == "vllm" and not vllm_available():
-        raise UsageError("--engine vllm needs CUDA and the vllm package; use --engine hf (or auto)")
     temperature = args.temperature if args.temperature is not None else 1.0
     if temperature == 0 and any(n > 1 for _, n in benchmarks):
         print("temperature 0 (greedy): every sample would be identical, so n is set to 1 for every benchmark")
         benchmarks = [(name, 1) for name, _ in benchmarks]
-
-    # ── data first (downloaded and checked on first use): its errors come before any model is loaded
-    loaded = {}
-    for name, n in benchmarks:
-        split = "test" if name.lower() == "arith" else None
-        try:
-            problems = load_problems(name, split=split, data_dir=args.data_dir, skip_invalid=args.skip_invalid,
-                                     limit=args.limit)
-        except (DataError, OSError) as e:  # bad rows, not the pinned file, missing and not downloadable
-            raise UsageError(f"{e}" if isinstance(e, (DataError, FileNotFoundError)) else f"--benchmarks {name}: {e}") from None
-        if not problems:
-            raise UsageError(f"--benchmarks {name}: no problems" + (f" ({problems.skipped} rows skipped)" if problems.skipped else ""))
-        if problems.skipped:
-            print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), e.g. {problems.skipped_rows[0]}")
-        loaded[name] = (n, problems)
-
-    model_path = resolve_model_path(os.path.expanduser(args.model) if looks_like_path(args.model) else args.model)
-    if model_path != args.model:
+    loaded = load_benchmarks(benchmarks, args)
+    model_path = resolve_model(args.model)
+    if model_path != args.model:  # a run folder: its newest model, which the training scripts name by step
         print(f"model: {args.model} -> {model_path}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except OSError as e:  # a hub id that does not exist (or no network)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--model {args.model}: cannot load a tokenizer from this folder or hub id ({first_line})") from None
-    if args.template is not None:
-        template = args.template
-    elif args.protocol == "opefo" or getattr(tokenizer, "chat_template", None):
-        template = "qwen-math"
-    else:
-        template = "plain"
-    max_new_tokens = args.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = OPEFO_MAX_NEW_TOKENS if args.protocol == "opefo" else DEFAULT_MAX_NEW_TOKENS[template]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_pretrained(model_path, "tokenizer")
+    template = args.template or ("qwen-math" if args.protocol == "opefo" or getattr(tokenizer, "chat_template", None)
+                                 else "plain")
+    max_new_tokens = args.max_new_tokens or (OPEFO_MAX_NEW_TOKENS if args.protocol == "opefo"
+                                             else DEFAULT_MAX_NEW_TOKENS[template])
     stop_ids = stop_token_ids(tokenizer, model_path, template)
-
-    # ── prompts: token-in prompts of every benchmark
     data = {}
     for name, (n, problems) in loaded.items():
         prompts = [build_prompt(p["question"], template, tokenizer) for p in problems]
-        data[name] = {"n": n, "problems": problems, "prompts": prompts, "prompt_ids": [_encode(tokenizer, t) for t in prompts]}
-
+        data[name] = {"n": n, "problems": problems, "prompts": prompts,
+                      "prompt_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]}
     if args.dry_run:
-        total_bad = 0
-        for name, d in data.items():
-            golds = [p["answer"] for p in d["problems"]]
-            checks = score([f"\\boxed{{{g}}}" for g in golds], golds, mode="boxed", timeout_s=args.grader_timeout_s,
-                           num_workers=args.grader_workers)
-            bad = [(p["id"], p["answer"]) for p, r in zip(d["problems"], checks) if r <= 0]
-            total_bad += len(bad)
-            lengths = [len(ids) for ids in d["prompt_ids"]]
-            print(f"{name}: {len(d['problems'])} problems, n={d['n']}, prompt tokens mean {np.mean(lengths):.0f} "
-                  f"max {max(lengths)}, golds graded correct against themselves: {len(golds) - len(bad)}/{len(golds)}"
-                  + (f" (failing: {bad[:5]})" if bad else ""))
-        print(f"dry run: {sum(len(d['problems']) for d in data.values())} problems in {len(data)} benchmarks, "
-              f"template {template}, max_new_tokens {max_new_tokens}, stop ids {stop_ids}; {total_bad} gold self-check failures")
+        dry_run(data, args, template, max_new_tokens, stop_ids)
         return {}
 
-    # ── generation
-    engine = "vllm" if args.engine == "vllm" or (args.engine == "auto" and vllm_available()) else "hf"
+    # ── generation (grpo.generate, as in training), then the entropy of every response token
+    engine = "vllm" if args.engine in ("vllm", "auto") and vllm_available() else "hf"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    model = None
-    gen_time = {}
-    if engine == "vllm":
-        llm = build_vllm_engine(model_path, args)
-        for name, d in data.items():
-            t0 = time.time()
-            d["samples"] = vllm_generate(llm, d["prompt_ids"], d["n"], temperature, args.top_p, max_new_tokens,
-                                         args.seed, stop_ids)
-            gen_time[name] = time.time() - t0
-        del llm  # free the GPU before any HF forward pass (--entropy full)
-        import gc
-
-        gc.collect()
+    llm = build_vllm_engine(model_path, args.seed, args.vllm_gpu_memory_utilization, args.vllm_max_model_len,
+                            dtype="auto" if args.dtype == "auto" else args.dtype) if engine == "vllm" else None
+    model = None if llm else load_pretrained(model_path, "model", dtype).to(device).eval()
+    gen_s = {}
+    for name, d in data.items():
+        torch.manual_seed(args.seed)  # each benchmark's samples do not depend on the others
+        t0 = time.time()
+        flat = generate(model, llm, tokenizer, d["prompt_ids"], d["n"], temperature, max_new_tokens, stop_ids,
+                        args.top_p, args.batch_size, seed=args.seed)
+        d["samples"] = [flat[i * d["n"]: (i + 1) * d["n"]] for i in range(len(d["prompt_ids"]))]
+        gen_s[name] = time.time() - t0
+        print(f"{name}: {len(flat)} responses in {gen_s[name]:.1f} s")
+    if llm is not None:  # free the GPU before any HF forward pass (--entropy full)
+        del llm
         torch.cuda.empty_cache()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-        for name, d in data.items():
-            torch.manual_seed(args.seed)  # each benchmark's samples do not depend on the others
-            t0 = time.time()
-            d["samples"] = hf_generate(model, d["prompt_ids"], d["n"], temperature, args.top_p, max_new_tokens,
-                                       stop_ids, tokenizer.pad_token_id, args.batch_size, desc=name)
-            gen_time[name] = time.time() - t0
-
-    # ── per-token entropy: from the sampled tokens, or full-vocabulary (teacher-forced)
     for name, d in data.items():
         flat = [s for samples in d["samples"] for s in samples]
         if args.entropy == "full":
-            if model is None:
-                model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-            seqs = [(ids, s["response_ids"]) for ids, samples in zip(d["prompt_ids"], d["samples"]) for s in samples]
-            ents = full_entropy(model, seqs, temperature, tokenizer.pad_token_id, args.entropy_batch_size,
-                                args.entropy_chunk_size)
+            model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+            ents = full_entropy(model, [(ids, s["response_ids"]) for ids, samples in zip(d["prompt_ids"], d["samples"])
+                                        for s in samples], temperature, tokenizer.pad_token_id,
+                                args.entropy_batch_size, args.entropy_chunk_size)
         else:
-            ents = [None if s["logps"] is None else [-x for x in s["logps"]] for s in flat]
+            ents = [None if s["rollout_logp"] is None else [-x for x in s["rollout_logp"]] for s in flat]
         for s, e in zip(flat, ents):
-            s["entropy_sum"] = None if e is None else float(sum(e))
-            s["entropy_count"] = None if e is None else len(e)
+            s["entropy_sum"], s["entropy_count"] = (None, None) if e is None else (float(sum(e)), len(e))
 
-    # ── grading and metrics
-    results = {"settings": {}, "benchmarks": {}, "average": {}}
-    completions = []
+    # ── grading, metrics and files
+    results, completions = {"settings": {}, "benchmarks": {}, "average": {}}, []
     for name, d in data.items():
-        n = d["n"]
-        flat = [s for samples in d["samples"] for s in samples]
-        texts = tokenizer.batch_decode([s["response_ids"] for s in flat], skip_special_tokens=True)
-        golds = [p["answer"] for p in d["problems"] for _ in range(n)]
-        t0 = time.time()
-        scores = score(texts, golds, mode=args.answer_mode, timeout_s=args.grader_timeout_s,
-                       num_workers=args.grader_workers, multi_box=args.multi_box)
-        grading_s = time.time() - t0
-        for s, text, sc in zip(flat, texts, scores):
-            s.update(response=text, score=float(sc), answer=extract_answer(text, args.answer_mode, args.multi_box),
-                     length=len(s["response_ids"]))
-        per_problem = [{"id": p["id"], "samples": samples} for p, samples in zip(d["problems"], d["samples"])]
-        metrics = benchmark_metrics(per_problem, n)
-        metrics.update(grader_timeouts=scores.timeouts, grader_crashes=getattr(scores, "crashes", 0),
-                       no_answer=scores.no_answer,
-                       generation_s=round(gen_time[name], 2), grading_s=round(grading_s, 2),
-                       skipped_rows=d["problems"].skipped_rows, duplicates_dropped=d["problems"].duplicates)
-        results["benchmarks"][name] = metrics
-        for p, prompt, samples in zip(d["problems"], d["prompts"], d["samples"]):
-            for j, s in enumerate(samples):
-                completions.append({
-                    "benchmark": name, "problem_id": p["id"], "sample_index": j, "prompt": prompt,
-                    "response": s["response"], "gold": p["answer"], "extracted_answer": s["answer"], "score": s["score"],
-                    "length": s["length"], "truncated": s["truncated"],
-                    "entropy": None if not s["entropy_count"] else s["entropy_sum"] / s["entropy_count"]})
-
-    benches = results["benchmarks"].values()
+        results["benchmarks"][name], rows = grade_benchmark(name, d, args, gen_s[name])
+        completions += rows
     for key in ("avg@n", "maj@n", "response_length_mean", "truncation_rate", "answer_rate"):
-        results["average"][key] = float(np.mean([m[key] for m in benches]))
+        results["average"][key] = float(np.mean([m[key] for m in results["benchmarks"].values()]))
     results["settings"] = {
         "model": args.model, "model_path": os.path.abspath(model_path) if os.path.isdir(model_path) else model_path,
         "benchmarks": {name: d["n"] for name, d in data.items()}, "template": template, "engine": engine,
         "device": device, "dtype": str(dtype).removeprefix("torch.") if engine == "hf" else args.dtype,
         "seed": args.seed, "n": args.n, "temperature": temperature, "top_p": args.top_p, "top_k": 0,
         "max_new_tokens": max_new_tokens, "stop_token_ids": stop_ids, "answer_mode": args.answer_mode,
-        "grader_timeout_s": args.grader_timeout_s, "entropy": args.entropy, "protocol": args.protocol, "limit": args.limit,
-        "data_dir": args.data_dir, "skip_invalid": args.skip_invalid, "args": asdict(args), "command": " ".join(sys.argv),
-        "versions": _versions(), "git": _git_commit(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)), "wall_s": None,
+        "grader_timeout_s": args.grader_timeout_s, "entropy": args.entropy, "protocol": args.protocol,
+        "limit": args.limit, "data_dir": args.data_dir, "skip_invalid": args.skip_invalid, "args": asdict(args),
+        "command": " ".join(sys.argv), "versions": _versions(), "git": _git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)), "wall_s": round(time.time() - t_start, 2),
     }
-
     output_dir = args.output_dir or os.path.join(
         "eval_out", f"{model_display_name(model_path)}__{time.strftime('%Y%m%d-%H%M%S', time.localtime(t_start))}")
-    os.makedirs(output_dir, exist_ok=True)
-    results["settings"]["wall_s"] = round(time.time() - t_start, 2)
     table = markdown_table(results, args.entropy)
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(output_dir, "completions.jsonl"), "w") as f:
-        for row in completions:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print()
-    print(table)
-    print(f"wrote {output_dir}/results.json, results.md, completions.jsonl")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", table),
+                           ("completions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions))):
+            with open(os.path.join(output_dir, name), "w") as f:
+                f.write(text)
+    except OSError as error:  # the table is still printed below
+        print(f"error: could not write {output_dir} ({one_line(error)})", file=sys.stderr)
+    print(f"\n{table}\nwrote {output_dir}/results.json, results.md, completions.jsonl")
     return results
 
 
 if __name__ == "__main__":
     try:
-        main(ARGS)
+        main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
     except UsageError as e:
-        _exit_usage(e)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, no traceback
+        sys.exit(2)

@@ -298,7 +298,7 @@ def test_policy_token_loss_bounds_and_region_metrics():
 
 def test_step_hooks_advance_the_schedule_and_keep_json_state():
     args = make_args(schedule="oscillatory-decay")
-    args.optim.total_steps = 10
+    args.total_steps = 10
     state = fec.init_algorithm_state(args)
     batch = {"adv": torch.ones(4, 3), "loss_mask": torch.ones(4, 3)}
     metrics = fec.algorithm_step_begin(state, args, batch, lambda x: x)
@@ -391,7 +391,6 @@ def test_oscillatory_decay_with_gradient_preserving_resumes_exactly(tmp_path):
     assert full[1]["algo/schedule_od_tau_low"] == pytest.approx(0.2 * full[0]["entropy/mean"])
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000004")
-    shutil.rmtree(tmp_path / "cut" / "final")
     proc = cli([*common, "--resume", str(tmp_path / "cut")])
     assert proc.returncode == 0, proc.stderr[-5000:]
     resumed = metrics(tmp_path / "cut")

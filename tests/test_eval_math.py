@@ -100,17 +100,16 @@ def test_parse_benchmarks_and_opefo_preset():
         em.parse_benchmarks("arith,arith", "none", 1)
 
 
-def test_resolve_model_path_for_runs_and_checkpoints(tmp_path):
+def test_resolve_model_for_runs_and_checkpoints(tmp_path):
+    """A run folder is its newest finished checkpoint's model (a stale older model is never picked), a checkpoint
+    folder its hf/, a hub id itself."""
     run = tmp_path / "arith__grpo__1__123"
     for sub in ("checkpoints/step_000010/hf", "checkpoints/step_000020/hf", "checkpoints/step_000030.tmp/hf"):
         (run / sub).mkdir(parents=True)
         (run / sub / "config.json").write_text("{}")
-    assert em.resolve_model_path(str(run)) == str(run / "checkpoints" / "step_000020" / "hf")
-    assert em.resolve_model_path(str(run / "checkpoints" / "step_000010")) == str(run / "checkpoints" / "step_000010" / "hf")
-    (run / "final").mkdir()
-    (run / "final" / "config.json").write_text("{}")
-    assert em.resolve_model_path(str(run)) == str(run / "final")
-    assert em.resolve_model_path("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
+    assert em.resolve_model(str(run)) == str(run / "checkpoints" / "step_000020" / "hf")
+    assert em.resolve_model(str(run / "checkpoints" / "step_000010")) == str(run / "checkpoints" / "step_000010" / "hf")
+    assert em.resolve_model("Qwen/Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
     assert em.model_display_name(str(run / "checkpoints" / "step_000020" / "hf")) == "arith__grpo__1__123__step_000020"
     assert em.model_display_name("Qwen/Qwen2.5-Math-7B") == "Qwen2.5-Math-7B"
 
@@ -134,49 +133,51 @@ def teacher_forced(model, prompt, response, temperature):
 
 
 def test_hf_generate_records_sampled_logprobs_and_full_entropy_matches(tiny_model):
+    import grpo
+
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     # settings in the model's own generation_config must not leak into sampling (they would change the logps)
     tiny_model.generation_config.repetition_penalty, tiny_model.generation_config.no_repeat_ngram_size = 5.0, 1
     torch.manual_seed(1)
-    out = em.hf_generate(tiny_model, prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=6, stop_ids=[1],
-                         pad_id=0, batch_size=4)
-    assert [len(s) for s in out] == [3, 3, 3]
+    out = grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 0, 4)
+    assert len(out) == 9
     seqs = []
-    for prompt, samples in zip(prompts, out):
-        for s in samples:
-            r = s["response_ids"]
-            assert 1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1)
-            logp, _ = teacher_forced(tiny_model, prompt, r, 0.7)
-            assert s["logps"] == pytest.approx(logp.tolist(), abs=1e-4)  # left padding does not change them
-            seqs.append((prompt, r))
+    for i, s in enumerate(out):
+        prompt, r = prompts[i // 3], s["response_ids"]
+        assert 1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1)
+        logp, _ = teacher_forced(tiny_model, prompt, r, 0.7)
+        assert s["rollout_logp"] == pytest.approx(logp.tolist(), abs=1e-4)  # left padding does not change them
+        seqs.append((prompt, r))
     ents = em.full_entropy(tiny_model, seqs, temperature=0.7, pad_id=0, batch_size=4, chunk_size=5)
     for (prompt, r), e in zip(seqs, ents):
         assert e == pytest.approx(teacher_forced(tiny_model, prompt, r, 0.7)[1].tolist(), abs=1e-4)
     torch.manual_seed(1)
-    again = em.hf_generate(tiny_model, prompts, n=3, temperature=0.7, top_p=1.0, max_new_tokens=6, stop_ids=[1],
-                           pad_id=0, batch_size=4)
-    assert again == out  # fixed seed, same samples
+    assert grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 0, 4) == out  # fixed seed, same samples
     assert tiny_model.generation_config.repetition_penalty == 5.0  # restored afterwards
 
 
-# ─── vLLM helpers with stand-in objects ─────────────────────────────────────────────────────────
-def test_vllm_request_and_output_helpers():
-    assert em.vllm_requests([[1, 2], (3,)]) == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}]
-    kw = em.vllm_sampling_kwargs(n=4, temperature=1.0, top_p=0.95, max_new_tokens=3000, seed=7, stop_ids=[151643, 151645])
-    assert kw["n"] == 4 and kw["top_k"] == 0 and kw["logprobs"] == 0 and kw["seed"] == 7 and kw["max_tokens"] == 3000
-    assert kw["stop_token_ids"] == [151643, 151645] and kw["temperature"] == 1.0 and kw["top_p"] == 0.95
+@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model not built yet at {TESTBED}")
+def test_evaluation_generates_exactly_as_training(tmp_path):
+    """One generation path: eval_math.py's completions are grpo.generate's samples for the same seed (same stop
+    tokens, truncation and decoding), and training's rollout decodes and stops the same way."""
+    import grpo
 
-    lp = lambda tok, x: {tok: SimpleNamespace(logprob=x)}  # noqa: E731
-    done = SimpleNamespace(index=0, token_ids=(5, 6, 2), finish_reason="stop", logprobs=[lp(5, -0.1), lp(6, -0.2), lp(2, -0.3)])
-    cut = SimpleNamespace(index=1, token_ids=[7, 7], finish_reason="length", logprobs=[lp(7, -1.0), lp(7, -2.0)])
-    no_lp = SimpleNamespace(index=0, token_ids=[9], finish_reason="stop", logprobs=None)
-    outputs = [SimpleNamespace(outputs=[cut, done]), SimpleNamespace(outputs=[no_lp, no_lp])]
-    parsed = em.parse_vllm_outputs(outputs, n=2)
-    assert parsed[0][0] == {"response_ids": [5, 6, 2], "logps": [-0.1, -0.2, -0.3], "truncated": False}
-    assert parsed[0][1] == {"response_ids": [7, 7], "logps": [-1.0, -2.0], "truncated": True}
-    assert parsed[1][0]["logps"] is None
-    with pytest.raises(ValueError):
-        em.parse_vllm_outputs(outputs, n=3)
+    out = tmp_path / "ev"
+    em.main(em.Args(limit=6, n=3, output_dir=str(out), grader_workers=1, max_new_tokens=40, seed=5))
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    tokenizer = grpo.load_pretrained(grpo.resolve_model("testbed/model"), "tokenizer")
+    model = grpo.load_pretrained(grpo.resolve_model("testbed/model"), "model")
+    stop_ids = grpo.stop_token_ids(tokenizer, grpo.TESTBED_MODEL, "plain")
+    prompts = list(dict.fromkeys(r["prompt"] for r in rows))
+    torch.manual_seed(5)
+    samples = grpo.generate(model, None, tokenizer, [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
+                            3, 1.0, 40, stop_ids, batch_size=64)
+    assert [s["text"] for s in samples] == [r["response"] for r in rows]
+    assert [s["truncated"] for s in samples] == [r["truncated"] for r in rows]
+    assert [len(s["response_ids"]) for s in samples] == [r["length"] for r in rows]
+    assert any(r["truncated"] for r in rows) and not all(r["truncated"] for r in rows)
+    for s in samples:  # a response ends at its first stop token, or is truncated at the limit
+        assert s["truncated"] == (s["response_ids"][-1] not in stop_ids) and (len(s["response_ids"]) == 40) >= s["truncated"]
 
 
 # ─── CLI runs ───────────────────────────────────────────────────────────────────────────────────
@@ -268,17 +269,6 @@ def test_run_directory_typo_is_no_such_directory_with_a_hint(tmp_path):
     line = assert_one_line_error(eval_cli(["--model", "runs/arith__grpo__1"], cwd=tmp_path, timeout=120),
                                  "--model runs/arith__grpo__1: no such directory")
     assert line.endswith("did you mean runs/arith__grpo__1__1795417367?")
-    assert em.looks_like_path("./m") and em.looks_like_path("~/m") and em.looks_like_path("/m")
-    assert em.looks_like_path("a/b/c") and not em.looks_like_path("Qwen/Qwen2.5-Math-7B")
-    (tmp_path / "runs" / "arith__grpo__1__1795417367" / "config.json").write_text("{}")
-    os.chdir(tmp_path)
-    try:
-        assert em.looks_like_path("runs/x") and not em.looks_like_path("nosuchowner/model")
-        os.chdir(tmp_path / "runs")  # runs/ need not exist yet (a fresh clone): still a path, not a hub id
-        assert em.looks_like_path("runs/arith__grpo__1") and not os.path.exists("runs")
-        assert em.resolve_model_path("runs/arith__grpo__1__1795417367") == "runs/arith__grpo__1__1795417367"
-    finally:
-        os.chdir(REPO)
 
 
 @pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")

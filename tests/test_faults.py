@@ -32,23 +32,21 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.mark.parametrize("script", SCRIPTS[:1])  # the manifest check is shared code
+@pytest.mark.parametrize("script", SCRIPTS[:1])  # the fallback is shared code
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, script):
     common = [*TINY, "--total-steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "5",
               "--output-dir", str(tmp_path)]
     run(script, [*common, "--run-name", "full"])
-    # a run killed while its step-2 checkpoint was being written: a truncated model file and a half-written
-    # trainer_state.json in step 2, a leftover step_3.tmp, and nothing after
+    # a damaged step-2 checkpoint (a truncated model file) and a step-3 checkpoint cut short while being written
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     cut = tmp_path / "cut"
-    shutil.rmtree(cut / "final")
     shutil.move(cut / "checkpoints" / "step_000003", cut / "checkpoints" / "step_000003.tmp")
     step2 = cut / "checkpoints" / "step_000002"
     model_file = step2 / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
     proc = run(script, [*common, "--resume", str(cut)])
-    assert "step_000002 is damaged (model.safetensors: missing or truncated)" in proc.stderr
-    assert "resumed from" in proc.stdout and "step_000001" in proc.stdout
+    assert "step_000002 could not be loaded" in proc.stdout
+    assert "resumed from" in proc.stdout and "step_000001" in proc.stdout.split("resumed from")[1].splitlines()[0]
     assert metrics(cut) == metrics(tmp_path / "full")
 
 

@@ -44,7 +44,7 @@ def test_help_documents_every_flag():
         assert flag in out.stdout
 
 
-def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
+def test_two_step_run_writes_metrics_and_a_checkpoint_with_its_model(tmp_path):
     proc = run([*TINY, "--total-steps", "2", "--eval-every", "2", "--measure-entropy-change",
                 "--output-dir", str(tmp_path), "--run-name", "e2e"])
     run_dir = tmp_path / "e2e"
@@ -64,11 +64,11 @@ def test_two_step_run_writes_metrics_checkpoint_and_final_model(tmp_path):
     logged = {k for row in [initial, *rows] for k in row if k != "step"}
     assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
     assert (run_dir / "checkpoints" / "step_000002" / "trainer_state.json").exists()
-    assert not (run_dir / "checkpoints" / "step_000002" / "hf").exists()  # the last model is written once: final/
     assert (run_dir / "completions.jsonl").exists()
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step_000002" / "hf")
+    assert f"done: {run_dir}  (model: {run_dir}/checkpoints/step_000002/hf)" in proc.stdout
 
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
@@ -80,7 +80,6 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     # the interrupted run: everything after the step-2 checkpoint is lost
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000004")
-    shutil.rmtree(tmp_path / "cut" / "final")
     run([*common, "--resume", str(tmp_path / "cut")])
     resumed = metrics(tmp_path / "cut")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
@@ -132,10 +131,10 @@ def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
     import grpo
 
     def one_run(name):
-        args = grpo.Args(exp=grpo.Experiment(output_dir=str(tmp_path), run_name=name),
-                         rollout=grpo.Rollout(prompts_per_step=4, group_size=4, max_new_tokens=40),
-                         reward=grpo.Reward(grader_workers=1), optim=grpo.Optim(total_steps=2, micro_batch_size=5),
-                         log=grpo.Log(eval_every=0, checkpoint_every=0))
+        args = grpo.Args(output_dir=str(tmp_path), run_name=name,
+                         prompts_per_step=4, group_size=4, max_new_tokens=40,
+                         grader_workers=1, total_steps=2, micro_batch_size=5,
+                         eval_every=0, checkpoint_every=0)
         return metrics(Path(grpo.main(args)))
 
     skipped = one_run("skip")
@@ -182,14 +181,12 @@ def test_bad_data_row_names_file_row_field_and_the_flag(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_help_is_grouped_with_a_description():
+def test_help_has_a_description_and_the_flags_most_runs_set():
     out = subprocess.run([sys.executable, "grpo.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    assert out.stdout.index("GRPO / DAPO / Dr.GRPO") < out.stdout.index("--seed")
-    for section in ("experiment", "model and data", "rollout", "rewards and advantages", "optimisation", "loss",
-                    "algorithm", "logging, evaluation, checkpoints"):
-        assert f"{section}" in out.stdout, section
+    assert out.stdout.index("GRPO / DAPO / Dr.GRPO") < out.stdout.index("Most runs set: --model") < out.stdout.index("--seed")
     assert out.stdout.count("(default: 0.28)") == 1  # each default printed once
+    assert "(default: testbed/model)" in out.stdout  # not an absolute path of this clone
 
 
 def test_dataset_smaller_than_one_batch_is_said_and_trains(tmp_path):

@@ -13,7 +13,7 @@ MODES = ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-to
 
 
 def make_args(mode="token-mean", **loss):
-    return grpo.Args(loss=grpo.Loss(loss_agg_mode=mode, **loss), rollout=grpo.Rollout(max_new_tokens=9))
+    return grpo.Args(loss_agg_mode=mode, **loss, max_new_tokens=9)
 
 
 def minibatch_grad(theta, features, mask, adv, mode, micro: int, world: int):
@@ -105,7 +105,7 @@ def test_entropy_flows_equal_first_order_change_of_the_sgd_step(mode, extra):
     z, tokens, mask, adv = tabular_batch()
     b, t, vocab = z.shape
     pos_weight = extra.pop("pos_weight", 1.0)
-    args = grpo.Args(loss=grpo.Loss(loss_agg_mode=mode, **extra), rollout=grpo.Rollout(max_new_tokens=t),
+    args = grpo.Args(loss_agg_mode=mode, **extra, max_new_tokens=t,
                      algo=grpo.Algorithm(pos_weight=pos_weight))
     state = grpo.init_algorithm_state(args)
     logp, entropy, g = (x.view(b, t) for x in grpo.token_stats(z.view(-1, vocab), tokens.view(-1), 8))
@@ -145,7 +145,7 @@ def test_on_policy_first_update_has_ratio_exactly_one():
 def test_truncated_importance_weight():
     """min(exp(ℓ_old − ℓ_rollout), C) multiplies each token's loss, detached; capped tokens are flagged."""
     args = make_args()
-    args.rollout.rollout_is_cap = 2.0
+    args.rollout_is_cap = 2.0
     state = grpo.init_algorithm_state(args)
     logp = torch.zeros(1, 3, requires_grad=True)
     mb = {"adv": torch.ones(1, 3), "loss_mask": torch.ones(1, 3), "logp_old": torch.zeros(1, 3),

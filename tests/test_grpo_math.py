@@ -158,8 +158,7 @@ def test_vllm_request_building_and_output_parsing():
     (shaped like vLLM 0.33's RequestOutput / CompletionOutput / Logprob)."""
     kwargs = grpo.vllm_sampling_kwargs(n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, stop_ids=[1, 4])
     assert kwargs == dict(n=2, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=3,
-                          logprobs=0, stop_token_ids=[1, 4], skip_special_tokens=False)
-    assert grpo.vllm_requests([[3, 4], [5]]) == [{"prompt_token_ids": [3, 4]}, {"prompt_token_ids": [5]}]
+                          logprobs=0, stop_token_ids=[1, 4], skip_special_tokens=True, seed=None)
 
     def completion(tokens, finish):
         logprobs = [{t: SimpleNamespace(logprob=-0.5 * (i + 1)), 99: SimpleNamespace(logprob=-9.0)} for i, t in enumerate(tokens)]
@@ -167,11 +166,10 @@ def test_vllm_request_building_and_output_parsing():
 
     outputs = [SimpleNamespace(outputs=[completion([7, 1], "stop"), completion([7, 8, 9], "length")]),
                SimpleNamespace(outputs=[completion([6, 6, 4], "stop"), completion([2], "abort")])]
-    parsed = grpo.parse_vllm_outputs(outputs, [[3, 4], [5]])
+    parsed = grpo.parse_vllm_outputs(outputs)
     assert [p["response_ids"] for p in parsed] == [[7, 1], [7, 8, 9], [6, 6, 4], [2]]  # stop tokens kept as sampled
     assert [p["truncated"] for p in parsed] == [False, True, False, True]
     assert parsed[0]["rollout_logp"] == [-0.5, -1.0]  # the sampled token's entry, not the other one
-    assert [p["prompt_ids"] for p in parsed] == [[3, 4], [3, 4], [5], [5]]
 
 
 def test_token_stats_full_precision_under_autocast_and_input_untouched():

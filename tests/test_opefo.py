@@ -190,7 +190,7 @@ def test_real_gradient_cancels_the_first_order_entropy_change(mode):
     tokens = torch.multinomial(logits.detach().softmax(-1), 1).squeeze(1)
     adv = torch.randn(n_rows, 1, dtype=torch.float64).expand(n_rows, width).contiguous()
     mask = (torch.arange(width)[None] < torch.tensor([9, 4, 7, 1, 9, 6])[:, None]).double()
-    args = opefo.Args(algo=opefo.Algorithm(flow_estimator="exact"), loss=opefo.Loss(loss_agg_mode=mode))
+    args = opefo.Args(algo=opefo.Algorithm(flow_estimator="exact"), loss_agg_mode=mode)
     state = opefo.init_algorithm_state(args)
 
     def entropy_change(weighted: bool) -> tuple[float, float]:
@@ -236,7 +236,7 @@ def test_check_algorithm_args_accepts_the_strict_settings():
     opefo.check_algorithm_args(opefo.Args())
     opefo.check_algorithm_args(opefo.Args(algo=opefo.Algorithm(static_lambda=-0.999, lambda_side="decrease")))
     with pytest.raises(opefo.UsageError, match="--update-epochs 3"):
-        opefo.check_algorithm_args(opefo.Args(optim=opefo.Optim(update_epochs=3)))
+        opefo.check_algorithm_args(opefo.Args(update_epochs=3))
     with pytest.raises(opefo.UsageError, match="--static-lambda"):
         opefo.check_algorithm_args(opefo.Args(algo=opefo.Algorithm(static_lambda=-1.0)))
 
@@ -252,10 +252,10 @@ def test_one_optimizer_step_per_rollout_and_the_real_flow_cancels(tmp_path, monk
     steps = []
     original = opefo.optimizer_step
     monkeypatch.setattr(opefo, "optimizer_step", lambda *a, **k: steps.append(1) or original(*a, **k))
-    args = opefo.Args(exp=opefo.Experiment(output_dir=str(tmp_path), run_name="exact"),
-                      rollout=opefo.Rollout(prompts_per_step=4, group_size=4, max_new_tokens=40),
-                      reward=opefo.Reward(grader_workers=1), optim=opefo.Optim(total_steps=2, micro_batch_size=5),
-                      algo=opefo.Algorithm(flow_estimator="exact"), log=opefo.Log(eval_every=0, checkpoint_every=0))
+    args = opefo.Args(output_dir=str(tmp_path), run_name="exact",
+                      prompts_per_step=4, group_size=4, max_new_tokens=40,
+                      grader_workers=1, total_steps=2, micro_batch_size=5,
+                      algo=opefo.Algorithm(flow_estimator="exact"), eval_every=0, checkpoint_every=0)
     rows = metrics(opefo.main(args))
     assert len(steps) == 2 and [r["step"] for r in rows] == [1, 2]
     for row in rows:

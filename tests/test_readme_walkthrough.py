@@ -54,4 +54,4 @@ def test_readme_walkthrough_in_a_fresh_copy(tmp_path):
     assert list((tmp_path / "runs" / "plots").glob("plot_*.png"))
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == [1, 2, 3] and "resumed from" in outputs[3]
-    assert (run_dir / "final" / "config.json").exists()
+    assert (run_dir / "checkpoints" / "step_000003" / "hf" / "config.json").exists()

@@ -42,18 +42,18 @@ def test_shared_sections_identical_to_grpo(script):
 
 
 @pytest.mark.parametrize("script", present_scripts())
-def test_every_argument_has_a_docstring(script):
-    """Every field of every argument dataclass has a docstring (tyro's --help); each group has a title."""
-    tree = ast.parse((REPO / script).read_text())
+def test_every_argument_has_a_help_text(script):
+    """Every field of the argument dataclasses has its --help text: a comment on its line or a docstring below it."""
+    text = (REPO / script).read_text()
+    lines = text.splitlines()
+    tree = ast.parse(text)
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef)
                and any(getattr(d, "id", None) == "dataclass" for d in n.decorator_list)]
-    groups = {c.name for c in classes}
-    assert "Args" in groups, f"{script}: no Args dataclass"
+    assert {"Args", "Algorithm"} <= {c.name for c in classes}, f"{script}: no Args or Algorithm dataclass"
     for cls in classes:
-        assert ast.get_docstring(cls), f"{script}: {cls.name} has no docstring (its --help section title)"
-        body = cls.body
-        for i, node in enumerate(body):
-            if isinstance(node, ast.AnnAssign) and getattr(node.annotation, "id", None) not in groups:
-                nxt = body[i + 1] if i + 1 < len(body) else None
-                assert isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) \
-                    and isinstance(nxt.value.value, str), f"{script}: {cls.name}.{node.target.id} has no docstring"
+        for i, node in enumerate(cls.body):
+            if isinstance(node, ast.AnnAssign):
+                nxt = cls.body[i + 1] if i + 1 < len(cls.body) else None
+                documented = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                commented = "  # " in lines[node.end_lineno - 1]
+                assert documented or commented, f"{script}: {cls.name}.{node.target.id} has no help text"
