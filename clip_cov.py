@@ -1356,7 +1356,8 @@ def main(args: Args) -> str:
         try:
             accelerator.load_state(checkpoint)
             with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-                start_step, data_pos, algo_state = (json.load(f)[k] for k in ("step", "data_pos", "algo_state"))
+                state = json.load(f)
+            start_step, data_pos, algo_state = state["step"], state["data_pos"], state["algo_state"]
             accelerator.print(f"resumed from {checkpoint} at step {start_step}")
             break
         except Exception as error:  # a damaged checkpoint: fall back to the one before
