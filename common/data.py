@@ -241,8 +241,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         return Path(data_dir).expanduser()
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV]).expanduser()
-    development_copy = REPO_DIR.parent / "shared" / "data"  # the project's own development machines
-    return development_copy if development_copy.is_dir() else default_data_dir()
+    return default_data_dir()
 
 
 def file_stats(path: Path, parquet: bool | None = None) -> tuple[int | None, str]:

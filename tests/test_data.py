@@ -38,9 +38,9 @@ from common.data import (  # noqa: E402
     resolve_data_dir,
 )
 
+from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character except newline
 
 
@@ -185,7 +185,7 @@ def test_dapo_templates_removed():
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad rows, local files, resolution (small temp files; no shared data needed)
+# Bad rows, local files, resolution (small temp files; no benchmark data needed)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -277,7 +277,8 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))
     assert resolve_data_dir() == tmp_path and resolve_data_dir("/elsewhere") == Path("/elsewhere")
     monkeypatch.delenv("RLVR_DATA_DIR")
-    assert resolve_data_dir() in (DATA_DIR, default_data_dir())  # the cache unless a development copy sits beside
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_data_dir() == tmp_path / "xdg" / "rlvr-entropy" / "data"  # the cache; nothing else is looked at
 
 
 def test_unknown_names_and_missing_files_fail_before_loading(tmp_path):

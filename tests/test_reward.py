@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import reward  # noqa: E402
 from common.reward import Scores, extract_answer, is_equiv, score, shutdown_workers  # noqa: E402
+from conftest import data_dir, needs_data  # noqa: E402  ($RLVR_DATA_DIR; the benchmark tests are skipped without it)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"  # rejected before the parser (MAX_MAGNITUDE_DIGITS)
 SLOW = "\\boxed{(x+y+z)^{60}}"  # passes every static check; math-verify needs ~10 s of CPU against "1"
 
@@ -502,13 +502,13 @@ BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadb
 
 
 def _load(name):
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA_DIR}")
+    directory = str(data_dir())
     from common.data import load_problems
 
-    return load_problems(name, split="test") if name == "gsm8k" else load_problems(name)
+    return load_problems(name, split="test" if name == "gsm8k" else None, data_dir=directory)
 
 
+@needs_data
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_golds(name, pool):
     problems = _load(name)
