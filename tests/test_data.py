@@ -255,6 +255,35 @@ def test_generic_files_fields_and_formats(tmp_path):
         load_problems(str(tmp_path / "nope.jsonl"))
 
 
+@pytest.mark.parametrize("name,content", [
+    ("empty.jsonl", b""), ("blank.jsonl", b"\n  \n"), ("empty.json", b""), ("array.json", b"[]"),
+    ("empty.parquet", b""), ("no_rows.parquet", None),
+])
+def test_empty_file_is_an_error_naming_it(tmp_path, name, content):
+    """An empty training or evaluation file is said to be empty (not "no prompt fits in --max-prompt-length"
+    later on), whatever the limit."""
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"problem": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), path)
+    else:
+        path.write_bytes(content)
+    for kwargs in ({}, {"skip_invalid": True}, {"limit": 0}):
+        with pytest.raises(DataError) as err:
+            load_problems(str(path), **kwargs)
+        assert str(err.value) == f"{path}: the file is empty: no rows to load"
+
+
+def test_unreadable_json_and_parquet_files_name_the_file(tmp_path):
+    (tmp_path / "bad.json").write_text('[{"problem": "q", "answer": "1"},')
+    with pytest.raises(DataError, match=r"bad\.json: malformed JSON \(.* at line 1, column \d+\)"):
+        load_problems(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(DataError) as err:
+        load_problems(str(tmp_path / "bad.parquet"))
+    assert str(err.value).startswith(f"{tmp_path / 'bad.parquet'}: not a readable parquet file (")
+    assert "\n" not in str(err.value)
+
+
 def test_known_benchmark_file_path_gets_its_rules(tmp_path):
     bench = tmp_path / "olympiadbench"
     bench.mkdir()
