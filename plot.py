@@ -2,7 +2,7 @@
 
     python plot.py runs/*                      # writes runs/plots/plot_<time>.png
     python plot.py runs/<a> runs/<b> --out fig.png
-    python plot.py runs/* --metric train/clip_frac_high --metric entropy/mean --smooth 5
+    python plot.py runs/* --metric train/clip_frac_high --metric entropy/mean --smooth 10
 
 Default panels (a panel that no run logged is left out, with a note): policy entropy (`entropy/mean`),
 training accuracy (`rollout/accuracy`, else `rollout/reward`), eval accuracy (`eval/accuracy`, drawn with
@@ -19,11 +19,15 @@ random states of the run's checkpoints. Two runs with the same arguments and the
 name with the seed stripped (`{data}__{exp_name}__{seed}__{unix time}` -> `{data}__{exp_name}`) and only with
 each other. Each group is labelled by the arguments that differ between the groups, then `[N seeds]` or
 `[seed S]`; the title names what all runs share. A group is drawn on the steps that all its runs logged (a note
-says when steps are dropped). `--smooth W` applies a trailing moving average over the last W logged points of
-each run before averaging over seeds. `--no-group` draws every run on its own.
+says when steps are dropped). `--smooth W` (default 5; `--smooth 1`: the raw values) applies a trailing moving
+average over the last W logged points of each run before averaging over seeds, to the per-step training curves
+only: evaluation points (`eval/...`) are drawn as logged. `--no-group` draws every run on its own.
 
 A run argument may be a run directory or a `metrics.jsonl` file. A directory without `metrics.jsonl` is an
-error (non-zero exit, the path named), except plot.py's own output folder `plots/`, which is skipped. The figure
+error (non-zero exit, the path named), except plot.py's own output folder `plots/`, which is skipped. A partial
+(unparseable) last line, as a run killed or still writing leaves it, is skipped with a note naming the file and
+line; a bad line before the last is an error. A run that has logged nothing yet (empty `metrics.jsonl`) is left
+out with one note; when no run has logged anything, one error line says so. The figure
 goes to `--out`, by default `plots/plot_<time>.png` in the runs' parent directory (e.g. `runs/`).
 """
 
@@ -68,6 +72,7 @@ SPARSE_METRICS = ("eval/",)  # logged on some steps only: drawn with markers
 BOOKKEEPING_ARGS = {"run_name", "output_dir", "resume", "track", "wandb_project_name", "wandb_entity"}
 PROCESS_ARGS = ("num_processes", "world_size")  # names under which a run may record its process count
 TITLE_ARGS = ("exp_name", "train_data", "model")  # named in the default title when all runs share them
+DEFAULT_SMOOTH = 5  # per-step training curves are noisy at one point per step; evaluation points are drawn as logged
 OUTPUT_FOLDER = "plots"  # default figure folder, inside the runs' parent directory
 RUN_NAME_RE = re.compile(r"^(?P<base>.+)__(?P<seed>-?\d+)__(?P<time>\d+)$")
 
@@ -80,8 +85,8 @@ class Args:
     """output image file, the format follows the extension: .png, .pdf, .svg (default: plots/plot_<time>.png in the runs' parent directory)"""
     metric: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
     """metric to draw instead of the default panels (repeatable: --metric a --metric b)"""
-    smooth: int = 1
-    """trailing moving-average window over logged points (1 = no smoothing)"""
+    smooth: int = DEFAULT_SMOOTH
+    """trailing moving-average window over the logged points of per-step curves (1 = no smoothing; evaluation points are never smoothed)"""
     band: Literal["minmax", "std"] = "minmax"
     """band around the mean over seeds: min-max over seeds, or ± one standard deviation"""
     group: bool = True
@@ -98,7 +103,8 @@ class PlotError(Exception):
 
 # ─── loading and grouping ───────────────────────────────────────────────────────────────────────
 def load_run(path: str) -> dict:
-    """{"name", "dir", "args" (dict or None), "seed", "metrics": {name: (steps, values)}} of one run."""
+    """{"name", "dir", "metrics_path", "rows" (non-blank lines), "args" (dict or None), "seed", "processes",
+    "metrics": {name: (steps, values)}} of one run."""
     if os.path.isfile(path):
         metrics_path, run_dir = path, os.path.dirname(os.path.abspath(path))
     elif os.path.isdir(path):
@@ -109,22 +115,27 @@ def load_run(path: str) -> dict:
         raise PlotError(f"{path}: no such run directory or file")
     series: dict[str, tuple[list, list]] = {}
     with open(metrics_path) as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+        lines = [(line_no, line) for line_no, line in enumerate(f, 1) if line.strip()]
+    for i, (line_no, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            problem = None if isinstance(row, dict) else f"not a JSON object ({type(row).__name__})"
+        except json.JSONDecodeError as e:
+            problem = f"malformed JSON ({e.msg})"
+        if problem is not None:
+            if i == len(lines) - 1:  # a run killed (or still writing) mid-line: the rows before it are good
+                print(f"note: {metrics_path}:{line_no}: partial last line skipped ({problem})")
+                break
+            raise PlotError(f"{metrics_path}:{line_no}: {problem}")
+        step = row.get("step")
+        if not isinstance(step, (int, float)):
+            raise PlotError(f"{metrics_path}:{line_no}: no numeric 'step'")
+        for key, value in row.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PlotError(f"{metrics_path}:{line_no}: malformed JSON ({e.msg})") from None
-            step = row.get("step")
-            if not isinstance(step, (int, float)):
-                raise PlotError(f"{metrics_path}:{line_no}: no numeric 'step'")
-            for key, value in row.items():
-                if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    continue
-                steps, values = series.setdefault(key, ([], []))
-                steps.append(step)
-                values.append(float(value))
+            steps, values = series.setdefault(key, ([], []))
+            steps.append(step)
+            values.append(float(value))
     args = None
     args_path = os.path.join(run_dir, "args.json")
     if os.path.isfile(args_path):
@@ -139,7 +150,8 @@ def load_run(path: str) -> dict:
     seed = args.get("seed") if args else None
     if seed is None and m:
         seed = int(m.group("seed"))
-    return {"name": name, "dir": run_dir, "args": args, "seed": seed, "processes": process_count(run_dir, args),
+    return {"name": name, "dir": run_dir, "metrics_path": metrics_path, "rows": len(lines), "args": args, "seed": seed,
+            "processes": process_count(run_dir, args),
             "metrics": {k: (np.asarray(s, dtype=float), np.asarray(v)) for k, (s, v) in series.items()}}
 
 
@@ -307,13 +319,15 @@ def select_panels(runs: list[dict], metrics: tuple[str, ...]) -> list[tuple[str,
             raise PlotError(f"metric(s) {', '.join(missing)} not logged by any run ({', '.join(r['dir'] for r in runs)}); "
                             f"available: {', '.join(sorted(available)) or 'none'}")
         return [(m, m) for m in metrics]
-    panels = []
+    panels, missing = [], []
     for title, candidates in DEFAULT_PANELS:
         found = next((m for m in candidates if m in available), None)
         if found is None:
-            print(f"note: no run logged {' or '.join(candidates)}; panel left out")
+            missing.append(" or ".join(candidates))
         else:
             panels.append((found if title == "training accuracy" else title, found))
+    if missing and panels:
+        print(f"note: no run logged {', '.join(missing)}; panel{'s' if len(missing) > 1 else ''} left out")
     if not panels:
         raise PlotError(f"none of the default metrics is logged by any run ({', '.join(r['dir'] for r in runs)}); "
                         f"available: {', '.join(sorted(available)) or 'none'}; choose some with --metric")
@@ -384,7 +398,14 @@ def plot(args: Args) -> str:
         print(f"note: {skipped}: plot.py's output folder, skipped")
     if not paths:
         raise PlotError("no run directories given")
-    runs = [load_run(p) for p in paths]
+    loaded = [load_run(p) for p in paths]
+    runs = [r for r in loaded if r["metrics"]]
+    if not runs:  # one line, whatever the number of panels
+        raise PlotError("nothing to draw: no metrics logged yet in " + ", ".join(
+            f"{r['metrics_path']}" + (" (empty)" if r["rows"] == 0 else "") for r in loaded))
+    for r in loaded:
+        if not r["metrics"]:
+            print(f"note: {r['metrics_path']}: no metrics logged yet{' (empty)' if r['rows'] == 0 else ''}; run left out")
     fig, groups = make_figure(args, runs)
     out = args.out or default_output(runs)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -117,8 +117,8 @@ def main() -> None:
     (Path(args.out) / "study.md").write_text(markdown)
     print(markdown)
     figure = Path(args.out) / "study.png"
-    subprocess.run([sys.executable, "plot.py", *sorted({r["run_dir"] for r in results}), "--out", str(figure)],
-                   cwd=REPO, check=True)
+    subprocess.run([sys.executable, "plot.py", *sorted({r["run_dir"] for r in results}), "--out", str(figure),
+                    "--smooth", "1"], cwd=REPO, check=True)  # as logged: the README figure
     print(f"figure: {figure}")
 
 

@@ -241,8 +241,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         return Path(data_dir).expanduser()
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV]).expanduser()
-    development_copy = REPO_DIR.parent / "shared" / "data"  # the project's own development machines
-    return development_copy if development_copy.is_dir() else default_data_dir()
+    return default_data_dir()
 
 
 def file_stats(path: Path, parquet: bool | None = None) -> tuple[int | None, str]:
@@ -580,6 +579,17 @@ def _generic_record(question_field: str | None, answer_field: str | None):
 
 
 def _read_rows(path: Path):
+    """Rows of a local file; an empty file (no bytes, only blank lines, ``[]``, a parquet file without rows) and an
+    unreadable ``.json`` / ``.parquet`` file raise ``DataError`` naming the file."""
+    rows = 0
+    for item in _read_file_rows(path):
+        rows += 1
+        yield item
+    if rows == 0:
+        raise DataError(f"{path}: the file is empty: no rows to load")
+
+
+def _read_file_rows(path: Path):
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
@@ -592,15 +602,28 @@ def _read_rows(path: Path):
                     yield f"{path}:line {line_no}", None, f"malformed JSON ({e.msg} at column {e.colno})"
     elif suffix == ".json":
         with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+            text = f.read()
+        if not text.strip():
+            return
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
         if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
+            raise DataError(f"{path}: expected a JSON array of objects, got {type(rows).__name__}")
         for i, row in enumerate(rows):
             yield f"{path}:row {i} (0-based)", row, None
     elif suffix == ".parquet":
+        if path.stat().st_size == 0:
+            return
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        for i, row in enumerate(table.to_pylist()):
             yield f"{path}:row {i} (0-based)", row, None
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")

@@ -82,8 +82,11 @@ is the list of 32 and 349, ``(1,2)`` stays a tuple, ``1,3,5`` a list); ``5. = 5`
 entry in order; the row break ``\\\\`` survives normalisation (also when a space follows it, which the
 spacing command ``\\ `` must not swallow). An inequality in one letter with constant bounds is read
 as the interval it defines, with its ends: ``-2 \\le x \\le 7 = x \\in [-2,7] = [-2,7]``,
-``-2 < x \\le 7 = (-2,7] != [-2,7]``, ``x > 3 = (3,\\infty)``, ``5 \\ge x = (-\\infty,5]``; ``x \\in S`` is ``S``
-for an interval or set ``S``.
+``-2 < x \\le 7 = (-2,7] != [-2,7]``, ``x > 3 = (3,\\infty)``, ``5 \\ge x = (-\\infty,5]``, ``x >= 3 = [3,\\infty)``
+(ASCII ``<=``/``>=`` too); ``x \\in S`` is ``S`` for an interval, union or set ``S``
+(``x \\in (-\\infty,1) \\cup (2,3] = (-\\infty,1) \\cup (2,3]``); inequalities in the same letter joined by "or"
+(``\\text{ or }``, ``\\lor``, ``\\cup``) are the union of their intervals
+(``x < 1 \\text{ or } 2 < x \\le 3 = (-\\infty,1) \\cup (2,3]``).
 
 Safety: model output is untrusted. Nothing here evaluates a raw string as Python: no ``eval``/``exec``,
 no ``sympify``/``parse_expr`` on strings, no math-verify ``ExprExtractionConfig`` (which calls
@@ -421,11 +424,17 @@ _SPACING_RE = re.compile(_ROW_BREAK + r"|\\[,;:! ]|\\q?quad(?![A-Za-z])|\\displa
 _LEFT_RIGHT_RE = re.compile(_ROW_BREAK + r"|\\(?:left|right)(?:\.|(?![A-Za-z]))|\\[bB]ig[glr]?(?![A-Za-z])")
 _THIN_THOUSANDS_RE = re.compile(r"(?<=\d),(?:\s*\\!)+\s*(?=\d)")  # "10,\!080", "11,\! 111": LaTeX thousands
 # inequalities in one variable with constant bounds -> intervals: "-2 \le x \le 7" -> "[-2, 7]"
-_REL = r"(<|\\lt(?![A-Za-z])|\\leq?(?:slant)?(?![A-Za-z])|≤|>|\\gt(?![A-Za-z])|\\geq?(?:slant)?(?![A-Za-z])|≥)"
+# (ASCII "<=" / ">=" before "<" / ">": "x >= 3" is not "x > (= 3)")
+_REL = (r"(<=|>=|<|\\lt(?![A-Za-z])|\\leq?(?:slant|q)?(?![A-Za-z])|≤|⩽|>|\\gt(?![A-Za-z])"
+        r"|\\geq?(?:slant|q)?(?![A-Za-z])|≥|⩾)")
 _REL_RE = re.compile(_REL)
 _CHAIN_RE = re.compile(r"^(.+?)\s*" + _REL + r"\s*([A-Za-z])\s*" + _REL + r"\s*(.+)$")
 _ONE_SIDED_RE = re.compile(r"^(?:([A-Za-z])\s*" + _REL + r"\s*(.+)|(.+?)\s*" + _REL + r"\s*([A-Za-z]))$")
 _VAR_IN_RE = re.compile(r"^[A-Za-z]\s*\\in(?![A-Za-z])\s*(?=[\[(]|\\\{)")
+# "or" between the inequalities of a union: "x < 1 \text{ or } 2 < x \le 3", "x<1 \lor x>2", "x < 1 or x > 2"
+_OR_RE = re.compile(
+    r"\s*(?:\\(?:text|mathrm|textrm|mbox)\s*\{\s*or\s*\}|\\(?:lor|vee|cup)(?![A-Za-z])|(?<![A-Za-z\\])or(?![A-Za-z]))\s*"
+)
 _TEXT_CMD = r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)"
 _TEXT_UNWRAP_RE = re.compile(_TEXT_CMD + r"\s*\{([^{}]*)\}")
 # a trailing unit: "10\text{ cm}", "10 \mathrm{~cm}", "864 \mbox{ inches}^2" (not "3\mathrm{i}": one letter, no space)
@@ -463,7 +472,8 @@ def _keep_row_break_drop(m: re.Match) -> str:
     return m.group(1) or ""
 
 
-_LESS = ("<", "\\lt", "\\le", "\\leq", "\\leqslant", "≤")
+_LESS = ("<", "<=", "\\lt", "\\le", "\\leq", "\\leqslant", "\\leqq", "≤", "⩽")
+_STRICT = ("<", ">", "\\lt", "\\gt")
 
 
 def _constant_bound(b: str) -> bool:
@@ -474,36 +484,53 @@ def _constant_bound(b: str) -> bool:
     )
 
 
-def _ineq_to_interval(s: str) -> str:
-    """``a < x \\le b`` / ``x \\ge a`` / ``b > x`` (one letter, constant bounds) as an interval with the same
-    ends; ``x \\in [a, b]`` as ``[a, b]``. Anything else is returned unchanged."""
+def _one_interval(s: str) -> tuple[str, str] | None:
+    """(variable, interval) of ``a < x \\le b`` / ``x \\ge a`` / ``b > x`` (one letter, constant bounds) or of
+    ``x \\in S`` (an interval or set ``S``); None for anything else."""
     m = _VAR_IN_RE.match(s)
     if m:
-        return s[m.end():]
-    if len(s) > MAX_ANSWER_CHARS or not _REL_RE.search(s):
-        return s
+        return s[0], s[m.end():]
     m = _CHAIN_RE.match(s)
     if m:
-        a, r1, _, r2, b = m.groups()
+        a, r1, var, r2, b = m.groups()
         if _constant_bound(a) and _constant_bound(b) and (r1 in _LESS) == (r2 in _LESS):
             if r1 not in _LESS:  # "b > x > a"
                 a, r1, b, r2 = b, r2, a, r1
-            return ("(" if r1 in ("<", "\\lt") else "[") + f"{a.strip()}, {b.strip()}" + (
-                ")" if r2 in ("<", "\\lt") else "]")
-        return s
+            return var, ("(" if r1 in _STRICT else "[") + f"{a.strip()}, {b.strip()}" + (
+                ")" if r2 in _STRICT else "]")
+        return None
     m = _ONE_SIDED_RE.match(s)
     if m:
         if m.group(1) is not None:  # "x < b", "x \ge a"
-            rel, bound, upper = m.group(2), m.group(3), m.group(2) in _LESS
+            var, rel, bound, upper = m.group(1), m.group(2), m.group(3), m.group(2) in _LESS
         else:  # "a < x", "b \ge x"
-            rel, bound, upper = m.group(5), m.group(4), m.group(5) not in _LESS
+            var, rel, bound, upper = m.group(6), m.group(5), m.group(4), m.group(5) not in _LESS
         if not _constant_bound(bound):
-            return s
-        strict = rel in ("<", ">", "\\lt", "\\gt")
+            return None
         if upper:
-            return f"(-\\infty, {bound.strip()}" + (")" if strict else "]")
-        return ("(" if strict else "[") + f"{bound.strip()}, \\infty)"
-    return s
+            return var, f"(-\\infty, {bound.strip()}" + (")" if rel in _STRICT else "]")
+        return var, ("(" if rel in _STRICT else "[") + f"{bound.strip()}, \\infty)"
+    return None
+
+
+def _ineq_to_interval(s: str) -> str:
+    """``a < x \\le b`` / ``x \\ge a`` / ``b > x`` (one letter, constant bounds; ``<=``/``>=`` too) as an
+    interval with the same ends; ``x \\in S`` as ``S``; inequalities in the same letter joined by "or"
+    (``x < 1 \\text{ or } 2 < x \\le 3``, ``\\lor``, ``\\cup``) as the union of their intervals. Anything
+    else is returned unchanged."""
+    if len(s) > MAX_ANSWER_CHARS:
+        return s
+    if _REL_RE.search(s):
+        parts = _OR_RE.split(s)
+        if len(parts) > 1:
+            found = [_one_interval(part.strip()) for part in parts]
+            if all(found) and len({var for var, _ in found}) == 1:
+                return " \\cup ".join(interval for _, interval in found)
+            return s
+    elif not _VAR_IN_RE.match(s):
+        return s
+    found = _one_interval(s)
+    return s if found is None else found[1]
 
 
 @lru_cache(maxsize=8192)

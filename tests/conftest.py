@@ -1,5 +1,42 @@
-"""At the end of a test run, the fault-injection suite's counts (issue: hardening): faults injected, bad inputs
+"""Shared test helpers.
+
+The benchmark data directory: tests that read the real benchmark files find them through ``RLVR_DATA_DIR`` (a
+local copy in the data dir's layout, see the README's "Getting the data"), and only there; without it they are
+skipped with the reason below (``pytest -rs`` lists it). Use ``DATA_DIR`` with the ``needs_data`` mark, or
+``data_dir()`` inside a test.
+
+At the end of a test run, the fault-injection suite's counts (issue: hardening): faults injected, bad inputs
 tried, runs resumed, and work lost (a resumed run whose metrics differ from the uninterrupted run's fails its test)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATA_DIR_ENV = "RLVR_DATA_DIR"
+
+
+def _benchmark_data_dir() -> tuple[Path | None, str]:
+    """(the benchmark data directory, or None; the reason to skip when None)."""
+    value = os.environ.get(DATA_DIR_ENV, "").strip()
+    if not value:
+        return None, f"{DATA_DIR_ENV} is not set: the benchmark-file tests need a local copy of the data"
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        return None, f"{DATA_DIR_ENV}={value} is not a directory: the benchmark-file tests need a local copy of the data"
+    return path, ""
+
+
+DATA_DIR, DATA_SKIP_REASON = _benchmark_data_dir()
+needs_data = pytest.mark.skipif(DATA_DIR is None, reason=DATA_SKIP_REASON)
+
+
+def data_dir() -> Path:
+    """The benchmark data directory (``$RLVR_DATA_DIR``); skips the calling test when there is none."""
+    if DATA_DIR is None:
+        pytest.skip(DATA_SKIP_REASON)
+    return DATA_DIR
+
 
 FAULTS = ("test_faults.py", "test_grpo_nonfinite.py", "test_reward_cpu_limit.py", "timeout", "kill", "pathological")
 BAD_INPUT = ("invalid", "user_errors", "refuse", "bad_", "bad-", "mistake", "error", "unknown", "damaged")

@@ -38,9 +38,9 @@ from common.data import (  # noqa: E402
     resolve_data_dir,
 )
 
+from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
+
 REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character except newline
 
 
@@ -185,7 +185,7 @@ def test_dapo_templates_removed():
 
 
 # ---------------------------------------------------------------------------------------------
-# Bad rows, local files, resolution (small temp files; no shared data needed)
+# Bad rows, local files, resolution (small temp files; no benchmark data needed)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -255,6 +255,35 @@ def test_generic_files_fields_and_formats(tmp_path):
         load_problems(str(tmp_path / "nope.jsonl"))
 
 
+@pytest.mark.parametrize("name,content", [
+    ("empty.jsonl", b""), ("blank.jsonl", b"\n  \n"), ("empty.json", b""), ("array.json", b"[]"),
+    ("empty.parquet", b""), ("no_rows.parquet", None),
+])
+def test_empty_file_is_an_error_naming_it(tmp_path, name, content):
+    """An empty training or evaluation file is said to be empty (not "no prompt fits in --max-prompt-length"
+    later on), whatever the limit."""
+    path = tmp_path / name
+    if content is None:
+        pq.write_table(pa.table({"problem": pa.array([], pa.string()), "answer": pa.array([], pa.string())}), path)
+    else:
+        path.write_bytes(content)
+    for kwargs in ({}, {"skip_invalid": True}, {"limit": 0}):
+        with pytest.raises(DataError) as err:
+            load_problems(str(path), **kwargs)
+        assert str(err.value) == f"{path}: the file is empty: no rows to load"
+
+
+def test_unreadable_json_and_parquet_files_name_the_file(tmp_path):
+    (tmp_path / "bad.json").write_text('[{"problem": "q", "answer": "1"},')
+    with pytest.raises(DataError, match=r"bad\.json: malformed JSON \(.* at line 1, column \d+\)"):
+        load_problems(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(DataError) as err:
+        load_problems(str(tmp_path / "bad.parquet"))
+    assert str(err.value).startswith(f"{tmp_path / 'bad.parquet'}: not a readable parquet file (")
+    assert "\n" not in str(err.value)
+
+
 def test_known_benchmark_file_path_gets_its_rules(tmp_path):
     bench = tmp_path / "olympiadbench"
     bench.mkdir()
@@ -277,7 +306,8 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("RLVR_DATA_DIR", str(tmp_path))
     assert resolve_data_dir() == tmp_path and resolve_data_dir("/elsewhere") == Path("/elsewhere")
     monkeypatch.delenv("RLVR_DATA_DIR")
-    assert resolve_data_dir() in (DATA_DIR, default_data_dir())  # the cache unless a development copy sits beside
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert resolve_data_dir() == tmp_path / "xdg" / "rlvr-entropy" / "data"  # the cache; nothing else is looked at
 
 
 def test_unknown_names_and_missing_files_fail_before_loading(tmp_path):

@@ -19,8 +19,8 @@ sys.path.insert(0, str(REPO))
 
 import eval_math as em  # noqa: E402
 from common.data import BENCHMARKS  # noqa: E402
+from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TESTBED = REPO / "testbed" / "model"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -205,7 +205,7 @@ def test_end_to_end_testbed_run_writes_outputs(tmp_path):
     assert "| arith | 4 | 2 |" in table and table in proc.stdout
 
 
-@pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
+@needs_data
 @pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
 def test_dry_run_loads_all_six_benchmarks():
     proc = subprocess.run([sys.executable, "eval_math.py", "--benchmarks", ",".join(BENCHMARKS), "--template", "qwen-math",
@@ -293,7 +293,7 @@ def test_missing_data_names_the_data_dir_flag_and_env_var(tmp_path):
     assert "data_dir=" not in line
 
 
-@pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"shared benchmark data not found at {DATA_DIR}")
+@needs_data
 @pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
 def test_benchmark_is_downloaded_into_the_data_dir_on_first_use(tmp_path):
     cache = tmp_path / "cache"

@@ -217,3 +217,74 @@ def test_groups_that_differ_in_many_arguments_get_distinct_readable_labels(tmp_p
         dirs.append(str(run))
     labels = [g["label"] for g in plot.group_runs([plot.load_run(d) for d in dirs])]
     assert len(set(labels)) == 3 and labels[0].startswith("alpha")
+
+
+def run_plot_cli(*argv):
+    return subprocess.run([sys.executable, "plot.py", *map(str, argv)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_partial_last_line_is_skipped_with_one_note(tmp_path):
+    """A run killed while writing (or still writing) leaves a partial last line: the rows before it are drawn."""
+    run = make_run(tmp_path, "arith__grpo__1__1700000000", 1)
+    metrics = run / "metrics.jsonl"
+    with open(metrics, "a") as f:
+        f.write('{"step": 13, "entropy/mean": 0.2')  # cut off mid-row, no newline
+    out = tmp_path / "partial.png"
+    proc = run_plot_cli(run, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {metrics}:13: partial last line skipped (malformed JSON (Expecting ',' delimiter))"]
+    assert is_png(out)
+    assert list(plot.load_run(str(run))["metrics"]["entropy/mean"][0]) == list(range(1, 13))
+    # a bad line before the last one is not a partial write: an error naming the file and line
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "{oops", *lines[1:12]]) + "\n")
+    with pytest.raises(plot.PlotError, match=re.escape(f"{metrics}:2: malformed JSON")):
+        plot.load_run(str(run))
+
+
+def test_empty_metrics_file_is_one_line(tmp_path):
+    empty = tmp_path / "arith__grpo__2__1700000001"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    proc = run_plot_cli(empty, "--out", tmp_path / "x.png")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"error: nothing to draw: no metrics logged yet in {empty / 'metrics.jsonl'} (empty)"]
+    assert not (tmp_path / "x.png").exists()
+    # beside a run with metrics: one note, and the other run is drawn
+    good = make_run(tmp_path, "arith__grpo__1__1700000000", 1)
+    proc = run_plot_cli(good, empty, "--out", tmp_path / "y.png")
+    assert proc.returncode == 0, proc.stderr
+    assert [line for line in proc.stdout.splitlines() if line.startswith("note:")] == [
+        f"note: {empty / 'metrics.jsonl'}: no metrics logged yet (empty); run left out"]
+    assert is_png(tmp_path / "y.png")
+
+
+def test_missing_default_panels_are_one_note(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "entropy/mean": 0.1}) + "\n" for s in (1, 2)))
+    assert plot.select_panels([plot.load_run(str(run))], ()) == [("entropy/mean", "entropy/mean")]
+    notes = capsys.readouterr().out.splitlines()
+    assert len(notes) == 1 and notes[0].startswith("note: no run logged rollout/accuracy or rollout/reward, eval/accuracy, ")
+    assert notes[0].endswith("entropy/flow_net; panels left out")
+
+
+def test_default_smooths_training_curves_not_eval_points(tmp_path):
+    """By default the per-step curves are a readable moving average (the README figure's --smooth 5); evaluation
+    points stay as logged; --smooth 1 draws the raw values."""
+    run = make_run(tmp_path, "arith__grpo__1__1700000000", 1, steps=40)
+    default = plot.Args(runs=(str(run),))
+    assert default.smooth == plot.DEFAULT_SMOOTH == 5
+    group = {"runs": [plot.load_run(str(run))], "label": "r"}
+    raw = group["runs"][0]["metrics"]["rollout/accuracy"][1]
+    _, smoothed, *_ = plot.group_curve(group, "rollout/accuracy", default.smooth, default.band)
+    assert np.allclose(smoothed, plot.moving_average(raw, 5)) and np.abs(np.diff(smoothed)).max() < np.abs(np.diff(raw)).max()
+    _, evals, *_ = plot.group_curve(group, "eval/accuracy", default.smooth, default.band)
+    assert np.allclose(evals, group["runs"][0]["metrics"]["eval/accuracy"][1])
+    fig, _ = plot.make_figure(default, [group["runs"][0]])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert "entropy/mean (smoothed 5)" in titles and "eval/accuracy" in titles
+    _, unsmoothed, *_ = plot.group_curve(group, "rollout/accuracy", 1, default.band)
+    assert np.allclose(unsmoothed, raw)

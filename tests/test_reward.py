@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import reward  # noqa: E402
 from common.reward import Scores, extract_answer, is_equiv, score, shutdown_workers  # noqa: E402
+from conftest import data_dir, needs_data  # noqa: E402  ($RLVR_DATA_DIR; the benchmark tests are skipped without it)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"  # rejected before the parser (MAX_MAGNITUDE_DIGITS)
 SLOW = "\\boxed{(x+y+z)^{60}}"  # passes every static check; math-verify needs ~10 s of CPU against "1"
 
@@ -225,6 +225,70 @@ UNEQUAL = [
     ("\\frac{3}{8}", "0.38"),
     ("-\\frac{5}{2}", "\\frac{5}{2}"),
 ]
+
+
+# Intervals written three ways: membership (``x \in [a, b]``, unions too), a chained or one-sided inequality
+# (``a \le x \le b``, ASCII ``<=``, several joined by "or") and the bare interval. Checked both ways round.
+INTERVALS_EQUAL = [
+    ("$-2 \\le x \\le 7$", "$x \\in [-2,7]$"),  # the grader's last known miss (issue 19), as written in a response
+    ("-2 \\le x \\le 7", "x \\in [-2,7]"),
+    ("x \\in [-2,7]", "[-2,7]"),
+    ("x \\in \\left[-2, 7\\right]", "[-2, 7]"),
+    ("-2 < x \\le 7", "x \\in (-2, 7]"),
+    ("-2 \\le x < 7", "x \\in [-2, 7)"),
+    ("7 \\ge x > -2", "x \\in (-2, 7]"),
+    ("-2 <= x <= 7", "x \\in [-2, 7]"),  # ASCII relations
+    ("x >= 3", "[3, \\infty)"),
+    ("t \\in [0, 1)", "0 \\le t < 1"),  # another letter
+    ("x \\in (-\\infty, 1) \\cup (2, 3]", "(-\\infty, 1) \\cup (2, 3]"),  # unions
+    ("x < 1 \\text{ or } 2 < x \\le 3", "x \\in (-\\infty, 1) \\cup (2, 3]"),
+    ("x \\le -1 \\text{ or } x \\ge 1", "(-\\infty, -1] \\cup [1, \\infty)"),
+    ("x<1 \\lor x>2", "(-\\infty,1)\\cup(2,\\infty)"),
+]
+
+INTERVALS_UNEQUAL = [
+    ("$-2 \\le x \\le 7$", "$x \\in [-2,8]$"),  # another end
+    ("-2 \\le x \\le 7", "x \\in [-3, 7]"),
+    ("x \\in [-2, 7]", "[-7, 2]"),
+    ("x \\in [-2, 7]", "x \\in [2, 7]"),
+    ("-2 < x \\le 7", "x \\in [-2, 7]"),  # open against closed
+    ("-2 \\le x < 7", "x \\in [-2, 7]"),
+    ("x \\in (-2, 7)", "[-2, 7]"),
+    ("x \\in [-2, 7]", "(-2, 7]"),
+    ("-2 <= x < 7", "[-2, 7]"),
+    ("x \\in (-\\infty, 1) \\cup (2, 3]", "(-\\infty, 1) \\cup (2, 3)"),
+    ("x \\in (-\\infty, 1) \\cup (2, 3]", "(-\\infty, 1] \\cup (2, 3]"),
+    ("x \\in (-\\infty, 1) \\cup (2, 3]", "(-\\infty, 1)"),  # a part missing
+    ("x < 1 \\text{ or } 2 < x \\le 3", "(-\\infty, 1) \\cup [2, 3]"),
+]
+
+
+@pytest.mark.parametrize("a, b", INTERVALS_EQUAL)
+def test_intervals_equal_both_ways(a, b):
+    assert is_equiv(a, b) and is_equiv(b, a)
+
+
+@pytest.mark.parametrize("a, b", INTERVALS_UNEQUAL)
+def test_intervals_unequal_both_ways(a, b):
+    assert not is_equiv(a, b) and not is_equiv(b, a)
+
+
+def test_intervals_through_worker_pool(pool):
+    """The interval tables graded from whole responses (``$...$``, box, labelled answer) in the worker pool."""
+    pairs = [(a, b) for a, b in INTERVALS_EQUAL + INTERVALS_UNEQUAL] + [(b, a) for a, b in INTERVALS_EQUAL + INTERVALS_UNEQUAL]
+    expected = ([1.0] * len(INTERVALS_EQUAL) + [0.0] * len(INTERVALS_UNEQUAL)) * 2
+    boxed = score([f"So \\boxed{{{a.strip('$')}}}." for a, _ in pairs], [b for _, b in pairs], timeout_s=10)
+    labelled = score([f"The answer is ${a.strip('$')}$." for a, _ in pairs], [b for _, b in pairs], timeout_s=10)
+    assert boxed == expected and labelled == expected
+    assert boxed.timeouts == labelled.timeouts == 0
+
+
+def test_or_joins_only_inequalities_in_one_letter():
+    """"or" makes a union only when every part is an interval in the same letter; anything else is left as written."""
+    assert reward._clean("x<1 \\text{ or } y>2") == "x<1 \\text{ or } y>2"
+    assert reward._clean("x = 1 \\text{ or } x = 2") == "x = 1 \\text{ or } x = 2"
+    assert reward._clean("x < 1 \\text{ or } x < a") == "x < 1 \\text{ or } x < a"
+    assert reward._clean("x \\ge 1 \\text{ or } x \\le -1") == "[1, \\infty) \\cup (-\\infty, -1]"
 
 
 @pytest.mark.parametrize("pred, gold", EQUAL)
@@ -438,13 +502,13 @@ BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "minerva_math", "olympiadb
 
 
 def _load(name):
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"benchmark data not found at {DATA_DIR}")
+    directory = str(data_dir())
     from common.data import load_problems
 
-    return load_problems(name, split="test") if name == "gsm8k" else load_problems(name)
+    return load_problems(name, split="test" if name == "gsm8k" else None, data_dir=directory)
 
 
+@needs_data
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_golds(name, pool):
     problems = _load(name)

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import reward  # noqa: E402
 from common.reward import ANSWER_MODES, AUTO_ORDER, extract_answer, score, shutdown_workers  # noqa: E402
+from conftest import data_dir, needs_data  # noqa: E402  ($RLVR_DATA_DIR; the MATH-500 tests are skipped without it)
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 MINERVA = "Final Answer: The final answer is {}. I hope it is correct."
 
 
@@ -247,12 +247,13 @@ def test_pathological_inputs_do_not_hang_or_crash(pool):
 
 
 def _math500_golds() -> list[str]:
-    path = DATA_DIR / "math500" / "test.jsonl"
+    path = data_dir() / "math500" / "test.jsonl"
     if not path.is_file():
-        pytest.skip(f"benchmark data not found at {path}")
+        pytest.skip(f"{path} not found: RLVR_DATA_DIR has no copy of math500")
     return [json.loads(line)["answer"] for line in path.open() if line.strip()]
 
 
+@needs_data
 def test_math500_matrix_golds(pool):
     golds = [g for g in _math500_golds() if "\\begin{pmatrix}" in g]
     assert len(golds) == 7
@@ -271,6 +272,7 @@ def test_math500_matrix_golds(pool):
     assert score([f"\\boxed{{{g}}}" for g in golds], reordered) == [0.0] * 7
 
 
+@needs_data
 def test_math500_interval_golds(pool):
     golds = _math500_golds()
     assert "x \\in [-2,7]" in golds and "(-\\infty, 0]" in golds and "(5,\\infty)" in golds
