@@ -52,6 +52,8 @@ Run:  python clip_cov.py                   # CPU, testbed model, synthetic arith
 from __future__ import annotations
 
 import fcntl
+import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -61,7 +63,7 @@ import shlex
 import shutil
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -189,24 +191,24 @@ def flat_args(args: Args) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With `--resume RUN` the run's own arguments (`RUN/args.json`) are the defaults, so a resumed
-    run goes on as it was started and a flag given here is the only change."""
+    """The command line. With `--resume RUN` the run's own arguments are the defaults: it goes on as it was started,
+    and a flag given here is the only change."""
     parse = lambda default=None: tyro.cli(Args, args=argv, default=default, config=(tyro.conf.OmitArgPrefixes,),  # noqa
                                           description=__doc__.split("\n\n")[0] + "\n" + MOST_USED)
     args = parse()
-    saved = read_run_args(args.resume) if args.resume else None
-    if saved and saved.pop("script") == SCRIPT:  # another script's run is refused by check_args
+    saved = read_run_args(args.resume)
+    if saved.get("script") == SCRIPT:  # another script's run is refused by check_args
         algo = saved.pop("algo")
         args = parse(Args(**{k: v for k, v in saved.items() if k in Args.__dataclass_fields__}, algo=Algorithm(**algo)))
     return args
 
 
-def read_run_args(run_dir: str) -> dict | None:
+def read_run_args(run_dir: str | None) -> dict:
     try:
         with open(os.path.join(run_dir, "args.json")) as f:
             return json.load(f)
-    except (OSError, ValueError):
-        return None
+    except (OSError, TypeError, ValueError):
+        return {}
 
 
 def check_args(args: Args, world: int, engine: str) -> None:
@@ -242,7 +244,7 @@ def check_args(args: Args, world: int, engine: str) -> None:
         raise UsageError(f"--output-dir {args.output_dir} is not writable ({existing} is read-only)")
     if args.resume:
         saved = read_run_args(args.resume)
-        if saved is None:
+        if not saved:
             raise UsageError(f"--resume {args.resume}: not a run directory (no readable args.json)")
         if saved["script"] != SCRIPT:
             raise UsageError(f"--resume {args.resume}: written by {saved['script']}, not {SCRIPT}")
@@ -308,17 +310,11 @@ def _chunk_grad(logits, tokens, lse, entropy, grad_logp, grad_entropy):
 
 
 _compiled = {}  # on CUDA, torch.compile fuses each chunk's passes over V (~10x, benchmarks/bench_token_stats.py)
-
-
-def _maybe_compiled(fn, use_compile: bool):
-    if use_compile and fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, dynamic=None)
-    return _compiled[fn] if use_compile else fn
+_maybe_compiled = lambda fn, on: (_compiled.get(fn) or _compiled.setdefault(fn, torch.compile(fn))) if on else fn  # noqa
 
 
 class _TokenStats(torch.autograd.Function):
-    """ℓ, H (differentiable) and G (not) from logits [N, V] in row chunks; the backward keeps only the logits
-    and [N] vectors and recomputes the softmax chunk by chunk."""
+    """ℓ, H (differentiable) and G (not) from logits [N, V] in row chunks; the backward recomputes the softmax."""
 
     @staticmethod
     def forward(ctx, logits, tokens, chunk_size, use_compile):
@@ -337,45 +333,35 @@ class _TokenStats(torch.autograd.Function):
         logits, tokens, lse, entropy = ctx.saved_tensors
         grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.to(lse.dtype)
         grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.to(lse.dtype)
-        chunk_grad = _maybe_compiled(_chunk_grad, ctx.use_compile)
-        grad = torch.empty_like(logits)
-        for i in range(0, logits.shape[0], ctx.chunk_size):
-            rows = slice(i, i + ctx.chunk_size)
-            with torch.autocast(logits.device.type, enabled=False):
+        chunk_grad, grad = _maybe_compiled(_chunk_grad, ctx.use_compile), torch.empty_like(logits)
+        with torch.autocast(logits.device.type, enabled=False):
+            for rows in (slice(i, i + ctx.chunk_size) for i in range(0, logits.shape[0], ctx.chunk_size)):
                 grad[rows] = chunk_grad(logits[rows], tokens[rows], lse[rows], entropy[rows], grad_logp[rows],
                                         grad_entropy[rows])
         return grad, None, None, None
 
 
 def token_stats(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024, compile: bool | None = None):
-    """(logp, entropy, g), each fp32 [N] (fp64 for fp64 logits), from logits [N, V] (already divided by the
-    temperature) and sampled tokens [N]. logp and entropy carry gradients when `logits` does; g never does.
-    `compile` (default: on CUDA) fuses the per-chunk work with torch.compile."""
+    """(logp, entropy, g), fp32 [N] (fp64 for fp64 logits), from logits [N, V] / T and sampled tokens [N]; logp and
+    entropy carry gradients, g never does. `compile` (default: on CUDA) fuses each chunk with torch.compile."""
     return _TokenStats.apply(logits, tokens, chunk_size, logits.is_cuda if compile is None else compile)
 
 
 def entropy_change(coef, logp, entropy, g):
-    """First-order entropy change per unit step of a tabular softmax whose loss pushes ℓ_t up with coefficient
-    coef_t = −∂L/∂ℓ_t (coef = A_t r_t for a plain policy gradient): ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t]
-    (Cui et al., arXiv 2505.22617, Lemma 1, with G_t = Σ_k p_k²(log p_k + H_t) for the full softmax Jacobian)."""
+    """ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t], coef_t = −∂L/∂ℓ_t (A_t r_t for a plain policy gradient): the
+    first-order entropy change of a tabular softmax step (Cui et al., arXiv 2505.22617, Lemma 1, full Jacobian)."""
     return -coef * (logp.exp() * (logp + entropy) - g)
 
 
 # ─── SHARED: advantages and loss aggregation ───────────────────────────────────────────────────
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
-    """GRPO advantages of rewards [n_groups · G], groups contiguous. group: (R − mean_g) / (std_g + 1e-6)
-    with unbiased std (a group of 1 keeps its reward); batch: / (batch std + 1e-6); none (Dr.GRPO): R − mean_g."""
+    """GRPO advantages of rewards [n_groups · G], groups contiguous: (R − mean_g) / (std_g + 1e-6), unbiased std
+    (`batch`: the batch std; `none`, Dr.GRPO: no division); a group of 1 keeps its reward."""
     if group_size == 1:
         return rewards.float().clone()
     grouped = rewards.float().view(-1, group_size)
-    centred = grouped - grouped.mean(dim=1, keepdim=True)
-    if scale == "group":
-        centred = centred / (grouped.std(dim=1, keepdim=True) + 1e-6)
-    elif scale == "batch":
-        centred = centred / (rewards.float().std() + 1e-6)
-    elif scale != "none":
-        raise ValueError(f"unknown scale_rewards {scale!r}")
-    return centred.reshape(-1)
+    std = {"group": grouped.std(dim=1, keepdim=True), "batch": rewards.float().std(), "none": None}[scale]
+    return ((grouped - grouped.mean(dim=1, keepdim=True)) / (1.0 if std is None else std + 1e-6)).reshape(-1)
 
 
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -386,9 +372,7 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float) -> torch.Tensor:
     """DAPO overlong reward shaping (arXiv 2503.14476 §3.4): 0 up to max_len − buffer, then linear to −factor."""
-    if buffer <= 0:
-        return torch.zeros_like(lengths, dtype=torch.float32)
-    return torch.clamp(-(lengths.float() - (max_len - buffer)) / buffer * factor, max=0.0)
+    return torch.clamp(-(lengths.float() - (max_len - buffer)) / max(buffer, 1) * factor, max=0.0) * (buffer > 0)
 
 
 def clipped_surrogate(adv, ratio, clip_low: float, clip_high: float, dual_clip_c: float):
@@ -416,24 +400,17 @@ def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
 
 
 def aggregation_weights(loss_mask, mode: str, totals: dict, max_len: float) -> torch.Tensor:
-    """Coefficient [b, R] of each token's loss in the minibatch loss Σ coef·L_t (summed over micro-batches and
-    processes), with N, B from `minibatch_totals`:  token-mean Σ L / N;  seq-mean-token-sum Σ_i Σ_t L / B;
-    seq-mean-token-mean Σ_i (Σ_t L / |o_i|) / B;  seq-mean-token-sum-norm Σ L / (B·L_max) (Dr.GRPO)."""
-    if mode == "token-mean":
-        return loss_mask / totals["tokens"]
-    if mode == "seq-mean-token-sum":
-        return loss_mask / totals["seqs"]
-    if mode == "seq-mean-token-mean":
-        return loss_mask / loss_mask.sum(-1, keepdim=True).clamp(min=1.0) / totals["seqs"]
-    if mode == "seq-mean-token-sum-norm":
-        return loss_mask / (totals["seqs"] * max_len)
-    raise ValueError(f"unknown loss_agg_mode {mode!r}")
+    """Coefficient [b, R] of each token's loss in the minibatch loss Σ coef·L_t (all micro-batches and processes), N
+    and B from `minibatch_totals`: token-mean 1/N; seq-mean-token-sum 1/B; seq-mean-token-mean 1/(|o_i| B);
+    seq-mean-token-sum-norm 1/(B·L_max) (Dr.GRPO)."""
+    return loss_mask / {"token-mean": totals["tokens"], "seq-mean-token-sum": totals["seqs"],
+                        "seq-mean-token-mean": loss_mask.sum(-1, keepdim=True).clamp(min=1.0) * totals["seqs"],
+                        "seq-mean-token-sum-norm": totals["seqs"] * max_len}[mode]
 
 
 def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, world: int):
-    """The loss of one micro-batch: the method's token loss (ALGORITHM section) × the truncated importance weight
-    min(π_old/π_rollout, C), + β·KL_k3 − α·H_t, aggregated by `aggregation_weights`, × world (DDP averages).
-    Returns the scalar and `info` ([b, R] tensors: token_loss, clipped_low/high, ratio, is_weight, kl_ref; `algo/...`)."""
+    """The micro-batch loss: the method's token loss × min(π_old/π_rollout, C) + β·KL_k3 − α·H_t, aggregated, × world
+    (DDP averages). Returns it and `info` ([b, R]: token_loss, clipped_low/high, is_weight, kl_ref; `algo/...`)."""
     token_loss, info = policy_token_loss(mb, logp, args, algo_state)
     if args.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
         raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
@@ -701,11 +678,7 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
 
 # ── GPU only: vLLM engine (colocated, one engine per process, tensor parallel 1; written against vLLM 0.33) ──
 def vllm_available() -> bool:
-    try:
-        import vllm  # noqa: F401  (only whether it is installed)
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
 def vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> dict:
@@ -745,45 +718,24 @@ def build_vllm_engine(model: str, seed: int, memory: float, max_model_len: int |
     return llm
 
 
-def layer_groups(named: list) -> list[list]:
-    """[(name, param)] grouped by decoder layer (`...layers.{i}.`); other parameters alone, in model order."""
-    groups, keys = [], []
-    for name, param in named:
-        key = re.match(r".*?\.layers\.\d+\.", name)
-        key = key.group(0) if key else name
-        if not keys or keys[-1] != key:
-            groups.append([])
-            keys.append(key)
-        groups[-1].append((name, param))
-    return groups
+
 
 
 def full_parameter_chunks(model, accelerator):
-    """The policy's weights as lists of (HF name, bf16 tensor), one decoder layer at a time, on every process:
-    gathered under ZeRO-3 (one batched all-gather per layer), FSDP1 (one wrapped unit at a time) and FSDP2
-    (`full_tensor`) only while the consumer holds them. A tied `lm_head.weight` is never sent (vLLM rejects it alone)."""
+    """The policy's weights as lists of (HF name, bf16 tensor), one decoder layer at a time, on every process: gathered
+    under ZeRO-3 (one batched all-gather per layer) and FSDP2 (`full_tensor`) only while the consumer holds them.
+    A tied `lm_head.weight` is never sent (vLLM ties it to the embedding and rejects it alone)."""
     unwrapped = accelerator.unwrap_model(model)
     tied = getattr(unwrapped.config, "tie_word_embeddings", False)
     named = [(n, p) for n, p in unwrapped.named_parameters() if not (tied and n == "lm_head.weight")]
+    gather = lambda params: nullcontext()  # noqa: E731
     if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
         import deepspeed
 
-        for group in layer_groups(named):
-            with deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None):
-                yield [(n, p.detach().to(torch.bfloat16)) for n, p in group]
-    elif accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False):
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        for prefix, unit in model.named_modules():
-            if isinstance(unit, FSDP):  # the parameters this unit owns (not its FSDP children's), gathered
-                with FSDP.summon_full_params(unit, recurse=False, writeback=False):
-                    names = [(f"{prefix}.{n}" if prefix else n, p) for n, p in unit.named_parameters()
-                             if n.count("_fsdp_wrapped_module.") == 1]
-                    yield [(n.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", ""),
-                            p.detach().to(torch.bfloat16)) for n, p in names
-                           if not (tied and n.endswith("lm_head.weight"))]
-    else:  # unsharded, or FSDP2 (DTensor parameters)
-        for group in layer_groups(named):
+        gather = deepspeed.zero.GatheredParameters
+    for _, group in itertools.groupby(named, key=lambda np: (re.match(r".*?\.layers\.\d+\.", np[0]) or [np[0]])[0]):
+        group = list(group)
+        with gather([p for _, p in group]):
             yield [(n, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().to(torch.bfloat16))
                    for n, p in group]
 
@@ -802,23 +754,19 @@ def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
         llm.wake_up(tags=["kv_cache"])
 
 
-def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
-    from vllm import SamplingParams
-
-    params = SamplingParams(**vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed))
-    return parse_vllm_outputs(llm.generate([{"prompt_token_ids": list(ids)} for ids in prompt_ids],
-                                           sampling_params=params, use_tqdm=False))
 # ── end of the GPU-only vLLM block ──
 
 
 def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, stop_ids, top_p=1.0,
              batch_size=256, seed=None) -> list[dict]:
-    """The one generation path of training and of eval_math.py: n samples per prompt, prompt-major, with vLLM (whose
-    weights must be current) or HF `generate`. Each sample: prompt_ids, response_ids (up to and including the first
-    stop token), rollout_logp (log π_T of each response token), truncated (no stop token within max_new_tokens) and
-    text (decoded without special tokens)."""
+    """The one generation path of training and eval_math.py: n samples per prompt, prompt-major, by vLLM (holding the
+    current weights) or HF. Each: prompt_ids, response_ids (through the first stop token), rollout_logp (log π_T of
+    each), truncated (no stop token within max_new_tokens), text (decoded without special tokens)."""
     if llm is not None:
-        samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
+        from vllm import SamplingParams
+
+        params = SamplingParams(**vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed))
+        samples = parse_vllm_outputs(llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False))
     else:
         was_training = model.training
         samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids,
@@ -829,18 +777,17 @@ def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, 
 
 
 def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
-    """The tokenizer's EOS, the generation config's EOS ids and, for the chat templates, `<|im_end|>` (base models
-    often close the assistant turn with it and then invent a new turn)."""
+    """The tokenizer's EOS, the generation config's EOS ids and, for chat templates, `<|im_end|>` (base models often
+    close the assistant turn with it and then invent a new turn)."""
     try:
-        generation_eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
     except OSError:  # no generation_config.json
-        generation_eos = None
-    im_end = tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None
-    ids = sorted({tokenizer.eos_token_id, im_end, *(generation_eos if isinstance(generation_eos, list)
-                                                     else [generation_eos])} - {None})
+        eos = None
+    ids = {tokenizer.eos_token_id, tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None,
+           *(eos if isinstance(eos, list) else [eos])} - {None}
     if not ids:
         raise UsageError(f"--model {model_path}: the tokenizer has no EOS token and the model no eos_token_id")
-    return ids
+    return sorted(ids)
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:
@@ -961,10 +908,9 @@ def checkpoints(run_dir: str) -> list[str]:
 
 
 def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, args, first_step: int) -> None:
-    """`checkpoints/step_N`: accelerate state (model, optimizer, RNG states of every process), the model in HF format
-    (`hf/`) and `trainer_state.json` (step, data position, algorithm state), written to `step_N.tmp` and renamed when
-    complete, so a crash never leaves one that looks finished. Keeps the newest `keep_checkpoints` written since
-    `first_step` (a resume never deletes a checkpoint it found)."""
+    """`checkpoints/step_N`: accelerate state (model, optimizer, every process's RNG), `hf/` (the model) and
+    `trainer_state.json`, written to `step_N.tmp` and renamed when complete, so a crash never leaves one that looks
+    finished. Keeps the newest `keep_checkpoints` written since `first_step` (never one that a resume found)."""
     root = os.path.join(run_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{state['step']:06d}"), os.path.join(root, f"step_{state['step']:06d}.tmp")
     try:
@@ -998,46 +944,36 @@ def rerun_command(run_dir: str) -> str:
 
 
 class RunLogger:
-    """`metrics.jsonl` (one line per step), TensorBoard, W&B (`--track`), `completions.jsonl`, `args.json` (what a
-    resume continues with); main process only. A resumed run first drops what was logged after its checkpoint."""
+    """`metrics.jsonl` (a line per step), TensorBoard, W&B (`--track`), `completions.jsonl` and `args.json` (what a
+    resume continues with), on the main process. A resumed run first drops what was logged after its checkpoint."""
 
     def __init__(self, run_dir: str, args, enabled: bool, start_step: int):
-        self.enabled, self.run_dir = enabled, run_dir
+        self.run_dir, self.writer = run_dir, None
         if not enabled:
             return
-        for name in ("metrics.jsonl", "completions.jsonl"):
+        for name in ("metrics.jsonl", "completions.jsonl"):  # a line cut short by a crash has no newline
             path = os.path.join(run_dir, name)
-            if os.path.exists(path):
-                with open(path) as f:  # a line cut short by a crash has no newline
-                    kept = [line for line in f if start_step > 0 and line.endswith("\n") and json.loads(line)["step"] <= start_step]
-                with open(path, "w") as f:
-                    f.writelines(kept)
-        flat = flat_args(args)
+            lines = open(path).readlines() if os.path.exists(path) else []
+            with open(path, "w") as f:
+                f.writelines(x for x in lines if x.endswith("\n") and 0 < json.loads(x)["step"] <= start_step)
         if args.track:
             import wandb
 
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=flat,
-                       name=os.path.basename(run_dir), save_code=True, resume="allow")
+            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                       config=flat_args(args), name=os.path.basename(run_dir), save_code=True, resume="allow")
         self.writer = SummaryWriter(run_dir, purge_step=start_step + 1)  # a resume overwrites the replayed steps
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat.items()))
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
+                                                                                    flat_args(args).items()))
         with open(os.path.join(run_dir, "args.json"), "w") as f:
             json.dump({"script": SCRIPT, **asdict(args)}, f, indent=1)
-        self.metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
 
     def log(self, step: int, metrics: dict, completions: list[dict] = ()) -> None:
-        if self.enabled:
+        if self.writer:
             for k, v in metrics.items():
                 self.writer.add_scalar(k, v, step)
-            self.metrics_file.write(json.dumps({"step": step, **metrics}) + "\n")
-            self.metrics_file.flush()
-            if completions:
-                with open(os.path.join(self.run_dir, "completions.jsonl"), "a") as f:
-                    f.writelines(json.dumps({"step": step, **row}) + "\n" for row in completions)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.writer.close()
-            self.metrics_file.close()
+            for name, rows in (("metrics.jsonl", [metrics]), ("completions.jsonl", completions)):
+                with open(os.path.join(self.run_dir, name), "a") as f:
+                    f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
 
 # ─── SHARED: main loop ─────────────────────────────────────────────────────────────────────────
 def take_prompts(problems: list[dict], pos: int, count: int, seed: int) -> list[dict]:
@@ -1048,8 +984,8 @@ def take_prompts(problems: list[dict], pos: int, count: int, seed: int) -> list[
     return [problems[int(orders[i // n][i % n])] for i in range(pos, pos + count)]
 
 
-def sample_and_grade(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids):
-    """n graded samples per problem with the current weights (`generate`, pushed to vLLM first)."""
+def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
+    """n samples per problem with the current weights (`generate`; pushed into vLLM first)."""
     if llm is not None:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     with accelerator.autocast():
@@ -1057,27 +993,31 @@ def sample_and_grade(model, llm, accelerator, args, problems, n, temperature, to
                            temperature, args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size)
     if llm is not None and args.vllm_sleep_mode:
         llm.sleep(level=1)  # free the KV cache for training
-    rewards = score([s["text"] for s in samples], [p["answer"] for p in problems for _ in range(n)],
-                    mode=args.answer_mode, timeout_s=args.grader_timeout_s, num_workers=args.grader_workers,
-                    reward_range=args.reward_range, multi_box=args.multi_box)
-    return samples, rewards
+    return samples
+
+
+def grade(samples: list[dict], problems: list[dict], args) -> list:
+    """Rewards of the samples (n per problem, in order); `.no_answer` and `.timeouts` count the graded items."""
+    n = len(samples) // max(len(problems), 1)
+    return score([s["text"] for s in samples], [p["answer"] for p in problems for _ in range(n)], mode=args.answer_mode,
+                 timeout_s=args.grader_timeout_s, num_workers=args.grader_workers, reward_range=args.reward_range,
+                 multi_box=args.multi_box)
 
 
 def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
     """avg@eval_n accuracy, response length and no-answer rate on the held-out problems, sharded over processes;
-    shards are padded to equal length (padding is generated, not scored) so every process makes the same calls."""
+    shards are padded to equal length (padding is generated, not graded) so every process makes the same calls."""
     world, rank, n = accelerator.num_processes, accelerator.process_index, args.eval_n
     per_rank = math.ceil(len(problems) / world)
-    shard = (problems * world)[rank * per_rank: (rank + 1) * per_rank]
-    real = max(0, min(per_rank, len(problems) - rank * per_rank))
+    shard, real = (problems * world)[rank * per_rank: (rank + 1) * per_rank], problems[rank * per_rank:][:per_rank]
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
         torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
-        samples, rewards = sample_and_grade(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer,
-                                            stop_ids)
-    metrics = Metrics()
-    metrics.add("eval/accuracy", sum(r > 0 for r in rewards[: real * n]), real * n)
-    metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples[: real * n]), real * n)
-    metrics.add("eval/no_answer_frac", sum(r.no_answer for r in [rewards] if real == per_rank), real * n)
+        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids)
+    samples = samples[: len(real) * n]
+    rewards, metrics = grade(samples, real, args), Metrics()
+    metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
+    metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples), len(samples))
+    metrics.add("eval/no_answer_frac", rewards.no_answer, len(samples))
     return metrics.reduce(accelerator)
 
 
@@ -1087,12 +1027,15 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
     groups fill any gap, with `is_padding` set) and the new data position."""
     world, rank, G = accelerator.num_processes, accelerator.process_index, args.group_size
     per_rank = args.prompts_per_step // world
-    kept, dropped, gen_batches, t0 = [], [], 0, time.time()
+    kept, dropped, gen_batches, seconds = [], [], 0, [0.0, 0.0]
     while True:
         problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
         data_pos, gen_batches = data_pos + args.prompts_per_step, gen_batches + 1
-        samples, rewards = sample_and_grade(model, llm, accelerator, args, problems, G, args.temperature, tokenizer,
-                                            stop_ids)
+        t1 = time.time()
+        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
+        t2 = time.time()
+        rewards = grade(samples, problems, args)
+        seconds = [seconds[0] + t2 - t1, seconds[1] + time.time() - t2]  # rollout, grading
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32)
         informative = informative_groups(correct, G)
         for name, total, count in [
@@ -1111,8 +1054,8 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         if not args.filter_groups or gen_batches >= args.max_gen_batches or \
                 (accelerator.gather(fewest[None]).min() if world > 1 else fewest) >= per_rank:
             break
-    metrics.add("rollout/gen_batches", gen_batches)
-    metrics.add("time/rollout_s", time.time() - t0)
+    for name, value in (("rollout/gen_batches", gen_batches), ("time/rollout_s", seconds[0]), ("time/grading_s", seconds[1])):
+        metrics.add(name, value)
     # every process trains on exactly `per_rank` groups (the same number of backward calls); when the sampling
     # budget ran out, all-equal groups fill the gap with their loss masked out
     groups = kept[:per_rank] + dropped[: max(0, per_rank - len(kept))]
@@ -1150,32 +1093,6 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
-@contextmanager
-def accumulation(accelerator, model, last: bool, n_micro: int):
-    """Gradient accumulation over a minibatch's micro-batches; yields the loss factor. DDP: all-reduce on the last
-    micro-batch only. DeepSpeed: its engine accumulates, clips and steps at the boundary marked by
-    `sync_gradients`, and divides each loss by its accumulation steps (undone by the factor n_micro)."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.sync_gradients = last
-        yield float(n_micro)
-    else:
-        with nullcontext() if last else accelerator.no_sync(model):
-            yield 1.0
-
-
-def optimizer_step(accelerator, model, optimizer, max_grad_norm: float) -> tuple[float, bool]:
-    """Clip and step unless the gradient is not finite (never write NaN into the weights). Returns (norm, skipped)."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # the engine already clipped and stepped
-        accelerator.sync_gradients = True
-        norm = float(model.get_global_grad_norm() or 0.0)
-    else:
-        norm = float(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
-        if math.isfinite(norm):
-            optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return norm, not math.isfinite(norm)
-
-
 def update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool,
                   reduce_sum) -> int:
     """`update_epochs` × `num_minibatches` optimizer steps over the batch; each micro-batch's entropy flows come from
@@ -1187,10 +1104,10 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
         order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(args.seed * 31 + step * 7 + epoch))
         for k, mb_rows in enumerate(order.to(batch["adv"].device).split(n_rows // args.num_minibatches)):
             totals = minibatch_totals(batch["loss_mask"][mb_rows], reduce_sum)
-            micro = mb_rows.split(args.micro_batch_size)
-            for j, rows in enumerate(micro):
-                with accumulation(accelerator, model, j == len(micro) - 1, len(micro)) as loss_factor, \
-                        accelerator.autocast():
+            for rows in mb_rows.split(args.micro_batch_size):
+                # accelerate accumulates (DDP / FSDP: no all-reduce until the last micro-batch; DeepSpeed: its engine
+                # clips and steps there) and divides each loss by the micro-batch count, undone by the factor
+                with accelerator.accumulate(model), accelerator.autocast():
                     logp, entropy, g = micro_batch_stats(model, batch, rows, args.entropy_chunk_size, args.temperature)
                     mb = {key: value[rows] for key, value in batch.items()}
                     if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
@@ -1200,14 +1117,17 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                     grad_logp = []
                     logp.register_hook(grad_logp.append)  # ∂L/∂ℓ_t of the loss below, for the flows
                     loss, info = compute_loss(mb, logp, entropy, args, algo_state, totals, world)
-                    accelerator.backward(loss * loss_factor)
+                    accelerator.backward(loss * accelerator.gradient_accumulation_steps)
                 if fill_old:
                     batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = \
                         logp.detach(), entropy.detach(), g
                 log_micro_batch(metrics, info, mb, logp.detach(), entropy.detach(), g,
                                 -grad_logp[0] * totals["tokens"] / world)
-            grad_norm, skipped = optimizer_step(accelerator, model, optimizer, args.max_grad_norm)
-            skipped_updates += skipped
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) or 0.0)
+            if math.isfinite(grad_norm):  # never write NaN into the weights (DeepSpeed: the engine already stepped)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            skipped_updates += not math.isfinite(grad_norm)
             metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
     return skipped_updates
 
@@ -1265,6 +1185,9 @@ def load_data(name: str, split, args, tokenizer, limit=None) -> list[dict]:
               f"{args.max_prompt_length} tokens")
     if not kept:
         raise UsageError(f"{name}: no problem to train or evaluate on ({len(encoded)} loaded)")
+    if limit is None and len(kept) < args.prompts_per_step:
+        print(f"note: {len(kept)} training problems, fewer than --prompts-per-step {args.prompts_per_step}: every "
+              "step repeats problems (reshuffled each pass)")
     return kept
 
 
@@ -1279,6 +1202,12 @@ def build_policy(args, accelerator, model_path: str, use_bf16: bool):
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    accelerator.gradient_accumulation_steps = math.ceil(args.prompts_per_step // accelerator.num_processes *
+                                                        args.group_size // args.num_minibatches / args.micro_batch_size)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates, clips, then steps
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            gradient_accumulation_steps=accelerator.gradient_accumulation_steps, gradient_clipping=args.max_grad_norm,
+            train_micro_batch_size_per_gpu=args.micro_batch_size)
     model, optimizer = accelerator.prepare(model, optimizer)
     ref_model = None
     if args.kl_coef > 0:  # a plain (unsharded) frozen copy, also under ZeRO-3
@@ -1287,6 +1216,21 @@ def build_policy(args, accelerator, model_path: str, use_bf16: bool):
             ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
         ref_model = ref_model.to(accelerator.device).eval().requires_grad_(False)
     return model, optimizer, ref_model
+
+
+def load_checkpoint(accelerator, found: list[str]) -> dict:
+    """Load the newest checkpoint that loads (model, optimizer, RNG states of every process), passing over damaged
+    ones; returns its trainer state ({} if none)."""
+    for checkpoint in reversed(found):
+        try:
+            accelerator.load_state(checkpoint)
+            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+                state = json.load(f)
+            accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
+            return state
+        except Exception as error:  # a truncated or missing file
+            accelerator.print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
+    return {}
 
 
 def lock_run(run_dir: str):
@@ -1313,11 +1257,6 @@ def main(args: Args) -> str:
     check_algorithm_args(args)
     if args.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(args.threads)
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates, clips, then steps
-        accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            gradient_accumulation_steps=math.ceil(args.prompts_per_step // world * args.group_size //
-                                                  args.num_minibatches / args.micro_batch_size),
-            train_micro_batch_size_per_gpu=args.micro_batch_size, gradient_clipping=args.max_grad_norm)
     set_seed(args.seed)
     if args.torch_deterministic:  # vLLM sampling stays non-deterministic
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -1332,9 +1271,6 @@ def main(args: Args) -> str:
     tokenizer = load_pretrained(model_path, "tokenizer")
     stop_ids = stop_token_ids(tokenizer, model_path, args.template)
     train_problems = load_data(args.train_data, args.train_split, args, tokenizer)
-    if len(train_problems) < args.prompts_per_step:
-        accelerator.print(f"note: {len(train_problems)} training problems, fewer than --prompts-per-step "
-                          f"{args.prompts_per_step}: every step repeats problems (reshuffled each pass)")
     eval_problems = load_data(args.eval_data, args.eval_split, args, tokenizer, args.num_eval_problems) \
         if args.eval_every else []
     found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
@@ -1351,19 +1287,11 @@ def main(args: Args) -> str:
                             args.vllm_sleep_mode, accelerator) if engine == "vllm" else None
     set_seed(args.seed)  # vLLM re-seeds the global RNGs in its worker
     model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
-    algo_state, data_pos, start_step = init_algorithm_state(args), 0, 0
-    for checkpoint in reversed(found):
-        try:
-            accelerator.load_state(checkpoint)
-            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-                state = json.load(f)
-            start_step, data_pos, algo_state = state["step"], state["data_pos"], state["algo_state"]
-            accelerator.print(f"resumed from {checkpoint} at step {start_step}")
-            break
-        except Exception as error:  # a damaged checkpoint: fall back to the one before
-            accelerator.print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
-    if args.resume and start_step == 0:
+    state = load_checkpoint(accelerator, found) if args.resume else {}
+    if args.resume and not state:
         accelerator.print(f"no usable checkpoint in {run_dir}: starting it again from step 0")
+    start_step, data_pos = state.get("step", 0), state.get("data_pos", 0)
+    algo_state = state.get("algo_state", init_algorithm_state(args))
     logger = RunLogger(run_dir, args, accelerator.is_main_process, start_step)
     accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
     reduce_sum = (lambda x: accelerator.reduce(x.clone(), reduction="sum")) if world > 1 else (lambda x: x)
@@ -1425,7 +1353,7 @@ def main(args: Args) -> str:
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"run {run_dir} stopped at step {step}; its last checkpoint is "
                                 f"{(checkpoints(run_dir) or ['none yet'])[-1]}; continue with: {rerun_command(run_dir)}")
-    logger.close()
+    logger.writer and logger.writer.close()
     model_dir = os.path.join(checkpoints(run_dir)[-1] if accelerator.is_main_process else "", "hf")
     accelerator.print(f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model "
                       f"{shlex.quote(run_dir)}\n  plot:      python plot.py {shlex.quote(run_dir)}\n"

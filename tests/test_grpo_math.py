@@ -92,8 +92,6 @@ def test_group_advantages_by_hand():
     assert torch.allclose(grpo.group_advantages(rewards, 4, "none")[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]))
     batch = grpo.group_advantages(rewards, 4, "batch")
     assert torch.allclose(batch[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (rewards.std() + 1e-6))
-    with pytest.raises(ValueError):
-        grpo.group_advantages(rewards, 4, "bogus")
 
 
 def test_dynamic_sampling_filter_and_overlong():
