@@ -250,8 +250,8 @@ def test_one_optimizer_step_per_rollout_and_the_real_flow_cancels(tmp_path, monk
     """In-process, `--flow-estimator exact`: one optimizer step per rollout step, and the shared entropy flows,
     measured from the gradient of the loss actually taken, have zero net."""
     steps = []
-    original = opefo.optimizer_step
-    monkeypatch.setattr(opefo, "optimizer_step", lambda *a, **k: steps.append(1) or original(*a, **k))
+    original = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
     args = opefo.Args(output_dir=str(tmp_path), run_name="exact",
                       prompts_per_step=4, group_size=4, max_new_tokens=40,
                       grader_workers=1, total_steps=2, micro_batch_size=5,
