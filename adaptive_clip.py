@@ -40,8 +40,8 @@ part of FEC as published): a token beyond its bound keeps the clipped value but 
 i.e. the gradient −β r_bound A ∇ℓ_t instead of none (sg = stop-gradient; GPPO is β₁ = β₂ = 1).
 
 Defaults vs the paper-scale recipe (README: 512 prompts × 8, 16 minibatch updates per rollout, lr 1e-6, schedule
-ID): 16 prompts × 8, `--num-minibatches 16` (8 sequences per update), lr 2e-4 (the testbed's), ID. The bounds act only
-when the ratio can leave 1: with one update per rollout (strictly on-policy) training equals grpo.py's (a note says so).
+ID): 16 prompts × 8, `--num-minibatches 16` (8 sequences per update), lr 5e-5 (the testbed's for 16 updates: 2e-4
+collapses GRPO there), ID. With one update per rollout the ratio is 1, no bound binds: grpo.py's training (a note).
 
 Everything else is grpo.py's. `--clip-low`/`--clip-high` are used only with `--eps-std None`, as the standard
 thresholds of the lower/upper side.
@@ -294,6 +294,7 @@ class Algorithm:
 @dataclass
 class Args(Args):  # the paper-scale recipe's structure at testbed scale (shared flags)
     num_minibatches: int = 16  # 16 minibatch updates per rollout (128 sequences: 8 each), as the paper-scale command
+    learning_rate: float = 5e-5  # the testbed's rate for 16 updates per rollout (GRPO there: 2e-4 collapses, README)
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────

@@ -27,12 +27,13 @@ Where c_t and the choice come from (`--cov-stats`):
                clipped by PPO" test is taken at r = 1, where no token is clipped. Needs the old-policy pass.
 
 Defaults vs the paper's recipe (its verl scripts; README paper-scale command):
-  updates per rollout   8 minibatches (`--num-minibatches 8`)    paper: 256 prompts × 8, minibatches of 32 prompts
+  updates per rollout   8 minibatches (`--num-minibatches 8`)                                paper: 8 (256 prompts × 8,
+                                                                                     minibatches of 32 prompts)
   batch, micro-batch    16 prompts × 8; 16 sequences per update, one micro-batch (64 max)    paper: 2 per GPU
   statistics            per micro-batch (`--cov-stats micro-batch`)                          paper's code: the same
   filtering             DAPO dynamic sampling on (`--filter-groups`)                         paper: on
   clip, ratios          ε 1/1, ρ 2e-4, ω 1/5, κ 2e-3, β 1                                    paper: the same
-  learning rate         2e-4 (the testbed's)                                     paper-scale command: 5e-7
+  learning rate         5e-5 (the testbed's for 8 updates; 2e-4 stalls GRPO)         paper-scale command: 5e-7
 At this scale a micro-batch holds ~600 tokens, so ⌊ρN⌋ = 0 and the floor chooses 1 token per micro-batch (8 a
 step, ~0.17 % of the tokens against the paper's 0.02 %); the script says so at start.
 
@@ -283,6 +284,7 @@ class Algorithm:
 class Args(Args):  # the paper recipe's structure at testbed scale (shared flags)
     num_minibatches: int = 8  # 8 minibatch updates per rollout (the paper's recipe: 256 prompts, minibatches of 32)
     filter_groups: bool = True  # DAPO dynamic sampling (the paper's recipe)
+    learning_rate: float = 5e-5  # the testbed's rate for 8 updates per rollout (GRPO there: 2e-4 stalls, README)
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────

@@ -34,9 +34,10 @@ are taken once per step, before the first update, from the old policy (r = 1) ov
 Defaults vs the authors' recipe (their scripts): 16 prompts × 8 (authors: 512 × 8); 16 minibatch updates per rollout
 (`--num-minibatches 16`: 8 sequences each; authors: minibatches of 32 prompts, 16 per rollout); |Ω| statistics per
 micro-batch of 8 sequences (`--micro-batch-size 8`; authors: 8 per GPU); dual clip 0.2 / 0.28, c = 10; exp weights,
-λ_min 0.8; lr 2e-4, the testbed's (authors: 1e-6); responses up to 64 tokens (authors: 3,072). A token-mean over each
-micro-batch (the authors' loss aggregation) is not offered: aggregation is the shared code's (token-mean over the
-minibatch; with one micro-batch per minibatch, as by default, the two coincide).
+λ_min 0.8; lr 5e-5, the testbed's for 16 updates (2e-4 collapses GRPO there; authors: 1e-6); responses up to 64
+tokens (authors: 3,072). A token-mean over each micro-batch (the authors' loss aggregation) is not offered:
+aggregation is the shared code's (token-mean over the minibatch; with one micro-batch per minibatch, the default,
+the two coincide).
 
 Run:  python steer.py                      # CPU, testbed model, synthetic arithmetic (minutes)
       accelerate launch --config_file configs/zero3.yaml steer.py --model Qwen/Qwen2.5-Math-7B --num-minibatches 16 ...
@@ -272,6 +273,7 @@ class Algorithm:
 class Args(Args):  # the authors' recipe structure at testbed scale (shared flags)
     num_minibatches: int = 16  # 16 minibatch updates per rollout (authors: 512 prompts, minibatches of 32)
     micro_batch_size: int = 8  # |Ω| statistics per micro-batch of 8 sequences (authors: 8 per GPU)
+    learning_rate: float = 5e-5  # the testbed's rate for 16 updates per rollout (GRPO there: 2e-4 collapses, README)
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────
