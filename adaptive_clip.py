@@ -16,8 +16,11 @@ Probability-dependent thresholds ε(p) = α p + β with α < 0 (loose for unlike
   `--threshold-prob old` evaluates ε at π_old instead: r_max = 1 + ε_h(π_old), r_min = 1 − ε_l(π_old) [DERIVED].
   Token loss: L_t = max(−A r, −A clip(r, r_min, r_max)) and, for A < 0, min(L_t, −A c) (dual clip), with the
   bounds computed from the detached π_old (no gradient through them).
-  Defaults (α_h, β_h) = (−0.25, 0.5), (α_l, β_l) = (−0.13, 0.3), ε_std = 0.2 are UNVERIFIED (from a secondary
-  source, not the paper's text): r_max then runs from 1.5 (π_old → 0) to 1.2 (π_old = 1), r_min from 0.70 to 0.80.
+  Defaults (α_h, β_h) = (−0.25, 0.35), (α_l, β_l) = (−0.2, 0.3), ε_std = 0.2 (flags; the paper's values are not
+  known here): r_max runs from 1.35 (π_old → 0) to 1.08 (π_old = 1), r_min from 0.70 to 0.875, looser than the
+  standard clip for unlikely tokens and tighter for likely ones, as the authors describe. (The coefficients shipped
+  before, (−0.25, 0.5) and (−0.13, 0.3), were never tighter than ε_std above: r_max ≥ 1.2 for every π_old; on a
+  tabular softmax their increasing mode lowered entropy more than the standard clip. tests/test_adaptive_clip.py.)
 
 Schedules over the run's T = total_steps rollout steps, step k = 0 … T − 1 (`--schedule`). Each side uses the blend
 E(p) = w ε(p) + (1 − w) ε_std of its probability-dependent threshold with the standard one, solved for r as above:
@@ -36,15 +39,14 @@ part of FEC as published): a token beyond its bound keeps the clipped value but 
   A < 0, r < r_min:  L_t = −β₁ r_min A · r/sg(r);      A > 0, r > r_max:  L_t = −β₂ r_max A · r/sg(r),
 i.e. the gradient −β r_bound A ∇ℓ_t instead of none (sg = stop-gradient; GPPO is β₁ = β₂ = 1).
 
-The bounds act only when the ratio can leave 1: with one update per rollout (--update-epochs 1 --num-minibatches 1,
-strictly on-policy) r ≡ 1 and training equals grpo.py's, the diagnostics aside. Take several minibatch steps per
-rollout (`--num-minibatches 4` on the testbed, 16 in the paper-scale command of the README).
+Defaults vs the paper-scale recipe (README: 512 prompts × 8, 16 minibatch updates per rollout, lr 1e-6, schedule
+ID): 16 prompts × 8, `--num-minibatches 16` (8 sequences per update), lr 5e-5 (the testbed's for 16 updates: 2e-4
+collapses GRPO there), ID. With one update per rollout the ratio is 1, no bound binds: grpo.py's training (a note).
 
-Everything else (rollout, advantages, aggregation, KL and entropy terms, entropy-flow diagnostics, checkpoints) is
-grpo.py's; see its docstring. `--clip-low`/`--clip-high` are used only with `--eps-std None`, as the standard
+Everything else is grpo.py's. `--clip-low`/`--clip-high` are used only with `--eps-std None`, as the standard
 thresholds of the lower/upper side.
 
-Run:  python adaptive_clip.py --num-minibatches 4  # CPU, testbed model, synthetic arithmetic
+Run:  python adaptive_clip.py               # CPU, testbed model, synthetic arithmetic
       accelerate launch --config_file configs/zero3.yaml adaptive_clip.py --model Qwen/Qwen2.5-Math-7B ...
 """
 
@@ -266,13 +268,10 @@ class Algorithm:
     """which probability-dependent bounds are in use over the T = --total-steps steps: both (constant), the upper
     only (boost: entropy up), the lower only (suppress: entropy down), the time schedules ID or DID, or the
     entropy-triggered oscillatory decay OD (ID was best in the paper)"""
-    alpha_high: float = -0.25
-    """α_h of the upper threshold ε_h(p) = α_h p + β_h, r_max = (1 + β_h)/(1 − α_h π_old) (UNVERIFIED default)"""
-    beta_high: float = 0.5  # β_h of the upper threshold (UNVERIFIED default; ε_h(p) must stay in [0, ∞) for p in [0, 1])
-    alpha_low: float = -0.13
-    """α_l of the lower threshold ε_l(p) = α_l p + β_l, r_min = (1 − β_l)/(1 + α_l π_old) (UNVERIFIED default;
-    the closed form is DERIVED)"""
-    beta_low: float = 0.3  # β_l of the lower threshold (UNVERIFIED default; ε_l(p) must stay in [0, 1) for p in [0, 1])
+    alpha_high: float = -0.25  # α_h of ε_h(p) = α_h p + β_h, r_max = (1 + β_h)/(1 − α_h π_old): 1.35 … 1.08
+    beta_high: float = 0.35  # β_h of the upper threshold (ε_h(p) in [0, ∞) for p in [0, 1])
+    alpha_low: float = -0.2  # α_l of ε_l(p) = α_l p + β_l, r_min = (1 − β_l)/(1 + α_l π_old): 0.70 … 0.875
+    beta_low: float = 0.3  # β_l of the lower threshold (ε_l(p) in [0, 1) for p in [0, 1])
     eps_std: float | None = 0.2
     """ε_std, the standard threshold the schedules blend with on both sides (UNVERIFIED default; the paper's
     baseline may be 0.2 or DAPO's 0.28); None: --clip-low on the lower side and --clip-high on the upper"""
@@ -292,6 +291,12 @@ class Algorithm:
     gp_beta1: float = 1.0
     """β₁ of --gradient-preserving: gradient scale of A < 0 tokens below r_min (GPPO 1; CE-GPPO 0.25 to 0.75)"""
     gp_beta2: float = 1.0  # β₂ of --gradient-preserving: gradient scale of A > 0 tokens above r_max (GPPO and CE-GPPO 1)
+
+
+@dataclass
+class Args(Args):  # the paper-scale recipe's structure at testbed scale (shared flags)
+    num_minibatches: int = 16  # 16 minibatch updates per rollout (128 sequences: 8 each), as the paper-scale command
+    learning_rate: float = 5e-5  # the testbed's rate for 16 updates per rollout (GRPO there: 2e-4 collapses, README)
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────

@@ -1,47 +1,44 @@
 """Clip-Cov and KL-Cov (Cui et al., "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models",
 arXiv 2505.22617) on the GRPO / DAPO baseline of grpo.py, with token-level entropy diagnostics.
 
-The paper shows that one policy-gradient step changes the entropy of a softmax policy by about
-ΔH ≈ −η Cov_{a∼π}(log π(a|s), π(a|s)·A(s, a)) (its Lemma 1 and Theorems 1–2), and that a small number of tokens with
-a very large covariance drive entropy collapse. Both methods touch only those tokens, found with the detached
-token covariance over the valid (loss) tokens M:
+One policy-gradient step changes the entropy of a softmax policy by about ΔH ≈ −η Cov_{a∼π}(log π, π·A) (the paper's
+Lemma 1, Theorems 1–2), and a few tokens of very large covariance drive entropy collapse. Both methods touch only
+those, found with the detached token covariance over the valid (loss) tokens M, N = |M|:
     c_t = (A_t − Ā)(ℓ_t − ℓ̄),   Ā, ℓ̄ the means of A and ℓ over M,   ℓ_t = log π(a_t | s_t) at the rollout temperature.
-N = |M| is the number of valid tokens; ρ and κ below are FRACTIONS of N (2e-4 means 0.02 %, never a percent).
+ρ and κ below are FRACTIONS of N (2e-4 means 0.02 %, never a percent).
 
-  Clip-Cov (`--method clip-cov`): the candidates are the valid tokens not already clipped by PPO with
-  ω_low < c_t < ω_high (`--clip-cov-lb 1`, `--clip-cov-ub 5`); n = max(⌊ρ·N⌋, 1) of them (ρ = `--clip-cov-ratio`
-  2e-4; all of them if fewer) are drawn uniformly at random with a seeded generator and lose their gradient:
-      L_t = max(−A_t r_t, −A_t clip(r_t, 1 − ε_low, 1 + ε_high)) · keep_t,   keep_t = 0 on the drawn tokens, else 1,
-  with no dual clip. The paper's scripts set ε_low = ε_high = 1, i.e. clip(r, 0, 2): PPO clipping is essentially
-  off and Clip-Cov replaces it. This script therefore uses its own `--cov-clip-low 1 --cov-clip-high 1` in place of
-  the shared `--clip-low/--clip-high` (which it reads only when these are None); `--dual-clip-c` is not used.
-  The draw is a function of (--seed, rollout step, loss call within the step, process rank), kept in the
-  algorithm state, so a resumed run draws the same tokens.
-
-  KL-Cov (`--method kl-cov`): the k = max(⌊κ·N⌋, 1) valid tokens with the largest c_t (κ = `--kl-cov-ratio`,
-  2e-3 for the paper's 7B runs, 2e-4 for 32B) get a penalty; no ratio clipping anywhere:
-      L_t = −A_t r_t + β |ℓ_t − ℓ_t^old| on the chosen tokens,   −A_t r_t elsewhere,   β = `--kl-cov-coef` 1.
-  The penalty's gradient β·sign(ℓ_t − ℓ_t^old) is zero at r = 1, so with a single update per rollout (strict
-  on-policy, the testbed default) KL-Cov is the unclipped policy gradient; the paper takes 8 minibatch updates per
-  rollout (`--num-minibatches 8`).
+  Clip-Cov (`--method clip-cov`): of the valid tokens not already clipped by PPO with ω_low < c_t < ω_high
+  (`--clip-cov-lb 1`, `--clip-cov-ub 5`), n = max(⌊ρ·N⌋, 1) (ρ = `--clip-cov-ratio` 2e-4; all if fewer) drawn
+  uniformly at random (seeded: a function of seed, step, loss call, rank, so a resumed run draws the same) lose
+  their gradient: L_t = max(−A_t r_t, −A_t clip(r_t, 1 − ε_low, 1 + ε_high)) · keep_t, no dual clip, with the
+  paper's ε_low = ε_high = 1 (`--cov-clip-low/--cov-clip-high`; None: the shared --clip-low/--clip-high).
+  KL-Cov (`--method kl-cov`): the k = max(⌊κ·N⌋, 1) valid tokens of largest c_t (κ = `--kl-cov-ratio`, 2e-3 for
+  7B, 2e-4 for 32B) get L_t = −A_t r_t + β|ℓ_t − ℓ_t^old| (β = `--kl-cov-coef` 1), the others −A_t r_t; no ratio
+  clipping. The penalty's gradient is zero at r = 1: with one update per rollout KL-Cov is the unclipped policy
+  gradient, and Clip-Cov's ε = 1 bound never binds. Both need several minibatch updates per rollout.
 
 Where c_t and the choice come from (`--cov-stats`):
-  micro-batch  the paper's code: Ā, ℓ̄, N and the choice are computed in every loss call, i.e. in each micro-batch
-               of each process, from the current ℓ. The number of chosen tokens and which ones therefore depend on
-               `--micro-batch-size` and on the number of processes, and a new choice is made at every update.
-  global       [DERIVED, this project's choice]: once per rollout step, before the first gradient, from the old
-               policy's ℓ over the whole batch of every process (the sums behind Ā, ℓ̄ and N are added across
-               processes), and kept for every update of the step. Exactly n (Clip-Cov) or k (KL-Cov) tokens are
-               chosen over all processes: each process contributes its own k largest scores to a table gathered
-               through the summing all-reduce, which fixes the global threshold; ties at the threshold go to lower
-               ranks, then to earlier positions. Clip-Cov's random draw gives every candidate an i.i.d. uniform key
-               and keeps the n largest keys, a uniform draw over the candidates of all processes. Its "already
-               clipped by PPO" test is taken at r = 1, where no token is clipped.
-Only `--cov-stats global` needs the no-grad old-policy pass over the whole batch before the first gradient
-(`needs_old_policy_pass`); strictly on-policy micro-batch runs skip it, as grpo.py does.
+  micro-batch  the paper's code: Ā, ℓ̄, N and the choice in every loss call (each micro-batch of each process) from
+               the current ℓ, so how many tokens and which depend on `--micro-batch-size` and the process count.
+  global       [DERIVED]: once per rollout step, before the first gradient, from the old policy's ℓ over the whole
+               batch of every process, kept for every update of the step; exactly n (k) tokens over all processes
+               (each contributes its k largest scores to a table summed across processes; ties go to lower ranks,
+               then earlier positions; Clip-Cov's draw keeps the n largest i.i.d. uniform keys). Its "already
+               clipped by PPO" test is taken at r = 1, where no token is clipped. Needs the old-policy pass.
+
+Defaults vs the paper's recipe (its verl scripts; README paper-scale command):
+  updates per rollout   8 minibatches (`--num-minibatches 8`)                                paper: 8 (256 prompts × 8,
+                                                                                     minibatches of 32 prompts)
+  batch, micro-batch    16 prompts × 8; 16 sequences per update, one micro-batch (64 max)    paper: 2 per GPU
+  statistics            per micro-batch (`--cov-stats micro-batch`)                          paper's code: the same
+  filtering             DAPO dynamic sampling on (`--filter-groups`)                         paper: on
+  clip, ratios          ε 1/1, ρ 2e-4, ω 1/5, κ 2e-3, β 1                                    paper: the same
+  learning rate         5e-5 (the testbed's for 8 updates; 2e-4 stalls GRPO)         paper-scale command: 5e-7
+At this scale a micro-batch holds ~600 tokens, so ⌊ρN⌋ = 0 and the floor chooses 1 token per micro-batch (8 a
+step, ~0.17 % of the tokens against the paper's 0.02 %); the script says so at start.
 
 Everything else (rollout, advantages, aggregation, truncated IS, KL/entropy terms, entropy flows) is grpo.py's.
-Logged: `algo/cov_mean` (mean c_t over the valid tokens), `algo/cov_selected_mean` (mean c_t over the chosen tokens),
+Logged: `algo/cov_mean` (mean c_t over the valid tokens), `algo/cov_selected_mean` (over the chosen tokens),
 `algo/selected_frac` (chosen / valid tokens, a fraction), summed over every loss call of the step and all processes.
 
 Run:  python clip_cov.py                   # CPU, testbed model, synthetic arithmetic (minutes)
@@ -285,6 +282,13 @@ class Algorithm:
     """β of KL-Cov's penalty β·|ℓ_t − ℓ_t^old| (1 in the paper's scripts; upstream verl defaults to 0.1)"""
 
 
+@dataclass
+class Args(Args):  # the paper recipe's structure at testbed scale (shared flags)
+    num_minibatches: int = 8  # 8 minibatch updates per rollout (the paper's recipe: 256 prompts, minibatches of 32)
+    filter_groups: bool = True  # DAPO dynamic sampling (the paper's recipe)
+    learning_rate: float = 5e-5  # the testbed's rate for 8 updates per rollout (GRPO there: 2e-4 stalls, README)
+
+
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────
 def _chunk_stats(logits, tokens):
     """logp of the sampled tokens, H = −Σ p log p, G = Σ p² log p + H Σ p² and logsumexp of logits [c, V]
@@ -446,6 +450,12 @@ def check_algorithm_args(args: Args) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    seqs = min(args.micro_batch_size, args.prompts_per_step * args.group_size // args.num_minibatches)
+    ratio = a.clip_cov_ratio if a.method == "clip-cov" else a.kl_cov_ratio
+    if a.cov_stats == "micro-batch" and ratio * seqs * args.max_new_tokens < 1:
+        print(f"note: a micro-batch of {seqs} sequences has at most {seqs * args.max_new_tokens} tokens, ratio {ratio} of "
+              "them is under 1: one token per micro-batch is chosen (the floor), a larger fraction than the paper's",
+              file=sys.stderr)
 
 
 def _identity(x):

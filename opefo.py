@@ -1,53 +1,39 @@
 """OPEFO, On-Policy Entropy Flow Optimization (Xu, Zhao, Wu, Luu; arXiv 2605.11491, ACL 2026 Findings), for RL with
-verifiable rewards: a strictly on-policy policy gradient whose token weights cancel the predicted entropy change.
+verifiable rewards: a strictly on-policy policy gradient whose token weights 1 ± λ* counter the predicted entropy flow.
 
-Every rollout step:
-  1. Sample G = `group_size` responses to each of `prompts_per_step` prompts (vLLM on GPU, Hugging Face
-     `generate` otherwise) and grade them: R_i ∈ {0, 1} (DAPO: ±1); `--filter-groups` is DAPO dynamic sampling.
-  2. Advantages (GRPO, arXiv 2402.03300 §4.1): A_i = (R_i − mean_g R) / (std_g R + 1e-6), unbiased std;
-     `--scale-rewards batch` divides by the batch std, `none` by nothing (Dr.GRPO, arXiv 2503.20783).
-  3. A no-grad pass of the policy that sampled the batch gives, per response token t (logits / temperature),
-     ℓ_t = log π_t of the sampled token, the full-vocabulary entropy H_t and G_t = Σ_k p_k²(log p_k + H_t).
-  4. Entropy flow of each token: the first-order entropy change of a policy-gradient step on the logits of a
-     tabular softmax at that token's state, in units of the step size η:
-        δ_t = −A_t (1 − π_t)² (ℓ_t + H_t)          `--flow-estimator opefo` (the paper's form, default)
-        δ_t = −A_t [π_t (ℓ_t + H_t) − G_t]         `--flow-estimator exact` (Cui et al., arXiv 2505.22617, Lemma 1)
-     Over every loss token of the rollout batch, all processes together, the increasing and decreasing flows
-        I = Σ_{δ_t > 0} δ_t,   D = Σ_{δ_t < 0} |δ_t|,   λ* = (D − I) / (D + I)   (λ* = 0 when I = D = 0),
-     the unique λ with (1 + λ) I − (1 − λ) D = 0, give the token weights w_t = 1 + λ* where δ_t > 0, 1 − λ* where
-     δ_t < 0 and 1 where δ_t = 0: after weighting, the predicted net entropy change of the update is zero. |λ*| < 1
-     when both flows are positive, so no token's gradient changes direction; λ* = ±1 when only one side has flow
-     (that side's gradient is then switched off, the only weighting with zero net flow).
-  5. One AdamW step on the whole batch (gradient accumulation over micro-batches, no second pass) on
-        L = Σ_t c_t · (−w_t A_t exp(ℓ_t − sg(ℓ_t))),   ∇L = −Σ_t c_t w_t A_t ∇ℓ_t,
-     c_t the `--loss-agg-mode` coefficient (token-mean: 1/N, N loss tokens). The ratio exp(ℓ_t − sg(ℓ_t)) is exactly
-     1, so there is no ratio clipping (`--clip-low`, `--clip-high`, `--dual-clip-c` have no effect); the objective
-     is the paper's J = (1/N) Σ_t w_t A_t log π_θ(a_t | s_t). `--update-epochs` and `--num-minibatches` other than 1
-     are refused. The optional β·KL and −α·H_t terms of grpo.py remain available (0 by default; not in the paper).
+Every rollout step (sampling, grading, GRPO advantages, the entropy diagnostics: grpo.py's):
+  1. The no-grad pass of the policy that sampled the batch gives per token ℓ_t, the entropy H_t and
+     G_t = Σ_k p_k²(log p_k + H_t) (logits / temperature).
+  2. Entropy flow δ_t of each token (`--flow-estimator`), the entropy change of a policy-gradient step per unit step:
+        exact (default)   −A_t [π_t(ℓ_t + H_t) − G_t]   the exact first order (Cui et al., arXiv 2505.22617, Lemma 1)
+        paper             −A_t (1 − π_t)² (ℓ_t + H_t)    the paper's formula; not the first-order change: summed over
+                          a ∼ π it is not 0 (the exact one is) and it over-counts unlikely tokens (~4.5x, testbed)
+        paper-expected    −A_t (G₃ − 2G_t), G₃ = Σ_k p_k³(log p_k + H_t): the paper's formula averaged over a ∼ π
+                          at the token's state. G₃ comes from the update's forward (its logits, as the shared kernel
+                          keeps them), so it needs the whole batch in one micro-batch (a shared G₃ would lift that).
+     I = Σ_{δ>0} δ_t, D = Σ_{δ<0} |δ_t| over the N loss tokens of the batch, all processes (each δ_t × N·c_t, its
+     weight in the aggregated loss: 1 for token-mean).
+  3. λ* (`--lambda-rule`): net-flow (default) (D − I)/N, the net flow per token; balance (D − I)/(D + I), the λ of
+     zero weighted net flow (1 + λ)I − (1 − λ)D = 0. Weights w_t = 1 + λ* where δ_t > 0, 1 − λ* where δ_t < 0, else 1.
+  4. One AdamW step on the whole batch: L = Σ_t c_t · (−w_t A_t exp(ℓ_t − sg(ℓ_t))), gradient −Σ c_t w_t A_t ∇ℓ_t;
+     the ratio is exactly 1, never clipped. `--update-epochs`/`--num-minibatches` other than 1 are refused.
 
-Sources: the paper's code is not released and its text was read only through its abstract and a secondary summary;
-δ_t (opefo form), the partition into increasing and decreasing tokens, λ* and the weights 1 ± λ* follow them.
-Choices made here (DERIVED, not confirmed by the paper's text):
-  - I and D are summed over all loss tokens of the rollout batch and over processes (one full-batch update per rollout).
-  - `--flow-estimator exact` (ablation): the exact first-order term, which keeps its sign on flat distributions where
-    the opefo form does not (the two agree in sign on peaked, low-entropy ones).
-  - Before the sums each δ_t is multiplied by N·c_t, its relative weight in the aggregated loss (1 for every token with
-    token-mean, the paper's aggregation as far as known), so the balance holds for the update actually taken under
-    every `--loss-agg-mode`.
-  - The paper's ablations: `--static-lambda` (a fixed λ instead of λ*; the paper's ablation used 0.001) and
-    `--lambda-side increase|decrease` (the weight 1 ± λ on that side only, the other side kept at 1, with the same
-    λ* as the two-sided rule: whether the paper re-solves λ for one side is not known).
-  - The truncated importance weight min(π_old/π_rollout, C) (vLLM engine only) and the KL / entropy terms are not
-    part of the balance.
+Which reading (DERIVED; the paper's code is not released, its text was read through its abstract and a summary).
+The paper reports λ* positive and small, oscillating in about [2.5e-4, 1.75e-3], with "severely imbalanced" flows.
+balance + paper (the reading of earlier versions of this script) gives λ* 0.36–0.75 on testbed batches whatever the
+batch size or entropy (≤ 1.75e-3 would need D/I ≤ 1.0035): A > 0 tokens weighted 0.33–0.63, the exact net flow
+turns positive, entropy rises and accuracy falls (eval 23.6 vs 48.8 for GRPO). Two readings give the paper's
+magnitude: net-flow + exact (60-step testbed run: median +1.7e-3, −1.3e-5 … +3.7e-3, > 0 in 59 of 60 steps) and
+balance + paper-expected (median −1.7e-3, |λ*| ≤ 0.045, either sign). The default is net-flow + exact, the one in
+the paper's range and with its sign; at that size the weights are 1 ± 0.002, so whether it keeps entropy better
+than strict GRPO is for the testbed study to decide. λ* of all six readings is logged every step
+(`algo/lambda_{rule}_{estimator}`); a warning is printed once λ > 0.1 for 3 steps in a row.
 
-Every script of this repository also logs the entropy flows of the update it takes: for each token the
-first-order entropy change of an SGD step on the logits of a tabular softmax (Cui et al., arXiv 2505.22617,
-Lemma 1), ΔH_t = η ∂L/∂ℓ_t · [π_t(ℓ_t + H_t) − G_t] with G_t = Σ_k p_k²(log p_k + H_t), from the real
-gradient of the aggregated loss with respect to ℓ_t (aggregation factors, method weight, ratio, clipping).
-With `--flow-estimator exact` and no importance weight, their net `entropy/flow_net` is zero up to float noise.
-
-Deliberately left out: a value model, reward models, sequence packing, fused linear-cross-entropy kernels,
-multi-node vLLM servers.
+Defaults vs the paper: strictly on-policy, one full-batch update per rollout (as the paper); 16 prompts × 8 samples,
+lr 2e-4 (the testbed's; the paper: a 7B model, lr 1e-6). Ablations: `--static-lambda` (a fixed λ; the paper's:
+0.001) and `--lambda-side increase|decrease` (1 ± λ on one side only, the other at 1; balance re-solves λ for that
+side: D/I − 1, 1 − I/D). The truncated IS weight (vLLM only) and the optional KL / entropy terms are outside the
+balance.
 
 Run:  python opefo.py                      # CPU, testbed model, synthetic arithmetic (minutes)
       accelerate launch --config_file configs/zero3.yaml opefo.py --model Qwen/Qwen2.5-Math-7B ...
@@ -266,12 +252,10 @@ def check_args(args: Args, world: int, engine: str) -> None:
 @dataclass
 class Algorithm:
     """algorithm: OPEFO entropy-flow balancing (arXiv 2605.11491)"""
-    flow_estimator: Literal["opefo", "exact"] = "opefo"
-    """per-token entropy flow δ_t: `opefo` −A(1 − π)²(ℓ + H) (the paper's), `exact` −A[π(ℓ + H) − G] (first order)"""
-    static_lambda: float | None = None
-    """ablation: a fixed λ in (−1, 1) instead of λ* = (D − I)/(D + I) (the paper's ablation: 0.001); None = λ*"""
-    lambda_side: Literal["both", "increase", "decrease"] = "both"
-    """reweighted side: `both` (1 + λ on entropy-increasing, 1 − λ on decreasing tokens) or one (ablation; other: 1)"""
+    lambda_rule: Literal["net-flow", "balance"] = "net-flow"  # λ*: (D − I)/N (net flow per token) or (D − I)/(D + I)
+    flow_estimator: Literal["exact", "paper", "paper-expected"] = "exact"  # δ_t: first order, the paper's, its E_a∼π
+    static_lambda: float | None = None  # ablation: a fixed λ in (−1, 1) instead of λ* (the paper's ablation: 0.001)
+    lambda_side: Literal["both", "increase", "decrease"] = "both"  # weighted side(s); one side: λ re-solved for it
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────
@@ -415,6 +399,9 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
     return (coef * token_loss).sum() * world, info
 
 # ─── ALGORITHM: loss ───────────────────────────────────────────────────────────────────────────
+ESTIMATORS, RULES = ("exact", "paper", "paper-expected"), ("net-flow", "balance")
+
+
 def needs_old_policy_pass(args: Args) -> bool:
     """λ* needs the flows of the whole batch before the first gradient: always."""
     return True
@@ -428,37 +415,69 @@ def check_algorithm_args(args: Args) -> None:
     if args.algo.static_lambda is not None and not -1 < args.algo.static_lambda < 1:
         raise UsageError(f"--static-lambda {args.algo.static_lambda}: must be in (-1, 1) so that the weights 1 ± λ "
                          "stay positive")
+    rows = args.prompts_per_step * args.group_size  # one process; with several, --micro-batch-size must cover its rows
+    if args.algo.flow_estimator == "paper-expected" and args.micro_batch_size < rows:
+        raise UsageError(f"--flow-estimator paper-expected needs G3 of every token before the update, taken here from "
+                         f"the single micro-batch's logits: use --micro-batch-size {rows} (the whole batch)")
 
 
-def entropy_flow(adv, logp, entropy, g=None, estimator: str = "opefo"):
-    """Entropy flow δ_t [B, R] of each token: the first-order entropy change, per unit step η, of a policy-gradient
-    step A_t ∇ℓ_t on the logits of a tabular softmax. `opefo` (arXiv 2605.11491): −A_t (1 − π_t)² (ℓ_t + H_t);
-    `exact` (Cui et al., arXiv 2505.22617, Lemma 1): −A_t [π_t(ℓ_t + H_t) − G_t], which needs g = G_t."""
-    if estimator == "opefo":
+def entropy_flow(adv, logp, entropy, g=None, estimator: str = "exact", g3=None):
+    """Entropy flow δ_t of each token per unit step: `exact` −A[π(ℓ + H) − G] (first order, Cui et al. Lemma 1),
+    `paper` −A(1 − π)²(ℓ + H) (arXiv 2605.11491), `paper-expected` its mean over a ∼ π, −A(G₃ − 2G)."""
+    if estimator == "paper":
         return -adv * (1.0 - logp.exp()).square() * (logp + entropy)
-    if estimator == "exact":
-        if g is None:
-            raise ValueError("the exact entropy flow needs g = Σ_k p_k²(log p_k + H)")
-        return -adv * (logp.exp() * (logp + entropy) - g)
-    raise ValueError(f"unknown flow estimator {estimator!r}")
+    if estimator not in ESTIMATORS or g is None or (estimator == "paper-expected" and g3 is None):
+        raise ValueError(f"flow estimator {estimator!r}: unknown, or needs g = G (exact) and g3 = G₃ (paper-expected)")
+    return -adv * (logp.exp() * (logp + entropy) - g) if estimator == "exact" else -adv * (g3 - 2.0 * g)
+
+
+@torch.no_grad()
+def g3_of_logits(logits, chunk_size: int = 1024):
+    """G₃ = Σ_k p_k³(log p_k + H) of each row of logits [N, V] (fp32 at least), for `paper-expected`."""
+    out = []
+    for z in logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).split(chunk_size):
+        z = z.log_softmax(-1)
+        p = z.exp()
+        p3 = p.square() * p
+        out.append((p3 * z).sum(-1) - (p * z).sum(-1) * p3.sum(-1))
+    return torch.cat(out)
+
+
+def g3_of_forward(logp, chunk_size: int = 1024):
+    """G₃ [b, R] of the forward that gave `logp` [b, R], from the logits the shared token-stats kernel saved for its
+    backward (found in the autograd graph; the strictly on-policy update's forward is the old policy's); None if absent."""
+    seen, stack = set(), [logp.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__.startswith("_TokenStats"):
+            logits = fn.saved_tensors[0]
+            g3 = g3_of_logits(logits, chunk_size).view(logp.shape[0], -1)[:, :-1]
+            return torch.nn.functional.pad(g3, (0, logp.shape[1] - g3.shape[1])).to(logp.dtype)
+        stack += [f for f, _ in fn.next_functions]
+    return None
 
 
 def flow_totals(delta, mask, reduce_sum=lambda x: x):
-    """fp64 [I, D, N] over the tokens where mask > 0, summed by `reduce_sum` (over processes): increasing flow
-    I = Σ_{δ>0} δ, decreasing flow D = Σ_{δ<0} |δ|, token count N."""
+    """fp64 [I, D, N] over the tokens where mask > 0, summed by `reduce_sum` (processes): I = Σ_{δ>0} δ,
+    D = Σ_{δ<0} |δ|, N the token count."""
     d = delta.double() * (mask > 0)
     return reduce_sum(torch.stack([d.clamp(min=0).sum(), (-d).clamp(min=0).sum(), (mask > 0).sum().double()]))
 
 
-def balancing_lambda(increase: float, decrease: float) -> float:
-    """λ* = (D − I) / (D + I), the λ with (1 + λ) I − (1 − λ) D = 0 (arXiv 2605.11491); 0 when I = D = 0."""
-    total = increase + decrease
+def balancing_lambda(increase: float, decrease: float, side: str = "both", rule: str = "balance", n: float = 1.0):
+    """λ*: rule `net-flow` (D − I)/N; `balance` the λ of zero weighted net flow: (D − I)/(D + I) for both sides,
+    D/I − 1 with 1 + λ on the increasing side only, 1 − I/D on the decreasing side only; 0 without flow."""
+    if rule == "net-flow":
+        return (decrease - increase) / max(n, 1.0)
+    total = {"both": increase + decrease, "increase": increase, "decrease": decrease}[side]
     return (decrease - increase) / total if total > 0 else 0.0
 
 
 def side_weights(delta, lam: float, side: str = "both"):
-    """Token weights [B, R]: 1 + λ where δ > 0 (unless side is `decrease`), 1 − λ where δ < 0 (unless side is
-    `increase`), 1 elsewhere."""
+    """Token weights: 1 + λ where δ > 0 (unless side is `decrease`), 1 − λ where δ < 0 (unless `increase`), else 1."""
     up = 1.0 + lam if side in ("both", "increase") else 1.0
     down = 1.0 - lam if side in ("both", "decrease") else 1.0
     return torch.ones_like(delta).masked_fill_(delta > 0, up).masked_fill_(delta < 0, down)
@@ -466,54 +485,81 @@ def side_weights(delta, lam: float, side: str = "both"):
 
 def weighted_net_flow(increase: float, decrease: float, lam: float, side: str = "both") -> float:
     """Net flow Σ w_t δ_t of the weights of `side_weights`: (1 + λ) I − (1 − λ) D for both sides."""
-    up = 1.0 + lam if side in ("both", "increase") else 1.0
-    down = 1.0 - lam if side in ("both", "decrease") else 1.0
-    return up * increase - down * decrease
+    return (1.0 + lam * (side != "decrease")) * increase - (1.0 - lam * (side != "increase")) * decrease
 
 
-def flow_weights(delta, mask, reduce_sum=lambda x: x, side: str = "both"):
-    """(weights [B, R], λ*) of the balancing rule: flows I, D over the tokens where mask > 0 summed by `reduce_sum`
-    (over processes) before λ* = (D − I)/(D + I); weights 1 + λ* on δ > 0, 1 − λ* on δ < 0, 1 on δ = 0."""
-    increase, decrease, _ = flow_totals(delta, mask, reduce_sum).tolist()
-    lam = balancing_lambda(increase, decrease)
+def flow_weights(delta, mask, reduce_sum=lambda x: x, side: str = "both", rule: str = "balance"):
+    """(weights, λ*) from the flows I, D, N over the tokens where mask > 0 (summed over processes by `reduce_sum`)."""
+    increase, decrease, n = flow_totals(delta, mask, reduce_sum).tolist()
+    lam = balancing_lambda(increase, decrease, side, rule, n)
     return side_weights(delta, lam, side), lam
 
 
+def lambda_metrics(totals: dict, side: str) -> dict:
+    """algo/lambda_{rule}_{estimator} of every reading from {estimator: [I, D, N]}."""
+    return {f"algo/lambda_{r}_{e}".replace("-", "_"): balancing_lambda(t[0], t[1], side, r, t[2])
+            for e, t in totals.items() for r in RULES}
+
+
 def init_algorithm_state(args: Args) -> dict:
-    """Per-run algorithm state; saved in checkpoints. OPEFO keeps none: λ* is computed afresh every step."""
-    return {}
+    """Per-run state, saved in checkpoints: steps in a row with λ > 0.1 (a warning once at 3). `_` keys: this step."""
+    return {"high_lambda_steps": 0}
 
 
 def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> dict:
-    """Flows δ_t of the policy that sampled the batch (old-policy pass), λ* over every loss token of all processes,
-    and the token weights, stored as batch["flow_weight"]. Returns the flows per loss token (η = 1) and λ."""
-    mask = batch["loss_mask"]
+    """Flows δ_t of the policy that sampled the batch (old-policy pass) under every estimator but paper-expected,
+    λ of every reading, and the weights of the chosen one (batch["flow_weight"]; paper-expected: in the loss call)."""
+    a, mask = args.algo, batch["loss_mask"]
     totals = minibatch_totals(mask, reduce_sum)  # the whole batch is the one minibatch
-    relative = aggregation_weights(mask, args.loss_agg_mode, totals, args.loss_scale_factor
-                                   or args.max_new_tokens) * totals["tokens"]  # N·c_t: 1 for token-mean
-    delta = entropy_flow(batch["adv"], batch["logp_old"], batch["entropy_old"], batch["g_old"],
-                         args.algo.flow_estimator) * relative
-    increase, decrease, n = flow_totals(delta, mask, reduce_sum).tolist()
-    lam = balancing_lambda(increase, decrease) if args.algo.static_lambda is None else args.algo.static_lambda
-    batch["flow_weight"] = side_weights(delta, lam, args.algo.lambda_side)
-    n = max(n, 1.0)
+    batch["flow_relative"] = aggregation_weights(mask, args.loss_agg_mode, totals, args.loss_scale_factor
+                                                 or args.max_new_tokens) * totals["tokens"]  # N·c_t: 1 (token-mean)
+    deltas = {e: entropy_flow(batch["adv"], batch["logp_old"], batch["entropy_old"], batch["g_old"], e)
+              * batch["flow_relative"] for e in ESTIMATORS[:2]}
+    flows = {e: flow_totals(d, mask, reduce_sum).tolist() for e, d in deltas.items()}
+    state.update(_reduce_sum=reduce_sum, _flows3=torch.zeros(3, dtype=torch.float64, device=mask.device))
+    metrics = lambda_metrics(flows, a.lambda_side)
+    if a.flow_estimator != "paper-expected":
+        metrics.update(apply_lambda(state, args, batch, deltas[a.flow_estimator], *flows[a.flow_estimator]))
+    return metrics
+
+
+def apply_lambda(state: dict, args: Args, target: dict, delta, increase, decrease, n) -> dict:
+    """λ of the chosen reading (or --static-lambda), the weights target["flow_weight"], the flows per token."""
+    a = args.algo
+    lam = balancing_lambda(increase, decrease, a.lambda_side, a.lambda_rule, n) if a.static_lambda is None \
+        else a.static_lambda
+    target["flow_weight"], n = side_weights(delta, lam, a.lambda_side), max(n, 1.0)
+    state["high_lambda_steps"] = state.get("high_lambda_steps", 0) + 1 if lam > 0.1 else 0
+    if state["high_lambda_steps"] == 3:
+        print(f"warning: λ* > 0.1 for 3 steps in a row ({lam:.3g}; the paper reports 2.5e-4 to 1.75e-3): this reading "
+              f"(--lambda-rule {a.lambda_rule} --flow-estimator {a.flow_estimator}) over-corrects", file=sys.stderr)
     return {"algo/lambda": lam, "algo/flow_increase": increase / n, "algo/flow_decrease": decrease / n,
             "algo/flow_net": (increase - decrease) / n,
-            "algo/flow_net_weighted": weighted_net_flow(increase, decrease, lam, args.algo.lambda_side) / n}
+            "algo/flow_net_weighted": weighted_net_flow(increase, decrease, lam, a.lambda_side) / n}
 
 
 def policy_token_loss(mb: dict, logp, args: Args, state: dict):
-    """Token loss [b, R] of one micro-batch: −w_t A_t exp(ℓ_t − ℓ_old), with ℓ_old the detached current ℓ (the single
-    on-policy update), so the ratio is 1 and the gradient −w_t A_t ∇ℓ_t; never clipped. `mb` holds [b, R] tensors:
-    adv, logp_old, loss_mask, flow_weight (from `algorithm_step_begin`) and others; `logp` carries the gradient."""
+    """Token loss [b, R]: −w_t A_t exp(ℓ_t − ℓ_old), ℓ_old this forward's detached ℓ (ratio 1, never clipped).
+    Also G₃ of this forward for the paper-expected flows (logged; the weights when that estimator is chosen)."""
     ratio = torch.exp((logp - mb["logp_old"]).clamp(-20, 20))
+    g3 = g3_of_forward(logp, args.entropy_chunk_size) if "_flows3" in state else None
     never = torch.zeros_like(mb["adv"], dtype=torch.bool)
+    if g3 is not None:
+        delta = entropy_flow(mb["adv"], mb["logp_old"], mb["entropy_old"], mb["g_old"], "paper-expected", g3)
+        state["_flows3"] += flow_totals(delta * mb["flow_relative"], mb["loss_mask"])
+        if args.algo.flow_estimator == "paper-expected":  # one micro-batch: these are the whole batch's flows
+            state["_metrics"] = apply_lambda(state, args, mb, delta * mb["flow_relative"],
+                                             *state["_reduce_sum"](state["_flows3"]).tolist())
     return -mb["flow_weight"] * mb["adv"] * ratio, {"ratio": ratio.detach(), "clipped_low": never,
                                                      "clipped_high": never}
 
 
 def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
-    """After the update, with the step's reduced metrics: nothing to carry over."""
+    """Adds the paper-expected readings' λ (from the update's forward) to the step's metrics; drops the step's keys."""
+    flows3, reduce_sum = state.pop("_flows3", None), state.pop("_reduce_sum", None)
+    metrics.update(state.pop("_metrics", {}))
+    if flows3 is not None and flows3[2] > 0:
+        metrics.update(lambda_metrics({"paper-expected": reduce_sum(flows3).tolist()}, args.algo.lambda_side))
 
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
 class _SampledLogprobRecorder(LogitsProcessor):

@@ -13,7 +13,8 @@ Everything is grpo.py's (sampling, grading, GRPO advantages, the dual-clip PPO t
      (Cui et al., arXiv 2505.22617, Lemma 1) keeping only the sampled token's term of G_t = Σ_k p_k²(log p_k + H_t);
      the code's form is that divided by π_t, so it is larger for low-probability tokens. The paper's text
      describes the estimate as governed by the clip indicator, A, the ratio and the entropy; the authors' code leaves
-     the clip indicator out of Ω (clipped tokens have no gradient anyway but enter the max / min below), as here.
+     the clip indicator out of Ω (clipped tokens have no gradient anyway but enter the max / min below), as the
+     default here; `--omega-clip-indicator` multiplies Ω_t by 1[token not clipped by PPO] (the paper's text).
   3. From |Ω_t| over the loss tokens of each micro-batch (`--weight-stats micro-batch`, the authors' code, so the
      weights depend on `--micro-batch-size`; theirs is 8 sequences per GPU), or of the whole rollout batch
      (`--weight-stats global`):
@@ -30,8 +31,13 @@ are taken once per step, before the first update, from the old policy (r = 1) ov
 (ranks combined with torch.distributed all_reduce(MAX)); later minibatches of an off-policy update use the current
 Ω against these bounds and the clamps keep w_t in range.
 
-The authors train with 16 optimizer steps per rollout (512 prompts × 8 responses, minibatches of 32 prompts:
-`--num-minibatches 16`), micro-batches of 8 sequences, lr 1e-6, responses up to 3,072 tokens.
+Defaults vs the authors' recipe (their scripts): 16 prompts × 8 (authors: 512 × 8); 16 minibatch updates per rollout
+(`--num-minibatches 16`: 8 sequences each; authors: minibatches of 32 prompts, 16 per rollout); |Ω| statistics per
+micro-batch of 8 sequences (`--micro-batch-size 8`; authors: 8 per GPU); dual clip 0.2 / 0.28, c = 10; exp weights,
+λ_min 0.8; lr 5e-5, the testbed's for 16 updates (2e-4 collapses GRPO there; authors: 1e-6); responses up to 64
+tokens (authors: 3,072). A token-mean over each micro-batch (the authors' loss aggregation) is not offered:
+aggregation is the shared code's (token-mean over the minibatch; with one micro-batch per minibatch, the default,
+the two coincide).
 
 Run:  python steer.py                      # CPU, testbed model, synthetic arithmetic (minutes)
       accelerate launch --config_file configs/zero3.yaml steer.py --model Qwen/Qwen2.5-Math-7B --num-minibatches 16 ...
@@ -262,6 +268,14 @@ class Algorithm:
     """Ω_t = A r (1 − π)(ln π + H_old) (authors' code) or A r π(1 − π)(ln π + H_old) (first order, sampled token)"""
     omega_max_floor: float = 0.02
     """exp mode: k = −ln λ_min / max(max|Ω|, this floor), so weights stay near 1 when every |Ω| is small"""
+    omega_clip_indicator: bool = False  # the paper's text: Ω_t × 1[token not clipped by PPO] (the code: no indicator)
+
+
+@dataclass
+class Args(Args):  # the authors' recipe structure at testbed scale (shared flags)
+    num_minibatches: int = 16  # 16 minibatch updates per rollout (authors: 512 prompts, minibatches of 32)
+    micro_batch_size: int = 8  # |Ω| statistics per micro-batch of 8 sequences (authors: 8 per GPU)
+    learning_rate: float = 5e-5  # the testbed's rate for 16 updates per rollout (GRPO there: 2e-4 collapses, README)
 
 
 # ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────
@@ -517,6 +531,8 @@ def policy_token_loss(mb: dict, logp, args: Args, state: dict):
                                                         args.dual_clip_c)
     mask = mb["loss_mask"]
     omega = _omega_of(args)(mb["adv"], logp, mb["logp_old"], mb["entropy_old"])
+    if a.omega_clip_indicator:  # the paper's text: clipped tokens have no entropy change (and weigh 1 in exp mode)
+        omega = omega * ~(clipped_low | clipped_high)
     if a.weight_stats == "global":
         omega_max, omega_min = mb["steer_omega_max"], mb["steer_omega_min"]
     else:

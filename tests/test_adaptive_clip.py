@@ -16,15 +16,16 @@ import adaptive_clip as fec
 import grpo
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = dict(alpha_h=-0.25, beta_h=0.5, alpha_l=-0.13, beta_l=0.3)
+DEFAULTS = dict(alpha_h=-0.25, beta_h=0.35, alpha_l=-0.2, beta_l=0.3)
+SHIPPED_BEFORE = dict(alpha_h=-0.25, beta_h=0.5, alpha_l=-0.13, beta_l=0.3)  # never tighter than ε_std = 0.2
 SCHEDULE_POINTS = [0, 25, 50, 75, 100]  # k = 0, T/4, T/2, 3T/4, T for T = 100
 
 
 # ── probability-dependent bounds ──────────────────────────────────────────────────────────────────────
 @pytest.mark.parametrize("p, r_min, r_max", [
-    (0.0, 0.7, 1.5),
-    (0.5, 0.7 / (1 - 0.13 * 0.5), 1.5 / (1 + 0.25 * 0.5)),
-    (1.0, 0.7 / 0.87, 1.5 / 1.25),
+    (0.0, 0.7, 1.35),
+    (0.5, 0.7 / (1 - 0.2 * 0.5), 1.35 / (1 + 0.25 * 0.5)),
+    (1.0, 0.875, 1.08),
 ])
 def test_ratio_bounds_closed_form_at_0_half_1(p, r_min, r_max):
     got_min, got_max = fec.ratio_bounds(p, **DEFAULTS)
@@ -35,8 +36,11 @@ def test_ratio_bounds_closed_form_at_0_half_1(p, r_min, r_max):
 
 
 def test_ratio_bounds_end_points_and_monotone():
-    assert fec.ratio_bounds(0.0, **DEFAULTS) == pytest.approx((0.70, 1.5))
-    assert fec.ratio_bounds(1.0, **DEFAULTS) == pytest.approx((0.8046, 1.2), abs=1e-4)
+    assert fec.ratio_bounds(0.0, **DEFAULTS) == pytest.approx((0.70, 1.35))
+    assert fec.ratio_bounds(1.0, **DEFAULTS) == pytest.approx((0.875, 1.08))
+    # likely tokens get a tighter bound than the standard clip (ε_std = 0.2) on both sides, unlikely ones a looser one
+    assert fec.ratio_bounds(0.9, **DEFAULTS)[0] > 0.8 and fec.ratio_bounds(0.9, **DEFAULTS)[1] < 1.2
+    assert fec.ratio_bounds(1.0, **SHIPPED_BEFORE)[1] == pytest.approx(1.2)  # the old upper bound never was
     p = torch.linspace(0, 1, 101, dtype=torch.float64)
     r_min, r_max = fec.ratio_bounds(p, **DEFAULTS)
     assert (r_max.diff() < 0).all() and (r_min.diff() > 0).all()  # α < 0: loose for unlikely tokens
@@ -46,18 +50,18 @@ def test_ratio_bounds_end_points_and_monotone():
 @pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
 def test_ratio_bounds_threshold_at_old_prob(p):
     r_min, r_max = fec.ratio_bounds(p, **DEFAULTS, prob="old")
-    assert r_max == pytest.approx(1 + 0.5 - 0.25 * p) and r_min == pytest.approx(1 - 0.3 + 0.13 * p)
+    assert r_max == pytest.approx(1 + 0.35 - 0.25 * p) and r_min == pytest.approx(1 - 0.3 + 0.2 * p)
 
 
 @pytest.mark.parametrize("prob", ["current", "old"])
 def test_blend_weight_0_is_standard_clipping_and_1_the_dynamic_bound(prob):
     p = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64)
-    lo = fec.blended_threshold(0.0, -0.13, 0.3, 0.2)
-    hi = fec.blended_threshold(0.0, -0.25, 0.5, 0.2)
+    lo = fec.blended_threshold(0.0, -0.2, 0.3, 0.2)
+    hi = fec.blended_threshold(0.0, -0.25, 0.35, 0.2)
     r_min, r_max = fec.ratio_bounds(p, *hi, *lo, prob=prob)
     torch.testing.assert_close(r_min, torch.full_like(p, 0.8))
     torch.testing.assert_close(r_max, torch.full_like(p, 1.2))
-    full_h, full_l = fec.blended_threshold(1.0, -0.25, 0.5, 0.2), fec.blended_threshold(1.0, -0.13, 0.3, 0.2)
+    full_h, full_l = fec.blended_threshold(1.0, -0.25, 0.35, 0.2), fec.blended_threshold(1.0, -0.2, 0.3, 0.2)
     got = fec.ratio_bounds(p, *full_h, *full_l, prob=prob)
     want = fec.ratio_bounds(p, **DEFAULTS, prob=prob)
     for a, b in zip(got, want):
@@ -234,6 +238,46 @@ def test_clipping_regions_on_a_tabular_softmax_moves_entropy_as_predicted(seed):
     assert without_raising < 0 < without_lowering
 
 
+def ppo_entropy_change(mode: str, coefficients: dict, lr: float, seed: int, ppo_steps: int = 8) -> float:
+    """Entropy change of a tabular softmax (10 actions, 3 of them rewarded) after `ppo_steps` full-batch SGD steps on
+    the FEC loss of one rollout of 64 sampled actions with group-normalised advantages; the bounds of `mode`:
+    standard (w⁺ = w⁻ = 0), increase (w⁺ = 1, the upper bound: `boost`) or decrease (w⁻ = 1: `suppress`)."""
+    gen = torch.Generator().manual_seed(seed)
+    theta = torch.randn(10, generator=gen, dtype=torch.float64) * 1.5
+    rewarded = torch.zeros(10, dtype=torch.float64)
+    rewarded[torch.randint(0, 10, (3,), generator=gen)] = 1.0
+    upper, lower = {"standard": (0, 0), "increase": (1, 0), "decrease": (0, 1)}[mode]
+    alpha_h, beta_h = fec.blended_threshold(upper, coefficients["alpha_h"], coefficients["beta_h"], 0.2)
+    alpha_l, beta_l = fec.blended_threshold(lower, coefficients["alpha_l"], coefficients["beta_l"], 0.2)
+    p_old = theta.softmax(-1)
+    actions = torch.multinomial(p_old, 64, replacement=True, generator=gen)
+    reward = rewarded[actions]
+    adv = (reward - reward.mean()) / (reward.std() + 1e-6)
+    logp_old = p_old.log()[actions]
+    r_min, r_max = fec.ratio_bounds(logp_old.exp(), alpha_h, beta_h, alpha_l, beta_l)
+    for _ in range(ppo_steps):
+        z = theta.clone().requires_grad_(True)
+        ratio = torch.exp(z.log_softmax(-1)[actions] - logp_old)
+        (grad,) = torch.autograd.grad(fec.fec_token_loss(adv, ratio, r_min, r_max, 10.0)[0].mean(), z)
+        theta = theta - lr * grad
+    entropy = lambda p: float(-(p * p.log()).sum())  # noqa: E731
+    return entropy(theta.softmax(-1)) - entropy(p_old)
+
+
+@pytest.mark.parametrize("lr", [0.1, 0.3, 1.0])
+def test_increasing_bounds_raise_and_decreasing_bounds_lower_the_entropy(lr):
+    """The direction of FEC's bounds, 40 seeds, 8 PPO steps on one rollout: the increasing mode (upper bound, loose
+    for unlikely and tight for likely tokens) ends with more entropy than the standard clip ε = 0.2, the decreasing
+    mode (lower bound) with less. The coefficients shipped before, never tighter than ε_std on the upper side, did not
+    (at lr 1 their increasing mode lowered the entropy more than the standard clip)."""
+    mean = lambda mode, c: sum(ppo_entropy_change(mode, c, lr, s) for s in range(40)) / 40  # noqa: E731
+    standard, increase, decrease = (mean(m, DEFAULTS) for m in ("standard", "increase", "decrease"))
+    print(f"lr {lr}: standard {standard:+.4f}, increase {increase:+.4f}, decrease {decrease:+.4f}")
+    assert decrease < standard < increase
+    if lr == 1.0:
+        assert mean("increase", SHIPPED_BEFORE) < standard
+
+
 # ── metric weights and the per-micro-batch loss ───────────────────────────────────────────────────────
 def test_micro_batch_mean_weights_give_token_means_over_processes_and_epochs():
     torch.manual_seed(5)
@@ -321,8 +365,8 @@ def cli(args, timeout=600):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--alpha-high", "-0.6"], "--alpha-high -0.6, --beta-high 0.5"),
-    (["--beta-low", "1.0"], "--alpha-low -0.13, --beta-low 1.0"),
+    (["--alpha-high", "-0.6"], "--alpha-high -0.6, --beta-high 0.35"),
+    (["--beta-low", "1.0"], "--alpha-low -0.2, --beta-low 1.0"),
     (["--alpha-low", "1.0"], "--alpha-low 1.0"),
     (["--eps-std", "1.0"], "--eps-std"),
     (["--phase-split", "1"], "--phase-split"),
@@ -360,7 +404,7 @@ def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
     for row in rows:
         assert expected <= set(row), expected - set(row)
         assert all(math.isfinite(v) for k, v in row.items() if k.startswith("algo/"))
-        assert 1.2 < row["algo/ratio_max_mean"] <= 1.5 and 0.7 <= row["algo/ratio_min_mean"] < 0.81
+        assert 1.08 <= row["algo/ratio_max_mean"] <= 1.35 and 0.7 <= row["algo/ratio_min_mean"] <= 0.875
         fractions = [row[f"algo/region_E{k}_frac"] for k in (1, 2, 3, 4)]
         assert all(0 <= f <= 1 for f in fractions) and 0 < sum(fractions) <= 1 + 1e-6
         for k in (1, 2, 3, 4):
@@ -375,6 +419,20 @@ def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
     glossary = set(re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", readme.split("## Logged metrics")[1]))
     logged = {k for row in rows for k in row if k != "step"}
     assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+
+
+def test_defaults_take_16_updates_per_rollout_and_the_bounds_act(tmp_path):
+    """`python adaptive_clip.py` as shipped (16 prompts × 8, 16 minibatch updates, schedule ID): the bounds clip
+    tokens, and in the first step (upper weight 1) the mean upper bound is below the standard 1.2."""
+    assert fec.Args().num_minibatches == 16 and grpo.Args().num_minibatches == 1
+    proc = cli(["--total-steps", "2", "--eval-every", "0", "--grader-workers", "1", "--output-dir", str(tmp_path),
+                "--run-name", "defaults"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "note: one update per rollout" not in proc.stderr
+    rows = metrics(tmp_path / "defaults")
+    assert rows[0]["algo/schedule_upper_weight"] == 1.0 and rows[0]["algo/ratio_max_mean"] < 1.2
+    assert sum(r["train/clip_frac_high"] + r["train/clip_frac_low"] for r in rows) > 0
+    assert json.loads((tmp_path / "defaults" / "args.json").read_text())["num_minibatches"] == 16
 
 
 def test_oscillatory_decay_with_gradient_preserving_resumes_exactly(tmp_path):

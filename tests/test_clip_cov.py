@@ -353,10 +353,26 @@ def test_two_step_run_logs_finite_algorithm_metrics(tmp_path, flags):
     assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
 
 
+@pytest.mark.parametrize("method", ["clip-cov", "kl-cov"])
+def test_defaults_are_the_paper_recipe_structure_and_the_method_acts(tmp_path, method):
+    """`python clip_cov.py` as shipped: 8 minibatch updates per rollout, DAPO dynamic sampling, statistics per
+    micro-batch. Both methods choose tokens every step (the floor of one per micro-batch, which the script notes at
+    start), and the ratio leaves 1 (KL-Cov's penalty has a gradient only there)."""
+    assert (cc.Args().num_minibatches, cc.Args().filter_groups, cc.Algorithm().cov_stats) == (8, True, "micro-batch")
+    proc = run(["--method", method, "--total-steps", "2", "--eval-every", "0", "--grader-workers", "1",
+                "--output-dir", str(tmp_path), "--run-name", "defaults"])
+    assert ("note: a micro-batch of 16 sequences" in proc.stderr) == (method == "clip-cov")
+    saved = json.loads((tmp_path / "defaults" / "args.json").read_text())
+    assert (saved["num_minibatches"], saved["filter_groups"]) == (8, True)
+    for row in metrics(tmp_path / "defaults"):
+        assert 0 < row["algo/selected_frac"] < 0.01 and row["train/ppo_kl"] != 0
+        assert row["rollout/gen_batches"] >= 1
+
+
 def test_clip_cov_kill_and_resume_matches_uninterrupted_run(tmp_path):
     """The draw is seeded from the algorithm state: a run resumed from its step-2 checkpoint repeats steps 3-4."""
     common = [*TINY, "--total-steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--clip-cov-lb", "0",
-              "--micro-batch-size", "4", "--output-dir", str(tmp_path)]
+              "--micro-batch-size", "4", "--num-minibatches", "2", "--output-dir", str(tmp_path)]
     run([*common, "--run-name", "full"])
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000004")

@@ -234,6 +234,25 @@ def test_policy_token_loss_is_weight_times_dual_clip_ppo(stats, mode):
     assert float(info["algo/omega_abs_max"]) == pytest.approx(float(omega.abs()[valid].max()))
 
 
+def test_clip_indicator_form_zeroes_omega_of_clipped_tokens():
+    """`--omega-clip-indicator` (the paper's text): Ω_t × 1[not clipped], so the clipped tokens weigh 1 (exp mode)
+    and the micro-batch's max |Ω| is taken over the unclipped ones; without it (the code) they count too."""
+    batch = make_batch(seed=3)
+    logp = (batch["logp_old"] + 0.4 * torch.randn_like(batch["logp_old"])).requires_grad_()
+    ratio = torch.exp(logp.detach() - batch["logp_old"])
+    _, clipped_low, clipped_high = grpo.clipped_surrogate(batch["adv"], ratio, 0.2, 0.28, 10.0)
+    unclipped = ~(clipped_low | clipped_high)
+    omega = steer.steer_omega(batch["adv"], logp, batch["logp_old"], batch["entropy_old"]) * unclipped
+    want = steer.steer_weights(omega, batch["loss_mask"])
+    args = steer.Args(algo=steer.Algorithm(omega_clip_indicator=True))
+    loss, info = steer.policy_token_loss(batch, logp, args, {})
+    ppo = grpo.clipped_surrogate(batch["adv"], ratio, 0.2, 0.28, 10.0)[0]
+    torch.testing.assert_close(loss.detach(), want * ppo)
+    assert ((want == 1) | ~(batch["loss_mask"] > 0))[~unclipped].all() and (~unclipped & (batch["loss_mask"] > 0)).any()
+    _, info_code = steer.policy_token_loss(batch, logp, steer.Args(), {})
+    assert float(info["algo/omega_abs_mean"]) < float(info_code["algo/omega_abs_mean"])
+
+
 def test_global_and_micro_batch_statistics_differ_on_a_subset():
     batch = make_batch(seed=5)
     whole = steer.steer_omega(batch["adv"], batch["logp_old"], batch["logp_old"], batch["entropy_old"]).abs()
@@ -310,3 +329,20 @@ def test_two_step_run_logs_finite_algo_metrics(tmp_path, flags, low, high):
     glossary = set(re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
     logged = {k for row in rows for k in row if k != "step"}
     assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+
+
+def test_defaults_are_the_authors_structure_and_the_weights_act(tmp_path):
+    """`python steer.py` as shipped: 16 minibatch updates per rollout, |Ω| statistics per micro-batch of 8 sequences
+    (the authors': 8 per GPU); every micro-batch's largest |Ω| gets λ_min = 0.8, and PPO clipping acts."""
+    assert (steer.Args().num_minibatches, steer.Args().micro_batch_size) == (16, 8)
+    args = ["--total-steps", "2", "--eval-every", "0", "--grader-workers", "1", "--output-dir", str(tmp_path),
+            "--run-name", "defaults"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "steer.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    saved = json.loads((tmp_path / "defaults" / "args.json").read_text())
+    assert (saved["num_minibatches"], saved["micro_batch_size"]) == (16, 8)
+    for row in (json.loads(line) for line in (tmp_path / "defaults" / "metrics.jsonl").read_text().splitlines()):
+        assert row["algo/weight_min"] == pytest.approx(0.8) and row["algo/weight_mean"] < 1
+        assert row["train/clip_frac_low"] + row["train/clip_frac_high"] > 0 and row["train/ppo_kl"] != 0
