@@ -47,6 +47,7 @@ naming the flag to change, exit status 2.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -64,7 +65,7 @@ from transformers import AutoModelForCausalLM
 
 from common.data import BENCHMARKS, DataError, build_prompt, check_source, load_problems
 from common.reward import extract_answer, is_equiv, score
-from grpo import UsageError, build_vllm_engine, generate, load_pretrained, one_line, resolve_model, stop_token_ids, \
+from grpo import RunError, UsageError, build_vllm_engine, generate, load_pretrained, one_line, resolve_model, stop_token_ids, \
     vllm_available
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -503,8 +504,9 @@ def main(args: Args) -> dict:
         d["samples"] = [flat[i * d["n"]: (i + 1) * d["n"]] for i in range(len(d["prompt_ids"]))]
         gen_s[name] = time.time() - t0
         print(f"{name}: {len(flat)} responses in {gen_s[name]:.1f} s")
-    if llm is not None:  # free the GPU before any HF forward pass (--entropy full)
+    if llm is not None:  # free the GPU before any HF forward pass (--entropy full); the engine holds reference cycles
         del llm
+        gc.collect()
         torch.cuda.empty_cache()
     for name, d in data.items():
         flat = [s for samples in d["samples"] for s in samples]
@@ -545,8 +547,9 @@ def main(args: Args) -> dict:
                            ("completions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions))):
             with open(os.path.join(output_dir, name), "w") as f:
                 f.write(text)
-    except OSError as error:  # the table is still printed below
-        print(f"error: could not write {output_dir} ({one_line(error)})", file=sys.stderr)
+    except OSError as error:  # the table is still printed, then exit status 1
+        print(f"\n{table}", file=sys.stderr)
+        raise RunError(f"could not write {output_dir} ({one_line(error)}); the table above is all that is left") from None
     print(f"\n{table}\nwrote {output_dir}/results.json, results.md, completions.jsonl")
     return results
 
@@ -554,6 +557,6 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args, description=__doc__.split("\n\n")[0]))
-    except UsageError as e:
+    except (UsageError, RunError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, no traceback
-        sys.exit(2)
+        sys.exit(2 if isinstance(e, UsageError) else 1)

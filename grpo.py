@@ -166,7 +166,8 @@ class RunError(RuntimeError):
 def flat_args(args: Args) -> dict:
     """{flag: value}, the method's flags included (what `args.json`, TensorBoard and W&B record)."""
     values = asdict(args)
-    return {**values, **values.pop("algo")}
+    algo = values.pop("algo")
+    return {**values, **algo}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -177,20 +178,21 @@ def parse_args(argv: list[str] | None = None) -> Args:
     args = parse()
     saved = read_run_args(args.resume)
     if saved.get("script") == SCRIPT:  # another script's run is refused by check_args
-        algo = saved.pop("algo")
-        args = parse(Args(**{k: v for k, v in saved.items() if k in Args.__dataclass_fields__}, algo=Algorithm(**algo)))
+        saved = {**saved, **saved.get("algo", {})}  # flat (older runs: the method's flags nested)
+        known = lambda cls: {k: v for k, v in saved.items() if k in cls.__dataclass_fields__ and k != "algo"}  # noqa
+        args = parse(Args(**known(Args), algo=Algorithm(**known(Algorithm))))
     return args
 
 
-def read_run_args(run_dir: str | None) -> dict:
+def read_run_args(run_dir: str | None, name: str = "args.json") -> dict:
     try:
-        with open(os.path.join(run_dir, "args.json")) as f:
+        with open(os.path.join(run_dir, name)) as f:
             return json.load(f)
-    except (OSError, TypeError, ValueError):
+    except (OSError, TypeError, ValueError):  # missing, damaged, or no run
         return {}
 
 
-def check_args(args: Args, world: int, engine: str) -> None:
+def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
     """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
     seqs = args.prompts_per_step // world * args.group_size
     for flag, ok, requirement in [
@@ -213,6 +215,17 @@ def check_args(args: Args, world: int, engine: str) -> None:
     ]:
         if not ok:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be {requirement}")
+    for minimum, flags in ((1, ("entropy_chunk_size", "hf_generation_batch_size", "keep_checkpoints", "max_gen_batches")),
+                           (0, ("threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef", "weight_decay",
+                                "lr_warmup_steps", "grader_workers"))):
+        for flag in (f for f in flags if getattr(args, f) < minimum):
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= {minimum}")
+    for flag in ("max_grad_norm", "grader_timeout_s", "eval_temperature", "loss_scale_factor"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be > 0")
+    if fsdp1:
+        raise UsageError("FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 "
+                         "(configs/fsdp.yaml)")
     if engine != "vllm" and args.rollout_engine == "vllm":
         raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
     resolve_model(args.model)
@@ -227,9 +240,9 @@ def check_args(args: Args, world: int, engine: str) -> None:
             raise UsageError(f"--resume {args.resume}: not a run directory (no readable args.json)")
         if saved["script"] != SCRIPT:
             raise UsageError(f"--resume {args.resume}: written by {saved['script']}, not {SCRIPT}")
-        saved = {**saved, **saved["algo"]}
-        changed = [f"--{k.replace('_', '-')} {v!r} (the run's: {saved.get(k)!r})" for k, v in flat_args(args).items()
-                   if k not in RESUMABLE and saved.get(k) != v]
+        saved = {**saved, **saved.get("algo", {})}
+        changed = [f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})" for k, v in flat_args(args).items()
+                   if k not in RESUMABLE and k in saved and saved[k] != v]  # a flag newer than the run: its default
         if changed:
             raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
     elif args.run_name and os.path.exists(os.path.join(args.output_dir, args.run_name)):
@@ -473,9 +486,10 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
             input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=device)  # left padding
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=device)
             recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=not greedy, temperature=1.0,
-                                 top_p=top_p, top_k=0, max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                                 pad_token_id=pad_id, logits_processor=LogitsProcessorList([recorder]))
+            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=not greedy,
+                                 **({} if greedy else dict(temperature=1.0, top_p=top_p, top_k=0)), eos_token_id=stop_ids,
+                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                 logits_processor=LogitsProcessorList([recorder]))
             generated = out[:, width:]
             logps = recorder.finish(generated[:, -1]).cpu()
             lengths, truncated = (x.tolist() for x in response_lengths(generated, stop_ids))
@@ -683,9 +697,10 @@ def resolve_model(model: str) -> str:
         path = os.path.join(REPO_DIR, path)
     if os.path.isfile(os.path.join(path, "hf", "config.json")):  # a checkpoint folder
         return os.path.join(path, "hf")
-    found = [c for c in checkpoints(path) if os.path.isfile(os.path.join(c, "hf", "config.json"))]
+    found = [m for m in [os.path.join(c, "hf") for c in checkpoints(path)] + [os.path.join(path, "final")]  # final/:
+             if os.path.isfile(os.path.join(m, "config.json"))]  # the last model of runs written before checkpoints had hf/
     if found:  # a run folder: its newest model
-        return os.path.join(found[-1], "hf")
+        return max(found, key=lambda m: os.path.getmtime(os.path.join(m, "config.json")))
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"--model {model}: a folder without config.json, hf/ or checkpoints/step_*/hf/")
     parts = model.split("/")  # a hub id is `owner/name`; `runs/x` or `./x` is a folder
@@ -714,7 +729,7 @@ def load_pretrained(path: str, what: str = "tokenizer", dtype=torch.float32):
 def checkpoints(run_dir: str) -> list[str]:
     """Finished checkpoints of a run, oldest first (`step_N.tmp` is one that was being written)."""
     root = os.path.join(run_dir, "checkpoints")
-    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if d.startswith("step_") and not d.endswith(".tmp")] \
+    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if re.fullmatch(r"step_\d+", d)] \
         if os.path.isdir(root) else []
 
 
@@ -740,7 +755,7 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, ar
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in [c for c in checkpoints(run_dir) if int(c[-6:]) > first_step][:-args.keep_checkpoints]:
+            for old in [c for c in checkpoints(run_dir) if first_step < int(c[-6:]) <= state["step"]][:-args.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
     except Exception as error:  # a full disk: OSError, torch's "enforce fail", safetensors' I/O error
         shutil.rmtree(tmp, ignore_errors=True)
@@ -766,17 +781,17 @@ class RunLogger:
             path = os.path.join(run_dir, name)
             lines = open(path).readlines() if os.path.exists(path) else []
             with open(path, "w") as f:
-                f.writelines(x for x in lines if x.endswith("\n") and 0 < json.loads(x)["step"] <= start_step)
+                f.writelines(x for x in lines if start_step and x.endswith("\n") and json.loads(x)["step"] <= start_step)
         if args.track:
             import wandb
 
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                        config=flat_args(args), name=os.path.basename(run_dir), save_code=True, resume="allow")
-        self.writer = SummaryWriter(run_dir, purge_step=start_step + 1)  # a resume overwrites the replayed steps
+        self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)  # no step logged twice
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
                                                                                     flat_args(args).items()))
         with open(os.path.join(run_dir, "args.json"), "w") as f:
-            json.dump({"script": SCRIPT, **asdict(args)}, f, indent=1)
+            json.dump({"script": SCRIPT, **flat_args(args)}, f, indent=1)
 
     def log(self, step: int, metrics: dict, completions: list[dict] = ()) -> None:
         if self.writer:
@@ -796,15 +811,10 @@ def take_prompts(problems: list[dict], pos: int, count: int, seed: int) -> list[
 
 
 def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
-    """n samples per problem with the current weights (`generate`; pushed into vLLM first)."""
-    if llm is not None:
-        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
+    """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
     with accelerator.autocast():
-        samples = generate(accelerator.unwrap_model(model), llm, tokenizer, [p["prompt_ids"] for p in problems], n,
-                           temperature, args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size)
-    if llm is not None and args.vllm_sleep_mode:
-        llm.sleep(level=1)  # free the KV cache for training
-    return samples
+        return generate(accelerator.unwrap_model(model), llm, tokenizer, [p["prompt_ids"] for p in problems], n,
+                        temperature, args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size)
 
 
 def grade(samples: list[dict], problems: list[dict], args) -> list:
@@ -821,9 +831,13 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
     world, rank, n = accelerator.num_processes, accelerator.process_index, args.eval_n
     per_rank = math.ceil(len(problems) / world)
     shard, real = (problems * world)[rank * per_rank: (rank + 1) * per_rank], problems[rank * per_rank:][:per_rank]
+    if llm is not None:
+        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
         torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
         samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids)
+    if llm is not None and args.vllm_sleep_mode:
+        llm.sleep(level=1)  # free the KV cache for training
     samples = samples[: len(real) * n]
     rewards, metrics = grade(samples, real, args), Metrics()
     metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
@@ -838,7 +852,9 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
     groups fill any gap, with `is_padding` set) and the new data position."""
     world, rank, G = accelerator.num_processes, accelerator.process_index, args.group_size
     per_rank = args.prompts_per_step // world
-    kept, dropped, gen_batches, seconds = [], [], 0, [0.0, 0.0]
+    kept, dropped, gen_batches, totals = [], [], 0, [0.0] * 4  # rollout s, grading s, tokens, grader timeouts
+    if llm is not None:
+        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     while True:
         problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
         data_pos, gen_batches = data_pos + args.prompts_per_step, gen_batches + 1
@@ -846,7 +862,8 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
         t2 = time.time()
         rewards = grade(samples, problems, args)
-        seconds = [seconds[0] + t2 - t1, seconds[1] + time.time() - t2]  # rollout, grading
+        totals = [a + b for a, b in zip(totals, (t2 - t1, time.time() - t2, sum(len(s["response_ids"]) for s in samples),
+                                                 rewards.timeouts))]
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32)
         informative = informative_groups(correct, G)
         for name, total, count in [
@@ -854,9 +871,7 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
                 ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
                 ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
                 ("rollout/all_correct_group_frac", (correct.view(-1, G) == 1).all(1).sum(), per_rank),
-                ("rollout/all_wrong_group_frac", (correct.view(-1, G) == 0).all(1).sum(), per_rank),
-                ("rollout/grader_timeouts", rewards.timeouts, 1.0 / world),  # summed over processes
-                ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), 1.0 / world)]:  # ÷ step time later
+                ("rollout/all_wrong_group_frac", (correct.view(-1, G) == 0).all(1).sum(), per_rank)]:
             metrics.add(name, total, count)
         for g, problem in enumerate(problems):
             group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
@@ -865,8 +880,12 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         if not args.filter_groups or gen_batches >= args.max_gen_batches or \
                 (accelerator.gather(fewest[None]).min() if world > 1 else fewest) >= per_rank:
             break
-    for name, value in (("rollout/gen_batches", gen_batches), ("time/rollout_s", seconds[0]), ("time/grading_s", seconds[1])):
-        metrics.add(name, value)
+    if llm is not None and args.vllm_sleep_mode:
+        llm.sleep(level=1)  # free the KV cache for training
+    for name, value, count in (("rollout/gen_batches", gen_batches, 1), ("time/rollout_s", totals[0], 1),
+                               ("time/grading_s", totals[1], 1), ("time/tokens_per_s", totals[2], 1 / world),  # ÷ step s
+                               ("rollout/grader_timeouts", totals[3], 1 / world)):  # summed over processes
+        metrics.add(name, value, count)
     # every process trains on exactly `per_rank` groups (the same number of backward calls); when the sampling
     # budget ran out, all-equal groups fill the gap with their loss masked out
     groups = kept[:per_rank] + dropped[: max(0, per_rank - len(kept))]
@@ -915,6 +934,7 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
         order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(args.seed * 31 + step * 7 + epoch))
         for k, mb_rows in enumerate(order.to(batch["adv"].device).split(n_rows // args.num_minibatches)):
             totals = minibatch_totals(batch["loss_mask"][mb_rows], reduce_sum)
+            accelerator.step = 0  # accumulation boundaries per minibatch (accelerate saves its counter in checkpoints)
             for rows in mb_rows.split(args.micro_batch_size):
                 # accelerate accumulates (DDP / FSDP: no all-reduce until the last micro-batch; DeepSpeed: its engine
                 # clips and steps there) and divides each loss by the micro-batch count, undone by the factor
@@ -1037,21 +1057,23 @@ def load_checkpoint(accelerator, found: list[str]) -> dict:
             accelerator.load_state(checkpoint)
             with open(os.path.join(checkpoint, "trainer_state.json")) as f:
                 state = json.load(f)
+        except Exception as error:  # a truncated or missing file (on any process: all fall back together)
+            print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
+            state = None
+        if accelerator.gather(torch.tensor([state is not None], device=accelerator.device)).all():
             accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
             return state
-        except Exception as error:  # a truncated or missing file
-            accelerator.print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
     return {}
 
 
 def lock_run(run_dir: str):
-    """One process at a time writes a run (a second `--resume` of it is refused); held while the file stays open."""
+    """One process at a time writes a run: the lock (None if another holds it), held while the file stays open."""
     os.makedirs(run_dir, exist_ok=True)
     lock = open(os.path.join(run_dir, ".lock"), "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)") from None
+        return None
     return lock
 
 
@@ -1064,7 +1086,8 @@ def main(args: Args) -> str:
     engine = "vllm" if args.rollout_engine in ("vllm", "auto") and vllm_available() else "hf"
     if args.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds the variance
         args.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
-    check_args(args, world, engine)
+    check_args(args, world, engine, accelerator.distributed_type == DistributedType.FSDP and
+               not getattr(accelerator, "is_fsdp2", False))
     check_algorithm_args(args)
     if args.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(args.threads)
@@ -1085,13 +1108,14 @@ def main(args: Args) -> str:
     eval_problems = load_data(args.eval_data, args.eval_split, args, tokenizer, args.num_eval_problems) \
         if args.eval_every else []
     found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
-    with open(os.path.join(found[-1], "trainer_state.json")) if found else nullcontext() as f:
-        start_step = json.load(f)["step"] if found else 0
+    start_step = read_run_args(found[-1], "trainer_state.json").get("step", 0) if found else 0
     if start_step >= args.total_steps:  # a finished run: nothing changes
         accelerator.print(f"run {run_dir} is finished ({start_step} of {args.total_steps} steps); "
                           f"to extend it: {rerun_command(run_dir)} --total-steps N")
         return run_dir
-    lock = lock_run(run_dir) if accelerator.is_main_process else None  # noqa: F841 (held until main returns)
+    lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
+    if broadcast_object_list([accelerator.is_main_process and lock is None])[0]:  # every process stops, not only one
+        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)")
 
     # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
     llm = build_vllm_engine(model_path, args.seed + rank, args.vllm_gpu_memory_utilization, args.vllm_max_model_len,

@@ -158,6 +158,9 @@ def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
     (["--resume", "runs/does-not-exist"], "--resume runs/does-not-exist"),
     (["--pos-weight", "2"], "--pos-weight"),
     (["--run-name", "taken"], "--run-name taken"),
+    (["--max-grad-norm", "0"], "--max-grad-norm 0.0: must be > 0"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must be >= 1"),
+    (["--entropy-chunk-size", "0"], "--entropy-chunk-size 0: must be >= 1"),
 ])
 def test_user_errors_are_one_line_and_exit_2(tmp_path, flags, message):
     """Checked before anything is loaded or written: one `error:` line, exit status 2, no traceback, no run dir."""

@@ -146,3 +146,17 @@ def test_no_learning_rate_scheduler_warning_and_default_model_from_anywhere(tmp_
     """Case 7: no `lr_scheduler.step()` warning; the default `--model testbed/model` works from another directory."""
     proc = run([*TINY, "--total-steps", "1", "--output-dir", str(tmp_path), "--run-name", "w"], cwd=tmp_path)
     assert "lr_scheduler.step()" not in proc.stderr and not re.search(r"Loading weights|Writing model shards", proc.stderr)
+
+
+def test_resume_keeps_the_step_0_evaluation_and_a_damaged_newest_checkpoint_is_passed_over(tmp_path):
+    """The eval curve keeps its starting point after a resume; a newest checkpoint whose trainer_state.json is cut
+    short is passed over (no traceback); args.json is flat, the method's flags beside the shared ones."""
+    run([*TINY, "--total-steps", "2", "--eval-every", "2", "--num-eval-problems", "4", "--checkpoint-every", "1",
+         "--keep-checkpoints", "3", "--output-dir", str(tmp_path), "--run-name", "ev"])
+    ev = tmp_path / "ev"
+    saved = json.loads((ev / "args.json").read_text())
+    assert "algo" not in saved and saved["pos_weight"] == 1.0 and saved["script"] == "grpo.py"
+    (ev / "checkpoints" / "step_000002" / "trainer_state.json").write_text('{"step": ')
+    proc = run(["--resume", str(ev), "--total-steps", "3"])
+    assert "step_000002 could not be loaded" in proc.stdout and "resumed from" in proc.stdout
+    assert [r["step"] for r in metrics(ev)] == [0, 1, 2, 3] and "eval/accuracy" in metrics(ev)[0]
