@@ -131,7 +131,7 @@ def make_arith_problems(
 #   smaller steps (one single digit added at a time), recognisable by its first word (``paths_format``).
 #
 # The testbed builder (testbed/build_testbed.py) fine-tunes on a mixture in which the careful path is
-# rarely chosen but well practised, so that RL can find that choosing it pays (README, "The testbed").
+# rarely chosen but well practised, so that RL can find that choosing it pays (README, "Testbed model").
 
 PATHS_TEST_FRACTION = 0.1  # share of the problem space reserved for the test split (by hash)
 PATHS_SEPARATORS = (", ", "; ", ". ")
@@ -782,7 +782,8 @@ def load_problems(
     """Load ``{"id", "question", "answer", "source", ...extra}`` records (see the module docstring).
 
     ``split`` picks gsm8k's ``train``/``test`` file (default ``test``), the split of a synthetic task
-    (``arith``, ``paths``; default ``train``) or a Hugging Face split (default ``train``). ``limit`` keeps the first ``limit`` records.
+    (``arith``, ``paths``; default ``train``) or a Hugging Face split (default ``train``). ``limit`` keeps
+    the first ``limit`` records.
     ``question_field``/``answer_field`` (dotted paths allowed) switch to generic field extraction.
     A named set's file is downloaded into the data dir if it is missing there (``fetch_file``).
     """

@@ -11,11 +11,11 @@ of 36 equivalent *pairwise* paths (which two numbers first, in which order, whic
 *careful* column path ("units ..., tens ..., \\boxed{...}"). The SFT mixture writes ``--careful-share``
 of its solutions in the careful format but keeps the loss on the format-choosing first token for only
 enough of them that the model *chooses* it about ``--careful-choice`` of the time: a skill the model
-has (practised on a quarter of the data) but rarely uses, so RL can find that using it pays. The
-pairwise choices are the high-entropy "forking" positions. ``--task arith`` builds the old model on the
-single-path ``arith`` task.
+has (practised on 30% of the data) but rarely uses (about 2% of its samples), so RL can find that using
+it pays. The pairwise choices are the high-entropy "forking" positions. ``--task arith`` builds the old
+model on the single-path ``arith`` task.
 
-    python testbed/build_testbed.py            # rewrites testbed/model/ (about 5-8 minutes on 1 CPU core)
+    python testbed/build_testbed.py            # rewrites testbed/model/ (about 6-10 minutes on 1 CPU core)
 
 At the end it measures the model where RL starts (``testbed/measure.py``: entropy at T = 1, the
 top-20% entropy share, sampled accuracy, how often each format is used and how accurate it is), prints
@@ -58,7 +58,7 @@ class Args:
     """seed for initialisation, data order and evaluation sampling"""
     careful_share: float = 0.30
     """paths: share of SFT solutions written in the careful (column) format"""
-    careful_choice: float = 0.06
+    careful_choice: float = 0.015
     """paths: share of careful solutions whose format-choosing first token is trained on, expressed as the
     format frequency it targets among all solutions (the rest of the careful solutions train the steps only)"""
     hidden_size: int = 96
