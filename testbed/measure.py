@@ -1,6 +1,6 @@
 """Measure the testbed model where RL starts: entropy, its concentration, accuracy and the ways of solving.
 
-    python testbed/measure.py                      # the committed model, 1024 test problems (~30 s on 1 core)
+    python testbed/measure.py                      # the committed model, 1024 test problems (~10 s on 1 core)
     python testbed/measure.py --model runs/NAME/checkpoints/step_000200/hf
     python testbed/measure.py --run runs/NAME      # a finished RL run: entropy and eval curves, formats used
 
