@@ -55,7 +55,7 @@ def run_one(name: str, seed: int, args) -> dict:
                 *(["--limit", str(args.eval_limit)] if args.eval_limit else [])]
     subprocess.run(evaluate, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    result = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"]["arith"]
+    (result,) = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"].values()  # the default task
     entropy = [r["entropy/mean"] for r in rows]
     k = max(1, len(rows) // 10)
     return {"method": name, "seed": seed, "entropy_initial": statistics.mean(entropy[:k]),

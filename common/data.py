@@ -6,7 +6,8 @@ non-empty gold answer string that ``common.reward.is_equiv`` can compare against
 ``load_problems(source, ...)`` is the single entry point. ``source`` is one of
 
 * a benchmark or training-set name (``DATASETS``: the evaluation sets in ``BENCHMARKS`` plus ``gsm8k``,
-  ``dapo_math_17k`` (alias ``dapo``) and ``math_train``) or the synthetic ``arith`` task. Each named set
+  ``dapo_math_17k`` (alias ``dapo``) and ``math_train``) or a synthetic task (``SYNTHETIC_TASKS``:
+  ``paths``, the testbed's default, and ``arith``). Each named set
   is one or two pinned files (``DATA_FILES``: upstream URL at a fixed commit, row count, sha256). They are
   looked up in the data dir (``resolve_data_dir``: ``--data-dir``, else ``$RLVR_DATA_DIR``, else the
   download cache ``~/.cache/rlvr-entropy/data``), downloaded there on first use (``fetch_file``) and
@@ -111,6 +112,101 @@ def make_arith_problems(
              "source": "arith", "solution": solution}
         )
     return records
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic testbed task "paths" (the scripts' default): a+b+c with several ways of solving it.
+# ----------------------------------------------------------------------------------------------
+#
+# Every question is "Compute a+b+c." with a, b, c in 10..99. A worked solution takes one of
+#
+# * a *pairwise* path (neutral: any of them is correct): add two of the numbers, then the third, in any
+#   order, with any of PATHS_SEPARATORS between the steps, the last equation ending in the box:
+#       "83+51=134, 134+39=\boxed{173}"   "39+83=122; 51+122=\boxed{173}"   ...   (6 x 2 x 3 = 36 paths)
+#   so a sampled solution forks at the first digit (which number first), after "+" (which second), at
+#   the separator and at the second step's order;
+# * the *careful* (column) path: units digits, then tens digits plus the carry, one digit at a time with
+#   the running total, then the answer (the tens total followed by the units total's last digit):
+#       "units 3+1=4+9=13, tens 8+5=13+3=16+1=17, \boxed{173}"
+#   smaller steps (one single digit added at a time), recognisable by its first word (``paths_format``).
+#
+# The testbed builder (testbed/build_testbed.py) fine-tunes on a mixture in which the careful path is
+# rarely chosen but well practised, so that RL can find that choosing it pays (README, "Testbed model").
+
+PATHS_TEST_FRACTION = 0.1  # share of the problem space reserved for the test split (by hash)
+PATHS_SEPARATORS = (", ", "; ", ". ")
+PATHS_FORMATS = ("careful", "pairwise")
+
+
+def _paths_is_test(question: str) -> bool:
+    digest = hashlib.sha256(f"paths:{question}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < PATHS_TEST_FRACTION
+
+
+def _running_sum(digits: list[int]) -> str:
+    """Single-digit steps with the running total: [2, 8, 8] -> "2+8=10+8=18"."""
+    text, total = str(digits[0]), digits[0]
+    for d in digits[1:]:
+        total += d
+        text += f"+{d}={total}"
+    return text
+
+
+def paths_solution(terms: tuple[int, int, int], fmt: str, rng: random.Random) -> str:
+    """A worked solution of ``Compute a+b+c.`` in format ``fmt`` (``PATHS_FORMATS``); ``rng`` picks the
+    pairwise path's order and separator (the careful path has none to pick)."""
+    if fmt == "careful":
+        units, tens = [t % 10 for t in terms], [t // 10 for t in terms]
+        carry = sum(units) // 10
+        return f"units {_running_sum(units)}, tens {_running_sum(tens + [carry])}, \\boxed{{{sum(terms)}}}"
+    if fmt != "pairwise":
+        raise ValueError(f"unknown paths format {fmt!r}; choose one of {PATHS_FORMATS}")
+    x, y, z = rng.sample(list(terms), 3)
+    partial = x + y
+    second = f"{partial}+{z}" if rng.random() < 0.5 else f"{z}+{partial}"
+    return f"{x}+{y}={partial}{rng.choice(PATHS_SEPARATORS)}{second}=\\boxed{{{partial + z}}}"
+
+
+def paths_format(completion: str) -> str:
+    """The format a (sampled) solution uses: ``careful`` (starts with "units"), ``pairwise`` (starts with
+    "<number>+<number>=") or ``other``."""
+    text = completion.lstrip()
+    if text.startswith("units"):
+        return "careful"
+    if re.match(r"\d+\+\d+=", text):
+        return "pairwise"
+    return "other"
+
+
+def make_paths_problems(num: int, split: str = "train", seed: int = 0, careful_share: float = 0.0) -> list[dict]:
+    """Generate ``num`` distinct ``paths`` problems of one split (disjoint by a hash of the question,
+    deterministic given ``seed``). Each record carries ``terms`` and a ``solution`` (careful with
+    probability ``careful_share``, else a random pairwise path) for supervised fine-tuning."""
+    if split not in ("train", "test"):
+        raise ValueError(f"paths split must be 'train' or 'test', got {split!r}")
+    want_test = split == "test"
+    rng = random.Random(f"paths-{split}-{seed}")
+    records: list[dict] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(records) < num:
+        attempts += 1
+        if attempts > 100 * num + 10_000:
+            raise RuntimeError(f"could not generate {num} distinct paths {split} problems")
+        terms = (rng.randint(10, 99), rng.randint(10, 99), rng.randint(10, 99))
+        question = f"Compute {terms[0]}+{terms[1]}+{terms[2]}."
+        fmt = "careful" if rng.random() < careful_share else "pairwise"
+        solution = paths_solution(terms, fmt, rng)
+        if _paths_is_test(question) != want_test or question in seen:
+            continue
+        seen.add(question)
+        records.append({"id": f"paths-{split}-{len(records)}", "question": question, "answer": str(sum(terms)),
+                        "source": "paths", "solution": solution, "terms": list(terms)})
+    return records
+
+
+SYNTHETIC_TASKS = ("paths", "arith")  # generated, not downloaded; both have a train and a test split
+DEFAULT_TASK = "paths"  # the testbed model's task: the scripts' default --train-data / --eval-data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -676,7 +772,7 @@ def check_source(source: str) -> None:
     """Raise ``DataError`` / ``DataNotFoundError`` unless ``source`` names something ``load_problems`` can
     read: a known name, an existing local file (``json:<path>`` etc. included) or a hub id ``owner/name``.
     Cheap: nothing is read or downloaded."""
-    if _ALIASES.get(source.lower(), source.lower()) in (*_BENCHMARK_SPECS, "arith"):
+    if _ALIASES.get(source.lower(), source.lower()) in (*_BENCHMARK_SPECS, *SYNTHETIC_TASKS):
         return
     builder, _, data_files = source.partition(":")
     if builder in ("json", "parquet", "csv") and data_files:
@@ -692,7 +788,7 @@ def check_source(source: str) -> None:
         raise DataNotFoundError(f"{source}: no such file")
     if not (_HUB_ID_RE.match(source) and not path.parts[0] in (".", "..")):
         raise DataError(
-            f"unknown data set {source!r}: use one of {', '.join((*DATASETS, 'arith'))}, a local .jsonl/.json/.parquet "
+            f"unknown data set {source!r}: use one of {', '.join((*DATASETS, *SYNTHETIC_TASKS))}, a local .jsonl/.json/.parquet "
             f"file, or a Hugging Face dataset id (owner/name)"
         )
 
@@ -708,8 +804,9 @@ def load_problems(
 ) -> Problems:
     """Load ``{"id", "question", "answer", "source", ...extra}`` records (see the module docstring).
 
-    ``split`` picks gsm8k's ``train``/``test`` file (default ``test``), the arith split (default
-    ``train``) or a Hugging Face split (default ``train``). ``limit`` keeps the first ``limit`` records.
+    ``split`` picks gsm8k's ``train``/``test`` file (default ``test``), the split of a synthetic task
+    (``arith``, ``paths``; default ``train``) or a Hugging Face split (default ``train``). ``limit`` keeps
+    the first ``limit`` records.
     ``question_field``/``answer_field`` (dotted paths allowed) switch to generic field extraction.
     A named set's file is downloaded into the data dir if it is missing there (``fetch_file``).
     """
@@ -723,6 +820,10 @@ def load_problems(
         arith_split = split or "train"
         num = limit if limit is not None else (20000 if arith_split == "train" else 500)
         return Problems(make_arith_problems(num, arith_split, seed=0))
+    if name == "paths":
+        paths_split = split or "train"
+        num = limit if limit is not None else (20000 if paths_split == "train" else 500)
+        return Problems(make_paths_problems(num, paths_split, seed=0))
 
     if name in _BENCHMARK_SPECS:
         record_fn, files = _BENCHMARK_SPECS[name]

@@ -1,14 +1,28 @@
-"""Build the CPU testbed model: a ~0.4M-parameter Llama-architecture model that half-solves the synthetic arithmetic task.
+"""Build the CPU testbed model: a ~0.4M-parameter Llama-architecture model that partly solves a synthetic task.
 
 Creates a character-level tokenizer (printable ASCII + newline, loadable offline with
 ``AutoTokenizer.from_pretrained``), a small ``LlamaForCausalLM``, and trains it by supervised
-fine-tuning on worked solutions of ``common.data.make_arith_problems`` until its *sampled*
-(temperature 1.0) accuracy on a validation set first reaches ``--target-accuracy``. Stopping part-way
-is the point: RL then has signal (some groups are mixed) and room (entropy is clearly above zero).
+fine-tuning on worked solutions of the task until its *sampled* (temperature 1.0) accuracy on a
+validation set first reaches ``--target-accuracy``. Stopping part-way is the point: RL then has signal
+(some groups are mixed) and room (entropy is clearly above zero).
 
-    python testbed/build_testbed.py            # rewrites testbed/model/ (about 2-4 minutes on 2 CPU cores)
+The default task is ``paths`` (``common.data.make_paths_problems``): "Compute a+b+c." solved along one
+of 36 equivalent *pairwise* paths (which two numbers first, in which order, which separator) or the
+*careful* column path ("units ..., tens ..., \\boxed{...}"). The SFT mixture writes ``--careful-share``
+of its solutions in the careful format but keeps the loss on the format-choosing first token for only
+enough of them that the model *chooses* it about ``--careful-choice`` of the time: a skill the model
+has (practised on 30% of the data) but rarely uses (about 2% of its samples), so RL can find that using
+it pays. The pairwise choices are the high-entropy "forking" positions. ``--task arith`` builds the old
+model on the single-path ``arith`` task.
 
-Deterministic for a given seed, torch version and thread count (the script pins 1 thread).
+    python testbed/build_testbed.py            # rewrites testbed/model/ (about 6-10 minutes on 1 CPU core)
+
+At the end it measures the model where RL starts (``testbed/measure.py``: entropy at T = 1, the
+top-20% entropy share, sampled accuracy, how often each format is used and how accurate it is), prints
+the figures and records them in ``build_info.json``.
+
+Deterministic for a given seed, torch build and thread count (the script pins 1 thread): two builds
+on the same machine write byte-identical ``model.safetensors``.
 """
 
 from __future__ import annotations
@@ -28,7 +42,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.data import build_prompt, make_arith_problems  # noqa: E402
+from common.data import build_prompt, load_problems, make_arith_problems, make_paths_problems  # noqa: E402
+from testbed.measure import measure  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,8 +52,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class Args:
     out_dir: str = os.path.join(HERE, "model")
     """where the Hugging Face model folder is written"""
+    task: str = "paths"
+    """synthetic task: paths (the default testbed) or arith (the old single-path task)"""
     seed: int = 1
     """seed for initialisation, data order and evaluation sampling"""
+    careful_share: float = 0.30
+    """paths: share of SFT solutions written in the careful (column) format"""
+    careful_choice: float = 0.015
+    """paths: share of careful solutions whose format-choosing first token is trained on, expressed as the
+    format frequency it targets among all solutions (the rest of the careful solutions train the steps only)"""
     hidden_size: int = 96
     """model width"""
     num_layers: int = 4
@@ -55,13 +77,15 @@ class Args:
     """peak AdamW learning rate (linear warm-up, then constant)"""
     warmup_steps: int = 50
     """linear warm-up steps"""
-    max_steps: int = 4000
+    max_steps: int = 3000
     """hard limit on SFT steps (the accuracy target normally stops training much earlier)"""
     eval_every: int = 50
     """evaluate sampled validation accuracy every this many steps"""
     num_eval: int = 256
     """validation problems (test split, a seed different from the benchmark's)"""
-    target_accuracy: float = 0.30
+    num_measure: int = 1024
+    """test problems of the final measurement (the benchmark's first ones: what RL evaluates on)"""
+    target_accuracy: float = 0.27
     """stop at the first evaluation whose sampled accuracy (temperature 1.0) reaches this"""
     threads: int = 1
     """torch CPU threads (pinned: results depend on the thread count; 1 is robust to a busy machine)"""
@@ -88,7 +112,8 @@ def encode_sft_batch(tokenizer, problems: list[dict]) -> tuple[torch.Tensor, tor
         prompt_ids = tokenizer(build_prompt(p["question"], "plain"), add_special_tokens=False)["input_ids"]
         answer_ids = tokenizer(p["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         rows.append(prompt_ids + answer_ids)
-        label_rows.append([-100] * len(prompt_ids) + answer_ids)
+        first = -100 if p.get("untrained_choice") else answer_ids[0]  # the format-choosing token
+        label_rows.append([-100] * len(prompt_ids) + [first] + answer_ids[1:])
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), tokenizer.pad_token_id)
     labels = torch.full((len(rows), width), -100)
@@ -101,8 +126,8 @@ def encode_sft_batch(tokenizer, problems: list[dict]) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int, max_new_tokens: int = 64) -> tuple[float, float]:
-    """(accuracy, mean sampled-token entropy) at temperature 1.0, top-p 1, top-k off."""
+def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int, max_new_tokens: int = 64) -> tuple[float, float, float]:
+    """(accuracy, mean sampled-token entropy, share of careful-format responses) at temperature 1.0, top-p 1, top-k off."""
     model.eval()
     prompts = [build_prompt(p["question"], "plain") for p in problems]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -128,7 +153,8 @@ def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int, max_new_
         ent_n += int(alive.sum())
         alive &= gen[:, t] != tokenizer.eos_token_id
     model.train()
-    return correct / len(problems), ent_sum / max(ent_n, 1)
+    careful = sum(t.lstrip().startswith("units") for t in completions) / len(problems)
+    return correct / len(problems), ent_sum / max(ent_n, 1), careful
 
 
 def main(args: Args) -> None:
@@ -152,8 +178,21 @@ def main(args: Args) -> None:
     num_params = sum(p.numel() for p in model.parameters())
     print(f"testbed model: {num_params / 1e6:.3f}M parameters, vocab {len(tokenizer)}")
 
-    train = make_arith_problems(args.batch_size * args.max_steps, "train", seed=args.seed)
-    val = make_arith_problems(args.num_eval, "test", seed=12345)
+    if args.task == "paths":
+        train = make_paths_problems(args.batch_size * args.max_steps, "train", seed=args.seed,
+                                    careful_share=args.careful_share)
+        # keep the first-token loss of a fraction k of careful solutions: k*c / ((1-c) + k*c) = careful_choice
+        c, f = args.careful_share, args.careful_choice
+        keep = min(1.0, f * (1 - c) / (c * (1 - f))) if c > 0 else 1.0
+        choice_rng = random.Random(f"careful-choice-{args.seed}")
+        for p in train:
+            p["untrained_choice"] = p["solution"].startswith("units") and choice_rng.random() >= keep
+        val = make_paths_problems(args.num_eval, "test", seed=12345)
+    elif args.task == "arith":
+        train = make_arith_problems(args.batch_size * args.max_steps, "train", seed=args.seed)
+        val = make_arith_problems(args.num_eval, "test", seed=12345)
+    else:
+        raise SystemExit(f"unknown --task {args.task!r}: paths or arith")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup_steps))
 
@@ -169,13 +208,19 @@ def main(args: Args) -> None:
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if step % args.eval_every == 0:
-            acc, ent = sampled_accuracy(model, tokenizer, val, seed=args.seed)
-            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "val_entropy": ent})
-            print(f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  "
+            acc, ent, careful = sampled_accuracy(model, tokenizer, val, seed=args.seed)
+            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "val_entropy": ent,
+                            "val_careful_share": careful})
+            print(f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  careful {careful:.3f}  "
                   f"({time.time() - start:.0f}s)", flush=True)
             if acc >= args.target_accuracy:
                 break
 
+    sft_seconds = time.time() - start
+    model.eval()
+    figures = measure(model, tokenizer, load_problems(args.task, split="test", limit=args.num_measure), seed=0)
+    print("measured at T=1 on", args.num_measure, f"{args.task} test problems:",
+          ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()), flush=True)
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
@@ -184,8 +229,9 @@ def main(args: Args) -> None:
     model.save_pretrained(args.out_dir)
     tokenizer.save_pretrained(args.out_dir)
     with open(os.path.join(args.out_dir, "build_info.json"), "w") as f:
-        json.dump({"args": vars(args), "num_params": num_params, "steps": step,
-                   "seconds": round(time.time() - start, 1), "torch": torch.__version__, "history": history}, f, indent=1)
+        json.dump({"args": {k: v for k, v in vars(args).items() if k != "out_dir"}, "num_params": num_params,
+                   "steps": step, "sft_seconds": round(sft_seconds, 1), "seconds": round(time.time() - start, 1),
+                   "torch": torch.__version__, "measured": figures, "history": history}, f, indent=1)
     reloaded = AutoTokenizer.from_pretrained(args.out_dir)
     probe = build_prompt(val[0]["question"], "plain") + val[0]["solution"]
     assert reloaded.decode(reloaded(probe, add_special_tokens=False)["input_ids"]) == probe, "tokenizer round trip failed"
