@@ -46,7 +46,7 @@ collapses GRPO there), ID. With one update per rollout the ratio is 1, no bound 
 Everything else is grpo.py's. `--clip-low`/`--clip-high` are used only with `--eps-std None`, as the standard
 thresholds of the lower/upper side.
 
-Run:  python adaptive_clip.py               # CPU, testbed model, synthetic arithmetic
+Run:  python adaptive_clip.py               # CPU, testbed model, the synthetic `paths` task
       accelerate launch --config_file configs/zero3.yaml adaptive_clip.py --model Qwen/Qwen2.5-Math-7B ...
 """
 
@@ -102,9 +102,9 @@ class Args:
     wandb_entity: str | None = None  # Weights & Biases entity (team)
     # model and data
     model: str = "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
-    train_data: str = "arith"  # training problems: a data-set name or a local .jsonl/.json/.parquet file
+    train_data: str = "paths"  # training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet
     train_split: str | None = None  # split of train_data (None: the loader's choice)
-    eval_data: str = "arith"  # held-out problems evaluated every eval_every steps (same forms as train_data)
+    eval_data: str = "paths"  # held-out problems evaluated every eval_every steps (same forms as train_data)
     eval_split: str | None = "test"  # split of eval_data
     data_dir: str | None = None  # directory of the benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) data rows without a usable question or answer instead of stopping

@@ -41,7 +41,7 @@ Everything else (rollout, advantages, aggregation, truncated IS, KL/entropy term
 Logged: `algo/cov_mean` (mean c_t over the valid tokens), `algo/cov_selected_mean` (over the chosen tokens),
 `algo/selected_frac` (chosen / valid tokens, a fraction), summed over every loss call of the step and all processes.
 
-Run:  python clip_cov.py                   # CPU, testbed model, synthetic arithmetic (minutes)
+Run:  python clip_cov.py                   # CPU, testbed model, the synthetic `paths` task (minutes)
       accelerate launch --config_file configs/zero3.yaml clip_cov.py --model Qwen/Qwen2.5-7B --method kl-cov ...
 """
 
@@ -97,9 +97,9 @@ class Args:
     wandb_entity: str | None = None  # Weights & Biases entity (team)
     # model and data
     model: str = "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
-    train_data: str = "arith"  # training problems: a data-set name or a local .jsonl/.json/.parquet file
+    train_data: str = "paths"  # training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet
     train_split: str | None = None  # split of train_data (None: the loader's choice)
-    eval_data: str = "arith"  # held-out problems evaluated every eval_every steps (same forms as train_data)
+    eval_data: str = "paths"  # held-out problems evaluated every eval_every steps (same forms as train_data)
     eval_split: str | None = "test"  # split of eval_data
     data_dir: str | None = None  # directory of the benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) data rows without a usable question or answer instead of stopping

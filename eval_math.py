@@ -34,7 +34,7 @@ benchmarks aime24, aime25, amc23, math500, minerva_math, olympiadbench; n = 32 f
 n = 1 for math500/minerva_math/olympiadbench (`name@n` in --benchmarks still wins; other benchmarks use
 --n); template qwen-math; temperature 1.0; max_new_tokens 3000. top_p stays 1.0 unless given.
 
-Run:  python eval_math.py                  # CPU, the testbed model on the synthetic `arith` test split
+Run:  python eval_math.py                  # CPU, the testbed model on the synthetic `paths` test split
       python eval_math.py --model Qwen/Qwen2.5-Math-7B --protocol opefo
       python eval_math.py --model runs/<run> --benchmarks aime24@32,math500@1 --template qwen-math
       python eval_math.py --benchmarks aime24,math500 --dry-run   # load data, build prompts, check golds
@@ -63,7 +63,7 @@ import torch
 import tyro
 from transformers import AutoModelForCausalLM
 
-from common.data import BENCHMARKS, DataError, build_prompt, check_source, load_problems
+from common.data import BENCHMARKS, DEFAULT_TASK, SYNTHETIC_TASKS, DataError, build_prompt, check_source, load_problems
 from common.reward import extract_answer, is_equiv, score
 from grpo import RunError, UsageError, build_vllm_engine, generate, load_pretrained, one_line, resolve_model, stop_token_ids, \
     vllm_available
@@ -77,7 +77,7 @@ DEFAULT_MAX_NEW_TOKENS = {"plain": 64, "qwen-math": 3000, "dapo": 3000}
 @dataclass
 class Args:
     model: str = "testbed/model"  # HF model id or folder, a training run folder (its newest model) or a checkpoint folder
-    benchmarks: str | None = None  # comma-separated names or files, `name@n` sets n (None: arith; the six with --protocol opefo)
+    benchmarks: str | None = None  # comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)
     data_dir: str | None = None  # benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) rows without a usable question or answer instead of stopping
     template: Literal["plain", "qwen-math", "dapo"] | None = None  # prompt template (None: qwen-math for chat models)
@@ -139,9 +139,9 @@ def check_args(args: Args) -> list[tuple[str, int]]:
 
 def parse_benchmarks(spec: str | None, protocol: str, default_n: int) -> list[tuple[str, int]]:
     """`"aime24@32,math500"` -> [("aime24", 32), ("math500", n)], where n comes from the protocol table
-    (opefo) or `default_n`. An empty spec means arith (protocol none) or the six benchmarks (opefo)."""
+    (opefo) or `default_n`. An empty spec means the testbed task (protocol none) or the six benchmarks (opefo)."""
     if not spec:
-        spec = ",".join(BENCHMARKS) if protocol == "opefo" else "arith"
+        spec = ",".join(BENCHMARKS) if protocol == "opefo" else DEFAULT_TASK
     out = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
@@ -409,7 +409,7 @@ def load_benchmarks(benchmarks, args) -> dict:
     loaded = {}
     for name, n in benchmarks:
         try:
-            problems = load_problems(name, split="test" if name.lower() == "arith" else None, data_dir=args.data_dir,
+            problems = load_problems(name, split="test" if name.lower() in SYNTHETIC_TASKS else None, data_dir=args.data_dir,
                                      skip_invalid=args.skip_invalid, limit=args.limit)
         except (DataError, OSError) as e:  # bad rows, not the pinned file, missing and not downloadable
             raise UsageError(f"{e}" if isinstance(e, (DataError, FileNotFoundError)) else f"--benchmarks {name}: {e}") \

@@ -35,7 +35,7 @@ lr 2e-4 (the testbed's; the paper: a 7B model, lr 1e-6). Ablations: `--static-la
 side: D/I − 1, 1 − I/D). The truncated IS weight (vLLM only) and the optional KL / entropy terms are outside the
 balance.
 
-Run:  python opefo.py                      # CPU, testbed model, synthetic arithmetic (minutes)
+Run:  python opefo.py                      # CPU, testbed model, the synthetic `paths` task (minutes)
       accelerate launch --config_file configs/zero3.yaml opefo.py --model Qwen/Qwen2.5-Math-7B ...
 """
 
@@ -91,9 +91,9 @@ class Args:
     wandb_entity: str | None = None  # Weights & Biases entity (team)
     # model and data
     model: str = "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
-    train_data: str = "arith"  # training problems: a data-set name or a local .jsonl/.json/.parquet file
+    train_data: str = "paths"  # training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet
     train_split: str | None = None  # split of train_data (None: the loader's choice)
-    eval_data: str = "arith"  # held-out problems evaluated every eval_every steps (same forms as train_data)
+    eval_data: str = "paths"  # held-out problems evaluated every eval_every steps (same forms as train_data)
     eval_split: str | None = "test"  # split of eval_data
     data_dir: str | None = None  # directory of the benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) data rows without a usable question or answer instead of stopping

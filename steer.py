@@ -39,7 +39,7 @@ tokens (authors: 3,072). A token-mean over each micro-batch (the authors' loss a
 aggregation is the shared code's (token-mean over the minibatch; with one micro-batch per minibatch, the default,
 the two coincide).
 
-Run:  python steer.py                      # CPU, testbed model, synthetic arithmetic (minutes)
+Run:  python steer.py                      # CPU, testbed model, the synthetic `paths` task (minutes)
       accelerate launch --config_file configs/zero3.yaml steer.py --model Qwen/Qwen2.5-Math-7B --num-minibatches 16 ...
 """
 
@@ -95,9 +95,9 @@ class Args:
     wandb_entity: str | None = None  # Weights & Biases entity (team)
     # model and data
     model: str = "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
-    train_data: str = "arith"  # training problems: a data-set name or a local .jsonl/.json/.parquet file
+    train_data: str = "paths"  # training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet
     train_split: str | None = None  # split of train_data (None: the loader's choice)
-    eval_data: str = "arith"  # held-out problems evaluated every eval_every steps (same forms as train_data)
+    eval_data: str = "paths"  # held-out problems evaluated every eval_every steps (same forms as train_data)
     eval_split: str | None = "test"  # split of eval_data
     data_dir: str | None = None  # directory of the benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) data rows without a usable question or answer instead of stopping

@@ -18,7 +18,7 @@ Without an importable TRL the benchmark prints this and exits with status 2.
 Both trainers run as separate subprocesses, interleaved (grpo, TRL, grpo, TRL, ...), with the same
 number of steps, the same torch thread count (OMP_NUM_THREADS / MKL_NUM_THREADS, and
 torch.set_num_threads in the TRL process), fp32 on the CPU, on:
-  testbed/model, the synthetic `arith` task (load_problems("arith"), build_prompt(q, "plain")),
+  testbed/model, the synthetic `paths` task (load_problems("paths"), build_prompt(q, "plain")),
   16 prompts x 8 responses per step, 64 new tokens at most, temperature 1 (top-p 1, top-k off),
   HF `generate` rollouts, grading by common.reward.score (1 correct, 0 otherwise; 2 grader workers),
   one AdamW step per rollout batch (lr 2e-4 constant, no weight decay, grad-norm clip 1.0),
@@ -136,7 +136,7 @@ def trl_child(a: argparse.Namespace) -> None:
 
     model_path = str(REPO / "testbed" / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    problems = load_problems("arith")
+    problems = load_problems("paths")
     order = grpo_prompt_order(len(problems), a.seed, a.steps * PROMPTS_PER_STEP)
     dataset = Dataset.from_list([{"prompt": build_prompt(problems[i]["question"], "plain", tokenizer),
                                   "answer": problems[i]["answer"]} for i in order])
@@ -219,7 +219,7 @@ def grpo_command(a: argparse.Namespace, out_dir: str, name: str, seed: int) -> l
     return [sys.executable, str(REPO / "grpo.py"),
             "--total-steps", str(a.steps), "--eval-every", "0", "--checkpoint-every", "0",
             "--log-completions-every", "0", "--output-dir", out_dir, "--run-name", name, "--seed", str(seed),
-            "--model", str(REPO / "testbed" / "model"), "--train-data", "arith", "--template", "plain",
+            "--model", str(REPO / "testbed" / "model"), "--train-data", "paths", "--template", "plain",
             "--rollout-engine", "hf", "--precision", "fp32",
             "--prompts-per-step", str(PROMPTS_PER_STEP), "--group-size", str(GROUP_SIZE),
             "--max-new-tokens", str(MAX_NEW_TOKENS), "--temperature", str(TEMPERATURE), "--top-p", "1.0",

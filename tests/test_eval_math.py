@@ -91,7 +91,7 @@ def test_benchmark_metrics_aggregates():
 
 
 def test_parse_benchmarks_and_opefo_preset():
-    assert em.parse_benchmarks(None, "none", 4) == [("arith", 4)]
+    assert em.parse_benchmarks(None, "none", 4) == [("paths", 4)]
     assert em.parse_benchmarks(None, "opefo", 4) == [("aime24", 32), ("aime25", 32), ("amc23", 32), ("math500", 1),
                                                      ("minerva_math", 1), ("olympiadbench", 1)]
     assert em.parse_benchmarks("aime24@8, math500", "opefo", 4) == [("aime24", 8), ("math500", 1)]
@@ -188,7 +188,7 @@ def test_end_to_end_testbed_run_writes_outputs(tmp_path):
                            "--grader-workers", "1"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    m = results["benchmarks"]["arith"]
+    m = results["benchmarks"]["paths"]
     assert m["num_problems"] == 4 and m["n"] == 2 and m["num_samples"] == 8
     assert 0 <= m["avg@n"] <= m["pass@k"]["2"] <= 1 and m["pass@k"]["1"] == pytest.approx(m["avg@n"])
     assert 0 <= m["maj@n"] <= 1 and 0 < m["response_length_mean"] <= 64 and m["entropy_mean"] > 0
@@ -198,11 +198,11 @@ def test_end_to_end_testbed_run_writes_outputs(tmp_path):
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["sample_index"] for r in rows} == {0, 1}
     for r in rows:
-        assert r["benchmark"] == "arith" and r["prompt"].startswith("Q: Compute") and r["score"] in (0.0, 1.0)
+        assert r["benchmark"] == "paths" and r["prompt"].startswith("Q: Compute") and r["score"] in (0.0, 1.0)
         assert r["length"] >= 1 and isinstance(r["truncated"], bool)
         assert (r["score"] == 1.0) <= (r["extracted_answer"] is not None)
     table = (out / "results.md").read_text()
-    assert "| arith | 4 | 2 |" in table and table in proc.stdout
+    assert "| paths | 4 | 2 |" in table and table in proc.stdout
 
 
 @needs_data
