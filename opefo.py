@@ -224,17 +224,15 @@ def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None
         ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
         ("num_eval_problems", args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
          ">= 1, with --eval-n >= 1 (or --eval-every 0)"),
+        *[(f, getattr(args, f) >= 1, ">= 1") for f in ("entropy_chunk_size", "hf_generation_batch_size",
+                                                       "keep_checkpoints", "max_gen_batches")],
+        *[(f, getattr(args, f) >= 0, ">= 0") for f in ("threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef",
+                                                       "weight_decay", "lr_warmup_steps", "grader_workers")],
+        *[(f, getattr(args, f) is None or getattr(args, f) > 0, "> 0") for f in ("max_grad_norm", "grader_timeout_s",
+                                                                                "eval_temperature", "loss_scale_factor")],
     ]:
         if not ok:
             raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be {requirement}")
-    for minimum, flags in ((1, ("entropy_chunk_size", "hf_generation_batch_size", "keep_checkpoints", "max_gen_batches")),
-                           (0, ("threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef", "weight_decay",
-                                "lr_warmup_steps", "grader_workers"))):
-        for flag in (f for f in flags if getattr(args, f) < minimum):
-            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be >= {minimum}")
-    for flag in ("max_grad_norm", "grader_timeout_s", "eval_temperature", "loss_scale_factor"):
-        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
-            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be > 0")
     if fsdp1:
         raise UsageError("FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 "
                          "(configs/fsdp.yaml)")

@@ -59,7 +59,7 @@ RANDOM_MODELS = {
 
 # (flags of every training run, eval_math.py flags) per mode
 GPU_RUN = ["--prompts-per-step", "8", "--group-size", "8", "--max-new-tokens", "64", "--micro-batch-size", "64"]
-TINY_RUN = ["--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "8", "--micro-batch-size", "4",
+TINY_RUN = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--micro-batch-size", "4",
             "--threads", "1"]
 GPU_EVAL = ["--n", "2", "--limit", "100"]
 TINY_EVAL = ["--n", "1", "--limit", "4", "--max-new-tokens", "8", "--grader-workers", "1"]

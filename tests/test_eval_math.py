@@ -163,7 +163,7 @@ def test_evaluation_generates_exactly_as_training(tmp_path):
     import grpo
 
     out = tmp_path / "ev"
-    em.main(em.Args(limit=6, n=3, output_dir=str(out), grader_workers=1, max_new_tokens=40, seed=5))
+    em.main(em.Args(limit=6, n=3, output_dir=str(out), grader_workers=1, max_new_tokens=29, seed=5))
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     tokenizer = grpo.load_pretrained(grpo.resolve_model("testbed/model"), "tokenizer")
     model = grpo.load_pretrained(grpo.resolve_model("testbed/model"), "model")
@@ -171,13 +171,13 @@ def test_evaluation_generates_exactly_as_training(tmp_path):
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     torch.manual_seed(5)
     samples = grpo.generate(model, None, tokenizer, [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
-                            3, 1.0, 40, stop_ids, batch_size=64)
+                            3, 1.0, 29, stop_ids, batch_size=64)
     assert [s["text"] for s in samples] == [r["response"] for r in rows]
     assert [s["truncated"] for s in samples] == [r["truncated"] for r in rows]
     assert [len(s["response_ids"]) for s in samples] == [r["length"] for r in rows]
     assert any(r["truncated"] for r in rows) and not all(r["truncated"] for r in rows)
     for s in samples:  # a response ends at its first stop token, or is truncated at the limit
-        assert s["truncated"] == (s["response_ids"][-1] not in stop_ids) and (len(s["response_ids"]) == 40) >= s["truncated"]
+        assert s["truncated"] == (s["response_ids"][-1] not in stop_ids) and (len(s["response_ids"]) == 29) >= s["truncated"]
 
 
 # ─── CLI runs ───────────────────────────────────────────────────────────────────────────────────
