@@ -30,7 +30,7 @@ def test_tiny_configuration_runs_every_script(tmp_path):
         assert error == "none" and compiled == "no (eager)", row  # CPU: the kernel runs eager
         assert re.fullmatch(r"\d\.\d{3} → \d\.\d{3}", cells[7]), row  # entropy/mean first -> last
     assert "torch.cuda.is_available(): False" in proc.stdout
-    assert re.search(r"eval_math\.py --model <grpo__qwen2-random-1m> .*: arith avg@1 [\d.]+", proc.stdout)
+    assert re.search(r"eval_math\.py --model <grpo__qwen2-random-1m> .*: paths avg@1 [\d.]+", proc.stdout)
     assert "5/5 runs without error" in proc.stdout
     assert out.read_text().strip() == proc.stdout[proc.stdout.index("## GPU check"):].strip()
     assert (tmp_path / "work" / "runs" / "grpo__qwen2-random-1m" / "metrics.jsonl").is_file()
