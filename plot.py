@@ -17,7 +17,8 @@ counts as an argument: it is read from `args.json` (`num_processes` / `world_siz
 random states of the run's checkpoints. Two runs with the same arguments and the same seed are never averaged
 (they are not two seeds): each gets its own curve, named after its run. Runs without `args.json` group by their
 name with the seed stripped (`{data}__{exp_name}__{seed}__{unix time}` -> `{data}__{exp_name}`) and only with
-each other. Each group is labelled by the arguments that differ between the groups, then `[N seeds]` or
+each other. Each group is labelled by its `exp_name` when those differ, else by the arguments that differ between
+the groups, then `[N seeds]` or
 `[seed S]`; the title names what all runs share. A group is drawn on the steps that all its runs logged (a note
 says when steps are dropped). `--smooth W` (default 5; `--smooth 1`: the raw values) applies a trailing moving
 average over the last W logged points of each run before averaging over seeds, to the per-step training curves
@@ -232,12 +233,14 @@ def group_runs(runs: list[dict], group: bool = True) -> list[dict]:
         if not group:
             g["label"] = g["runs"][0]["name"]
             continue
-        if g["config"] is not None and differing:
+        if "exp_name" in differing and g["config"] is not None:  # experiments named apart: their names label them
+            g["label"] = str(g["config"]["exp_name"])
+        elif g["config"] is not None and differing:
             shown = [f"{k}={_short(g['config'][k]) if k in g['config'] else '–'}" for k in differing[:4]]
             g["label"] = ", ".join(shown) + (f", … ({len(differing) - 4} more)" if len(differing) > 4 else "")
         else:
             g["label"] = base_name(g["runs"][0])
-        if len(differing) > 4:  # too many differences to list (e.g. different scripts): the runs' own name is clearer
+        if len(differing) > 4 and "exp_name" not in differing:  # too many differences to list (e.g. different scripts): the runs' own name is clearer
             g["label"] = base_name(g["runs"][0])
         if g["key"] in repeated:  # same arguments and seed as another run: name the run, do not call them seeds
             g["label"] += f" (run {g['runs'][0]['name']})"
@@ -348,7 +351,8 @@ def make_figure(args: Args, runs: list[dict]):
     ncols = min(4, len(panels) + 1) if len(panels) > 2 else len(panels)
     nrows = math.ceil((len(panels) + (1 if len(panels) > 2 else 0)) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = [plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(i) for i in range(10 if len(groups) <= 10 else 20)]
+    styles = ["-", "--", ":", "-."]  # past 20 groups the colours repeat with another line style
     handles = {}
     for ax, (title, metric) in zip(axes.flat, panels):
         sparse = metric.startswith(SPARSE_METRICS)
@@ -360,7 +364,7 @@ def make_figure(args: Args, runs: list[dict]):
             if dropped:
                 print(f"note: {g['label']}: {metric}: {dropped} step(s) not logged by every seed are left out")
             color = colors[gi % len(colors)]
-            (line,) = ax.plot(steps, mean, color=color, lw=1.5, marker="o" if sparse or len(steps) == 1 else None,
+            (line,) = ax.plot(steps, mean, color=color, ls=styles[gi // len(colors) % len(styles)], lw=1.5, marker="o" if sparse or len(steps) == 1 else None,
                               ms=3, label=g["label"])
             if len(g["runs"]) > 1:
                 ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)

@@ -1,18 +1,28 @@
-"""The testbed study: every method on the CPU testbed with the same rollout budget and several seeds.
+"""The testbed study: every method on the `paths` testbed, tuned alike, several seeds, each checked to act.
 
-    python benchmarks/testbed_study.py                       # the README study (11 methods × 3 seeds, 2 jobs at once)
-    python benchmarks/testbed_study.py --tiny                # 1 seed, 2 steps per method (what the test runs)
+    python benchmarks/testbed_study.py                   # the README study (about 90 min on 2 cores, 2 jobs at once)
+    python benchmarks/testbed_study.py --report FILE     # tables and claims again from a runs file (no training)
+    python benchmarks/testbed_study.py --tiny            # every method, 1 seed, 2 steps (what CI runs)
 
-Each method trains `--steps` rollout steps of 16 prompts × 8 responses (the same rollout budget for all), then
-`eval_math.py` evaluates its final model on the testbed's 500 test problems (avg@n, pass@n). Runs are paired:
-two jobs share the 2 cores, and step times are compared only as a ratio to GRPO measured in the same study.
-Hyper-parameters are each paper's defaults as the scripts ship them; nothing is tuned for one method and not for
-GRPO. Writes `<out>/study.json`, `<out>/study.md` (the README table) and a plot.py figure of every method.
+Protocol. Three update regimes: `strict` (one update per rollout, as GRPO-strict and OPEFO), `mb8` (8 minibatch
+updates per rollout, Clip-Cov's recipe; its DAPO dynamic sampling is off so that the regime differs in one thing)
+and `mb16` (16 minibatch updates of 8 sequences, STEER's and FEC's recipes). For each regime GRPO's learning rate
+is swept over 3 values on seeds 1-2 and the best mean eval avg@4 is used for every method of that regime (no method
+gets tuning GRPO does not get). Every run trains `--steps` rollout steps of 16 prompts x 8 responses, then
+`eval_math.py` samples 4 responses to each of the 500 test problems. A run is paired with GRPO of its regime by seed
+(same data order and first rollout): differences are means over common seeds with a 95% t-interval.
+
+Each method is checked to act from its own metrics (clip fractions, selected tokens, weights, lambda); a method
+whose mechanism never moved from its no-op value is reported as not acting and left out of the claims.
+One row per run goes to `<out>/runs.jsonl`; `<out>/study.md` (tables and claims) is generated from it, and
+plot.py draws `<out>/study_<regime>.png`. The study resumes: a finished run (its `row.json`) is not run again.
 """
 
 import argparse
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,105 +31,354 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OFF_POLICY = ["--num-minibatches", "8"]  # 8 updates per rollout: the setting where clipping methods act
-METHODS = {  # name: (script, flags)
-    "grpo-strict": ("grpo.py", []),
-    "grpo-8upd": ("grpo.py", OFF_POLICY),
-    "grpo-8upd-symclip": ("grpo.py", [*OFF_POLICY, "--clip-high", "0.2"]),
-    "grpo-entropy-bonus": ("grpo.py", ["--ent-coef", "0.001"]),
-    "pos-weight-guided": ("grpo.py", ["--pos-weight-schedule", "entropy-guided"]),
-    "opefo": ("opefo.py", []),
-    "steer": ("steer.py", OFF_POLICY),
-    "clip-cov": ("clip_cov.py", ["--method", "clip-cov", *OFF_POLICY]),
-    "kl-cov": ("clip_cov.py", ["--method", "kl-cov", *OFF_POLICY]),
-    "adaptive-id": ("adaptive_clip.py", ["--schedule", "increase-decrease", *OFF_POLICY]),
-    "adaptive-od": ("adaptive_clip.py", ["--schedule", "oscillatory-decay", *OFF_POLICY]),
+sys.path.insert(0, str(REPO))
+from common.data import paths_format  # noqa: E402
+
+REGIMES = {  # name: (flags of every run in the regime, GRPO learning rates swept)
+    "strict": ([], (1e-4, 2e-4, 4e-4)),
+    "mb8": (["--num-minibatches", "8", "--no-filter-groups"], (2.5e-5, 5e-5, 1e-4)),
+    "mb16": (["--num-minibatches", "16", "--micro-batch-size", "8"], (2.5e-5, 5e-5, 1e-4)),
 }
+ENT_COEF = 0.001
+OPEFO_READINGS = [(rule, est) for rule in ("net-flow", "balance") for est in ("exact", "paper", "paper-expected")]
+METHODS = {  # name: (regime, script, flags, seeds, how it acts)
+    "grpo-strict": ("strict", "grpo.py", [], 5, None),
+    "entropy-bonus": ("strict", "grpo.py", ["--ent-coef", str(ENT_COEF)], 3, "bonus"),
+    "pos-weight-guided": ("strict", "grpo.py", ["--pos-weight-schedule", "entropy-guided"], 3, "pos_weight"),
+    **{"opefo" if (rule, est) == OPEFO_READINGS[0] else f"opefo-{rule}-{est}":
+       ("strict", "opefo.py", ["--lambda-rule", rule, "--flow-estimator", est,
+                               *(["--micro-batch-size", "128"] if est == "paper-expected" else [])],
+        5 if (rule, est) == OPEFO_READINGS[0] else 3, "lambda") for rule, est in OPEFO_READINGS},
+    "grpo-mb8": ("mb8", "grpo.py", [], 3, "clip"),
+    "clip-cov": ("mb8", "clip_cov.py", ["--method", "clip-cov"], 3, "cov"),
+    "kl-cov": ("mb8", "clip_cov.py", ["--method", "kl-cov"], 3, "cov"),
+    "grpo-mb16": ("mb16", "grpo.py", [], 3, "clip"),
+    "grpo-mb16-symclip": ("mb16", "grpo.py", ["--clip-high", "0.2"], 3, "clip"),
+    "steer": ("mb16", "steer.py", [], 3, "steer"),
+    "adaptive-id": ("mb16", "adaptive_clip.py", ["--schedule", "increase-decrease"], 3, "fec"),
+    "adaptive-od": ("mb16", "adaptive_clip.py", ["--schedule", "oscillatory-decay"], 3, "fec"),
+}
+BASELINE = {"strict": "grpo-strict", "mb8": "grpo-mb8", "mb16": "grpo-mb16"}
+ACTION = {  # kind: (what is measured, its value at one step: 0 when the method does nothing at that step)
+    "clip": ("tokens clipped (fraction)", lambda r: r["train/clip_frac_low"] + r["train/clip_frac_high"]),
+    "bonus": ("α·H ÷ mean |A|", lambda r: ENT_COEF * r["entropy/mean"] / max(r["rollout/advantage_abs_mean"], 1e-12)),
+    "pos_weight": ("1 − λ (weight of A > 0 tokens)", lambda r: 1 - r["algo/pos_weight"]),
+    "lambda": ("|λ| (token weights 1 ± λ)", lambda r: abs(r["algo/lambda"])),
+    "steer": ("1 − mean weight", lambda r: 1 - r["algo/weight_mean"]),
+    "cov": ("tokens selected (fraction)", lambda r: r["algo/selected_frac"]),
+    "fec": ("tokens clipped under a probability-dependent bound (fraction)", lambda r: (
+        r["train/clip_frac_low"] + r["train/clip_frac_high"]) * (max(r["algo/schedule_upper_weight"],
+                                                                    r["algo/schedule_lower_weight"]) > 0)),
+}
+LAMBDA_RANGE = (2.5e-4, 1.75e-3)  # OPEFO paper (arXiv 2605.11491): λ* of its runs
+CLAIMS = [  # (paper, claim, method, baseline method or a constant, figure, claimed sign of method − baseline)
+    ("Cui et al. 2505.22617 §2", "GRPO's entropy collapses (falls by more than half)", "grpo-strict", 0.5,
+     "entropy_ratio", -1),
+    ("Cui et al. 2505.22617 §2", "… also with 16 minibatch updates", "grpo-mb16", 0.5, "entropy_ratio", -1),
+    ("OPEFO 2605.11491 Tab. 1", "strict on-policy GRPO beats 8 updates per rollout (50.1 vs 45.5)", "grpo-strict",
+     "grpo-mb8", "eval_avg", +1),
+    ("Jin et al. 2511.05993 §4", "more updates per rollout lower entropy further", "grpo-mb16", "grpo-strict",
+     "entropy_final", -1),
+    ("DAPO 2503.14476 §3.1", "clip-higher (ε_high 0.28) keeps entropy above symmetric clipping (0.2)", "grpo-mb16",
+     "grpo-mb16-symclip", "entropy_final", +1),
+    ("OPEFO 2605.11491 §5", "an entropy bonus keeps entropy above GRPO's", "entropy-bonus", "grpo-strict",
+     "entropy_final", +1),
+    ("Jin et al. 2511.05993 Tab. 2", "positive-advantage reweighting keeps entropy above GRPO's (0.187 vs 0.118)",
+     "pos-weight-guided", "grpo-strict", "entropy_final", +1),
+    ("Jin et al. 2511.05993 Tab. 2", "… and raises avg accuracy (45.7 vs 44.1)", "pos-weight-guided", "grpo-strict",
+     "eval_avg", +1),
+    ("OPEFO 2605.11491 §5", "OPEFO keeps entropy above strict GRPO's", "opefo", "grpo-strict", "entropy_final", +1),
+    ("OPEFO 2605.11491 Tab. 1", "OPEFO raises avg accuracy over strict GRPO (52.4 vs 50.1)", "opefo", "grpo-strict",
+     "eval_avg", +1),
+    ("OPEFO 2605.11491 §5", "OPEFO raises pass@k over strict GRPO", "opefo", "grpo-strict", "eval_pass", +1),
+    ("OPEFO 2605.11491 §5", "λ* is small and positive (about 2.5e-4 … 1.75e-3)", "opefo", LAMBDA_RANGE,
+     "lambda_median", 0),
+    ("Cui et al. 2505.22617 §4", "Clip-Cov keeps entropy above GRPO's", "clip-cov", "grpo-mb8", "entropy_final", +1),
+    ("Cui et al. 2505.22617 §4", "Clip-Cov raises accuracy over GRPO", "clip-cov", "grpo-mb8", "eval_avg", +1),
+    ("Cui et al. 2505.22617 §4", "KL-Cov keeps entropy above GRPO's", "kl-cov", "grpo-mb8", "entropy_final", +1),
+    ("Cui et al. 2505.22617 §4", "KL-Cov raises accuracy over GRPO", "kl-cov", "grpo-mb8", "eval_avg", +1),
+    ("STEER 2510.10150 Tab. 1", "STEER raises accuracy over GRPO (48.6 vs 44.2)", "steer", "grpo-mb16", "eval_avg", +1),
+    ("STEER 2510.10150 §1", "STEER keeps entropy above GRPO's", "steer", "grpo-mb16", "entropy_final", +1),
+    ("FEC 2602.09782 §4", "increase-decrease raises entropy in its first half", "adaptive-id", "grpo-mb16",
+     "entropy_first_half", +1),
+    ("FEC 2602.09782 §4", "increase-decrease raises accuracy over GRPO", "adaptive-id", "grpo-mb16", "eval_avg", +1),
+    ("FEC 2602.09782 §4", "oscillatory decay raises accuracy over GRPO", "adaptive-od", "grpo-mb16", "eval_avg", +1),
+]
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]  # t quantile 0.975, 1 … 9 degrees of freedom
 
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def run_one(name: str, seed: int, args) -> dict:
-    script, flags = METHODS[name]
-    run_dir = Path(args.out) / "runs" / f"{name}__{seed}"
+def run_one(method: str, lr: float, seed: int, phase: str, args) -> dict:
+    """Train and evaluate one run (or read its row if it finished before)."""
+    regime, script, flags, _, _ = METHODS[method]
+    run_dir = Path(args.out) / "runs" / f"{method}__lr{lr:g}__{seed}"
+    if (run_dir / "row.json").exists():
+        return json.loads((run_dir / "row.json").read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short starts again
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    train = [sys.executable, script, *flags, "--seed", str(seed), "--total-steps", str(args.steps),
-             "--eval-every", "0", "--checkpoint-every", "0", "--log-completions-every", "0",
-             "--output-dir", str(run_dir.parent), "--run-name", run_dir.name, "--grader-workers", "1", *args.extra]
-    log = open(Path(args.out) / f"{name}__{seed}.log", "w")
-    subprocess.run(train, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    train = [sys.executable, script, *REGIMES[regime][0], *flags, "--exp-name", method, "--seed", str(seed),
+             "--learning-rate", str(lr), "--total-steps", str(args.steps), "--eval-every", str(args.eval_every),
+             "--checkpoint-every", "0", "--keep-checkpoints", "1", "--log-completions-every", "0", "--grader-workers",
+             "1", "--output-dir", str(run_dir.parent), "--run-name", run_dir.name, *args.extra]
     evaluate = [sys.executable, "eval_math.py", "--model", str(run_dir), "--n", str(args.eval_n), "--seed", str(seed),
                 "--grader-workers", "1", "--output-dir", str(run_dir / "eval"),
                 *(["--limit", str(args.eval_limit)] if args.eval_limit else [])]
-    subprocess.run(evaluate, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    start = time.time()
+    with open(Path(args.out) / "logs" / f"{run_dir.name}.log", "w") as log:
+        for command in (train, evaluate):
+            subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=3600)
+    row = run_row(method, lr, seed, phase, run_dir, args.eval_n)
+    row["wall_s"] = round(time.time() - start, 1)
+    (run_dir / "row.json").write_text(json.dumps(row))
+    print(f"{time.strftime('%H:%M:%S')} {run_dir.name}: entropy {row['entropy_initial']:.3f} → "
+          f"{row['entropy_final']:.3f}, avg@{args.eval_n} {row['eval_avg']:.3f}, {row['wall_s']:.0f} s; {uptime()}",
+          flush=True)
+    return row
+
+
+def run_row(method: str, lr: float, seed: int, phase: str, run_dir: Path, eval_n: int) -> dict:
+    """Every figure of one run, from its metrics.jsonl and its eval_math output."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    (result,) = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"].values()  # the default task
-    entropy = [r["entropy/mean"] for r in rows]
-    k = max(1, len(rows) // 10)
-    return {"method": name, "seed": seed, "entropy_initial": statistics.mean(entropy[:k]),
-            "entropy_final": statistics.mean(entropy[-k:]), "entropy_auc": statistics.mean(entropy),
-            "flow_increase": statistics.mean(r["entropy/flow_increase"] for r in rows),
-            "flow_decrease": statistics.mean(r["entropy/flow_decrease"] for r in rows),
-            "response_length": statistics.mean(r["rollout/response_length_mean"] for r in rows),
-            "step_s": statistics.median(r["time/step_s"] for r in rows),
-            "avg": result["avg@n"], "pass": result["pass@k"][str(args.eval_n)], "run_dir": str(run_dir)}
+    steps = [r for r in rows if "entropy/mean" in r]  # training steps (evaluation-only lines have no entropy)
+    entropy = [r["entropy/mean"] for r in steps]
+    tail, half = max(1, len(entropy) // 10), max(1, len(entropy) // 2)
+    (result,) = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"].values()
+    completions = [json.loads(line) for line in (run_dir / "eval" / "completions.jsonl").read_text().splitlines()]
+    regime, script, flags, _, kind = METHODS[method]
+    row = {"method": method, "regime": regime, "script": script, "flags": " ".join(REGIMES[regime][0] + flags),
+           "learning_rate": lr, "seed": seed, "phase": phase, "steps": len(steps),
+           "entropy_initial": entropy[0], "entropy_final": statistics.mean(entropy[-tail:]),
+           "entropy_mean": statistics.mean(entropy), "entropy_first_half": statistics.mean(entropy[:half]),
+           "entropy_ratio": statistics.mean(entropy[-tail:]) / entropy[0],
+           "eval_avg": result["avg@n"], "eval_pass": result["pass@k"][str(eval_n)],
+           "careful_frac": sum(paths_format(c["response"]) == "careful" for c in completions) / len(completions),
+           "response_length": result["response_length_mean"], "eval_entropy": result["entropy_mean"],
+           "step_s": statistics.median(r["time/step_s"] for r in steps), "acted": None, "action": None}
+    if kind:
+        values = [ACTION[kind][1](r) for r in steps]
+        row["action"], row["acted"] = statistics.mean(values), sum(abs(v) > 1e-12 for v in values) / len(values)
+    if script == "opefo.py":
+        row["lambda_median"] = statistics.median(r["algo/lambda"] for r in steps)
+        for rule, est in OPEFO_READINGS:
+            key = f"algo/lambda_{rule}_{est}".replace("-", "_")
+            values = [r[key] for r in steps]
+            row[key] = [statistics.median(values), min(values), max(values), sum(v > 0 for v in values) / len(values)]
+    return row
 
 
-def mean_std(values) -> str:
-    values = list(values)
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+def run_jobs(jobs: list[tuple], args) -> list[dict]:
+    with ThreadPoolExecutor(args.jobs) as pool:
+        return list(pool.map(lambda job: run_one(*job, args), jobs))
 
 
-def table(results: list[dict], eval_n: int) -> str:
-    grpo_step = statistics.mean(r["step_s"] for r in results if r["method"] == "grpo-strict")
-    lines = [f"| method | entropy initial | entropy final | entropy AUC (mean over steps) | D/I (decreasing ÷ increasing "
-             f"flow) | eval avg@{eval_n} % | eval pass@{eval_n} % | response length | step time ÷ GRPO |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in METHODS:
-        rs = [r for r in results if r["method"] == name]
-        if rs:
-            lines.append(f"| {name} | {mean_std(r['entropy_initial'] for r in rs)} | "
-                         f"{mean_std(r['entropy_final'] for r in rs)} | {mean_std(r['entropy_auc'] for r in rs)} | "
-                         f"{statistics.mean(r['flow_decrease'] / max(r['flow_increase'], 1e-12) for r in rs):.2f} | "
-                         f"{100 * statistics.mean(r['avg'] for r in rs):.1f} | "
-                         f"{100 * statistics.mean(r['pass'] for r in rs):.1f} | "
-                         f"{statistics.mean(r['response_length'] for r in rs):.1f} | "
-                         f"{statistics.mean(r['step_s'] for r in rs) / grpo_step:.2f} |")
-    return "\n".join(lines) + "\n"
+def best_rates(rows: list[dict]) -> dict:
+    """Per regime, GRPO's learning rate of the best mean eval avg@n over the sweep's seeds (ties: the smaller)."""
+    best = {}
+    for regime, method in BASELINE.items():
+        by_lr = {}
+        for r in rows:
+            if r["method"] == method and r["phase"] == "sweep":
+                by_lr.setdefault(r["learning_rate"], []).append(r["eval_avg"])
+        if by_lr:
+            best[regime] = max(sorted(by_lr), key=lambda lr: statistics.mean(by_lr[lr]))
+    return best
+
+
+# ─── report: everything below reads only the runs file ────────────────────────────────────────────
+def mean_std(values, scale: float = 1.0, digits: int = 3) -> str:
+    values = [scale * v for v in values]
+    if not values:
+        return "–"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 \
+        else f"{values[0]:.{digits}f}"
+
+
+def paired(rows: list[dict], base: list[dict], key: str):
+    """(mean difference, 95% half-width or None, seeds) of rows − base over their common seeds."""
+    base_by_seed = {r["seed"]: r[key] for r in base}
+    diffs = [r[key] - base_by_seed[r["seed"]] for r in rows if r["seed"] in base_by_seed]
+    if not diffs:
+        return None, None, 0
+    half = T975[min(len(diffs), len(T975) + 1) - 2] * statistics.stdev(diffs) / math.sqrt(len(diffs)) \
+        if len(diffs) > 1 else None
+    return statistics.mean(diffs), half, len(diffs)
+
+
+def diff_text(diff, half, scale: float = 1.0, digits: int = 3) -> str:
+    if diff is None:
+        return "–"
+    return f"{scale * diff:+.{digits}f}" + (f" [{scale * (diff - half):+.{digits}f}, {scale * (diff + half):+.{digits}f}]"
+                                          if half is not None else "")
+
+
+def study_rows(rows: list[dict]) -> dict:
+    """{method: the runs of its chosen learning rate}, in METHODS order."""
+    rates = best_rates(rows)
+    return {m: sorted([r for r in rows if r["method"] == m and r["learning_rate"] == rates.get(spec[0])],
+                      key=lambda r: r["seed"]) for m, spec in METHODS.items()}
+
+
+def report(rows: list[dict], eval_n: int) -> str:
+    rates, by_method = best_rates(rows), study_rows(rows)
+    out = [f"GRPO learning-rate sweep (seeds 1-2; eval avg@{eval_n} % on the test split, mean over seeds; "
+           "the chosen rate in bold):\n", "| regime | " + " | ".join(f"lr {i + 1}" for i in range(3)) + " |",
+           "|---|---|---|---|"]
+    for regime, method in BASELINE.items():
+        cells = []
+        for lr in sorted({r["learning_rate"] for r in rows if r["method"] == method and r["phase"] == "sweep"}):
+            values = [r["eval_avg"] for r in rows if r["method"] == method and r["learning_rate"] == lr
+                      and r["phase"] == "sweep"]
+            text = f"{lr:g}: {100 * statistics.mean(values):.1f}"
+            cells.append(f"**{text}**" if lr == rates.get(regime) else text)
+        out.append(f"| {regime} | " + " | ".join(cells) + " |")
+    out += ["", f"Per method (mean ± std over seeds; entropy in nats per token; eval: `eval_math.py`, 500 test "
+            f"problems × {eval_n}; careful: share of eval responses in the rare careful format):\n",
+            f"| method | regime, lr | seeds | acts? ({'; '.join(f'{k}: {v[0]}' for k, v in ACTION.items() if k != 'fec')}) | "
+            f"entropy initial | entropy final | entropy mean | eval avg@{eval_n} % | eval pass@{eval_n} % | "
+            "careful % | response length | step time ÷ GRPO |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    step_base = {regime: statistics.mean(r["step_s"] for r in by_method[m]) for regime, m in BASELINE.items()
+                 if by_method[m]}
+    for method, rs in by_method.items():
+        if not rs:
+            continue
+        regime = METHODS[method][0]
+        acted = "reference" if rs[0]["acted"] is None else (
+            f"{'yes' if all(r['acted'] for r in rs) else 'NO' if not any(r['acted'] for r in rs) else 'some seeds'}: "
+            f"{statistics.mean(r['action'] for r in rs):.2g}")
+        out.append(f"| {method} | {regime}, {rs[0]['learning_rate']:g} | {len(rs)} | {acted} | "
+                   f"{mean_std(r['entropy_initial'] for r in rs)} | {mean_std(r['entropy_final'] for r in rs)} | "
+                   f"{mean_std(r['entropy_mean'] for r in rs)} | {mean_std((r['eval_avg'] for r in rs), 100, 1)} | "
+                   f"{mean_std((r['eval_pass'] for r in rs), 100, 1)} | "
+                   f"{mean_std((r['careful_frac'] for r in rs), 100, 1)} | "
+                   f"{mean_std((r['response_length'] for r in rs), 1, 1)} | "
+                   f"{statistics.mean(r['step_s'] for r in rs) / step_base.get(regime, math.nan):.2f} |")
+    out += ["", "Difference to GRPO of the same regime (method − GRPO, paired by seed: mean [95% t-interval]):\n",
+            f"| method | vs | entropy final | entropy mean | eval avg@{eval_n} (points) | eval pass@{eval_n} (points) | "
+            "careful (points) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for method, rs in by_method.items():
+        base = BASELINE[METHODS[method][0]]
+        if rs and method != base and by_method[base]:
+            cells = [diff_text(*paired(rs, by_method[base], k)[:2], scale, d) for k, scale, d in (
+                ("entropy_final", 1, 3), ("entropy_mean", 1, 3), ("eval_avg", 100, 1), ("eval_pass", 100, 1),
+                ("careful_frac", 100, 1))]
+            out.append(f"| {method} | {base} | " + " | ".join(cells) + " |")
+    out += ["", f"OPEFO: λ of every reading (median over steps, then mean over seeds; range over all steps; steps with "
+            f"λ > 0). Logged = computed on the default runs' batches; trained = the run that trains with it. "
+            f"Paper: {LAMBDA_RANGE[0]:g} … {LAMBDA_RANGE[1]:g}.\n",
+            "| reading | λ median (logged) | λ range (logged) | λ > 0 | λ median (trained) | entropy final | "
+            f"eval avg@{eval_n} % |", "|---|---:|---|---:|---:|---:|---:|"]
+    for rule, est in OPEFO_READINGS:
+        key = f"algo/lambda_{rule}_{est}".replace("-", "_")
+        logged = [r[key] for r in by_method["opefo"]]
+        trained = by_method["opefo" if (rule, est) == OPEFO_READINGS[0] else f"opefo-{rule}-{est}"]
+        if logged:
+            out.append(f"| {rule}, {est} | {statistics.mean(v[0] for v in logged):+.2e} | "
+                       f"{min(v[1] for v in logged):+.1e} … {max(v[2] for v in logged):+.1e} | "
+                       f"{100 * statistics.mean(v[3] for v in logged):.0f}% | "
+                       + (f"{statistics.mean(r['lambda_median'] for r in trained):+.2e} | "
+                          f"{mean_std(r['entropy_final'] for r in trained)} | "
+                          f"{mean_std((r['eval_avg'] for r in trained), 100, 1)} |" if trained else "– | – | – |"))
+    out += ["", "Claims (holds: the 95% interval of method − baseline lies on the claimed side; fails: on the other "
+            "side; unresolved: it contains 0; not compared: the method did not act):\n",
+            "| paper | claim | holds on the testbed? | the figure |", "|---|---|---|---|"]
+    for paper, claim, method, base, key, sign in CLAIMS:
+        out.append(f"| {paper} | {claim} | " + " | ".join(verdict(by_method, method, base, key, sign)) + " |")
+    return "\n".join(out) + "\n"
+
+
+def verdict(by_method: dict, method: str, base, key: str, sign: int) -> tuple[str, str]:
+    rs = by_method.get(method, [])
+    if not rs:
+        return "not run", "–"
+    if rs[0]["acted"] is False or (rs[0]["acted"] is not None and not all(r["acted"] for r in rs)):
+        return "not compared (did not act)", f"{method}: {statistics.mean(r['action'] for r in rs):.2g}"
+    values = [r[key] for r in rs]
+    if isinstance(base, tuple):  # a range of the paper
+        m = statistics.mean(values)
+        return ("yes" if base[0] <= m <= base[1] else "no"), f"{key} {m:+.2e} ({len(values)} seeds)"
+    if isinstance(base, float):  # a constant
+        diff, half = statistics.mean(values) - base, (T975[len(values) - 2] * statistics.stdev(values)
+                                                      / math.sqrt(len(values)) if len(values) > 1 else None)
+        figure = f"{key} {diff + base:.3f}" + (f" [{diff + base - half:.3f}, {diff + base + half:.3f}]" if half else "")
+    else:
+        if not by_method.get(base):
+            return "not run", "–"
+        diff, half, n = paired(rs, by_method[base], key)
+        figure = f"{key}: {method} − {base} = {diff_text(diff, half, 100 if key.startswith('eval') else 1, 3)}"
+    if half is None:
+        return "unresolved (1 seed)", figure
+    low, high = diff - half, diff + half
+    return ("yes" if sign * low > 0 and sign * high > 0 else "no (the opposite)" if sign * high < 0 and sign * low < 0
+            else "unresolved"), figure
+
+
+def plot(rows: list[dict], out: Path, smooth: int) -> list[Path]:
+    figures = []
+    for regime in REGIMES:
+        dirs = [str(Path(out) / "runs" / f"{r['method']}__lr{r['learning_rate']:g}__{r['seed']}")
+                for m, rs in study_rows(rows).items() if METHODS[m][0] == regime for r in rs]
+        if dirs:
+            figure = out / f"study_{regime}.png"
+            subprocess.run([sys.executable, "plot.py", *dirs, "--out", str(figure), "--metric", "entropy/mean",
+                            "--metric", "eval/accuracy", "--smooth", str(smooth), "--band", "std", "--title",
+                            f"testbed study, {regime} (mean ± std over seeds)"], cwd=REPO, check=True,
+                           stdout=subprocess.DEVNULL)
+            figures.append(figure)
+    return figures
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/study", help="directory of the runs, logs, table and figure")
-    ap.add_argument("--steps", type=int, default=150, help="rollout steps per run (the same budget for every method)")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=2, help="runs at once (2 cores)")
-    ap.add_argument("--eval-n", type=int, default=4)
+    ap.add_argument("--out", default="runs/study", help="directory of the runs, logs, runs file, tables and figures")
+    ap.add_argument("--steps", type=int, default=120, help="rollout steps per run (the same budget for every method)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once (2 cores: 2)")
+    ap.add_argument("--eval-every", type=int, default=20, help="in-training evaluation (256 problems, n = 1) for the figure")
+    ap.add_argument("--eval-n", type=int, default=4, help="eval_math.py samples per test problem")
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first K test problems")
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
-    ap.add_argument("--tiny", action="store_true", help="1 seed, 2 steps, tiny batches and evaluation")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset (GRPO of their regimes runs too)")
+    ap.add_argument("--max-seeds", type=int, default=None, help="at most this many seeds per method")
+    ap.add_argument("--report", default=None, help="only print the tables and claims of this runs file")
+    ap.add_argument("--tiny", action="store_true", help="every method, 1 seed, 2 steps, 2 rates per regime, tiny batches")
     args = ap.parse_args()
-    args.extra = []
+    if args.report:
+        rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
+        print(report(rows, args.eval_n))
+        return
+    args.extra, sweep_seeds, rates = [], (1, 2), {k: v[1] for k, v in REGIMES.items()}
     if args.tiny:
-        args.steps, args.seeds, args.eval_n, args.eval_limit = 2, 1, 1, 8
-        args.extra = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--micro-batch-size", "8"]
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    jobs = [(name, seed) for seed in range(1, args.seeds + 1) for name in args.methods.split(",")]
-    print(f"{len(jobs)} runs, {args.jobs} at once; load before: {uptime()}", flush=True)
+        args.steps, args.max_seeds, args.eval_n, args.eval_limit, args.eval_every, sweep_seeds = 2, 1, 2, 8, 1, (1,)
+        rates = {k: v[:2] for k, v in rates.items()}
+        args.extra = ["--prompts-per-step", "2", "--group-size", "8", "--max-new-tokens", "40", "--num-eval-problems", "4"]
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    methods = args.methods.split(",")
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        sys.exit(f"error: --methods: unknown {', '.join(sorted(unknown))} (known: {', '.join(METHODS)})")
+    regimes = {METHODS[m][0] for m in methods}
     start = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_one(*job, args), jobs))
-    print(f"done in {(time.time() - start) / 60:.1f} min; load after: {uptime()}")
-    (Path(args.out) / "study.json").write_text(json.dumps(results, indent=1))
-    markdown = table(results, args.eval_n)
-    (Path(args.out) / "study.md").write_text(markdown)
+    print(f"load before: {uptime()}", flush=True)
+    sweep = [(BASELINE[g], lr, seed, "sweep") for g in REGIMES if g in regimes for lr in rates[g] for seed in sweep_seeds]
+    rows = run_jobs(sweep, args)
+    chosen = best_rates(rows)
+    print(f"learning rates chosen: {chosen}", flush=True)
+    seeds = lambda m: range(1, min(METHODS[m][3], args.max_seeds or 99) + 1)  # noqa: E731
+    done = {(r["method"], r["learning_rate"], r["seed"]) for r in rows}
+    jobs = sorted({(m, chosen[METHODS[m][0]], s, "method") for m in {*methods, *(BASELINE[g] for g in regimes)}
+                   for s in seeds(m) if (m, chosen[METHODS[m][0]], s) not in done},
+                  key=lambda job: (job[2], list(METHODS).index(job[0])))  # seed by seed: a cut study stays balanced
+    rows += run_jobs(jobs, args)
+    minutes = (time.time() - start) / 60
+    print(f"done: {len(rows)} runs in {minutes:.1f} min; load after: {uptime()}")
+    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    markdown = report(rows, args.eval_n)
+    (out / "study.md").write_text(f"{len(rows)} runs, {minutes:.1f} min, {args.jobs} at once\n\n" + markdown)
     print(markdown)
-    figure = Path(args.out) / "study.png"
-    subprocess.run([sys.executable, "plot.py", *sorted({r["run_dir"] for r in results}), "--out", str(figure),
-                    "--smooth", "1"], cwd=REPO, check=True)  # as logged: the README figure
-    print(f"figure: {figure}")
+    for figure in plot(rows, out, 1 if args.tiny else 5):
+        print(f"figure: {figure}")
 
 
 if __name__ == "__main__":
