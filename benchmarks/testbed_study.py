@@ -8,7 +8,8 @@ Protocol. Three update regimes: `strict` (one update per rollout, as GRPO-strict
 updates per rollout, Clip-Cov's recipe; its DAPO dynamic sampling is off so that the regime differs in one thing)
 and `mb16` (16 minibatch updates of 8 sequences, STEER's and FEC's recipes). For each regime GRPO's learning rate
 is swept over 3 values on seeds 1-2 and the best mean eval avg@4 is used for every method of that regime (no method
-gets tuning GRPO does not get). Every run trains `--steps` rollout steps of 16 prompts x 8 responses, then
+gets tuning GRPO does not get); the sweep's seeds are not reused, so the comparisons do not inherit the lucky pair
+that picked the rate. Every run trains `--steps` rollout steps of 16 prompts x 8 responses, then
 `eval_math.py` samples 4 responses to each of the 500 test problems. A run is paired with GRPO of its regime by seed
 (same data order and first rollout): differences are means over common seeds with a 95% t-interval.
 
@@ -40,6 +41,7 @@ REGIMES = {  # name: (flags of every run in the regime, GRPO learning rates swep
     "mb16": (["--num-minibatches", "16", "--micro-batch-size", "8"], (2.5e-5, 5e-5, 1e-4)),
 }
 ENT_COEF = 0.001
+SWEEP_SEEDS = (1, 2)  # the methods' seeds follow: 3, 4, 5 (… 7)
 OPEFO_READINGS = [(rule, est) for rule in ("net-flow", "balance") for est in ("exact", "paper", "paper-expected")]
 METHODS = {  # name: (regime, script, flags, seeds, how it acts)
     "grpo-strict": ("strict", "grpo.py", [], 5, None),
@@ -58,17 +60,19 @@ METHODS = {  # name: (regime, script, flags, seeds, how it acts)
     "adaptive-id": ("mb16", "adaptive_clip.py", ["--schedule", "increase-decrease"], 3, "fec"),
     "adaptive-od": ("mb16", "adaptive_clip.py", ["--schedule", "oscillatory-decay"], 3, "fec"),
 }
-BASELINE = {"strict": "grpo-strict", "mb8": "grpo-mb8", "mb16": "grpo-mb16"}
+BASELINE = {"strict": "grpo-strict", "mb8": "grpo-mb8", "mb16": "grpo-mb16"}  # whose learning rate is swept
+COMPARED_WITH = {"grpo-mb16-symclip": "grpo-mb16",  # FEC blends with a symmetric ε_std = 0.2: its GRPO is symmetric
+                 "adaptive-id": "grpo-mb16-symclip", "adaptive-od": "grpo-mb16-symclip"}
 ACTION = {  # kind: (what is measured, its value at one step: 0 when the method does nothing at that step)
-    "clip": ("tokens clipped (fraction)", lambda r: r["train/clip_frac_low"] + r["train/clip_frac_high"]),
-    "bonus": ("α·H ÷ mean |A|", lambda r: ENT_COEF * r["entropy/mean"] / max(r["rollout/advantage_abs_mean"], 1e-12)),
-    "pos_weight": ("1 − λ (weight of A > 0 tokens)", lambda r: 1 - r["algo/pos_weight"]),
-    "lambda": ("|λ| (token weights 1 ± λ)", lambda r: abs(r["algo/lambda"])),
-    "steer": ("1 − mean weight", lambda r: 1 - r["algo/weight_mean"]),
-    "cov": ("tokens selected (fraction)", lambda r: r["algo/selected_frac"]),
-    "fec": ("tokens clipped under a probability-dependent bound (fraction)", lambda r: (
-        r["train/clip_frac_low"] + r["train/clip_frac_high"]) * (max(r["algo/schedule_upper_weight"],
-                                                                    r["algo/schedule_lower_weight"]) > 0)),
+    "clip": ("tokens clipped (fraction)", lambda r, a: r["train/clip_frac_low"] + r["train/clip_frac_high"]),
+    "bonus": ("α·H ÷ mean \\|A\\|", lambda r, a: a["ent_coef"] * r["entropy/mean"] / max(r["rollout/advantage_abs_mean"], 1e-12)),
+    "pos_weight": ("1 − λ (weight of A > 0 tokens)", lambda r, a: 1 - r["algo/pos_weight"]),
+    "lambda": ("\\|λ\\| (token weights 1 ± λ)", lambda r, a: abs(r["algo/lambda"])),
+    "steer": ("1 − mean weight", lambda r, a: 1 - r["algo/weight_mean"]),
+    "cov": ("tokens selected (fraction)", lambda r, a: r["algo/selected_frac"]),
+    "fec": ("shift of the mean ratio bounds from 1 ± ε_std, at steps where tokens were clipped", lambda r, a: (
+        abs(r["algo/ratio_max_mean"] - 1 - a["eps_std"]) + abs(r["algo/ratio_min_mean"] - 1 + a["eps_std"]))
+        * (r["train/clip_frac_low"] + r["train/clip_frac_high"] > 0)),
 }
 LAMBDA_RANGE = (2.5e-4, 1.75e-3)  # OPEFO paper (arXiv 2605.11491): λ* of its runs
 CLAIMS = [  # (paper, claim, method, baseline method or a constant, figure, claimed sign of method − baseline)
@@ -77,7 +81,8 @@ CLAIMS = [  # (paper, claim, method, baseline method or a constant, figure, clai
     ("Cui et al. 2505.22617 §2", "… also with 16 minibatch updates", "grpo-mb16", 0.5, "entropy_ratio", -1),
     ("OPEFO 2605.11491 Tab. 1", "strict on-policy GRPO beats 8 updates per rollout (50.1 vs 45.5)", "grpo-strict",
      "grpo-mb8", "eval_avg", +1),
-    ("Jin et al. 2511.05993 §4", "more updates per rollout lower entropy further", "grpo-mb16", "grpo-strict",
+    ("Jin et al. 2511.05993 §4", "more updates per rollout lower entropy further (each at its tuned rate)", "grpo-mb16",
+     "grpo-strict",
      "entropy_final", -1),
     ("DAPO 2503.14476 §3.1", "clip-higher (ε_high 0.28) keeps entropy above symmetric clipping (0.2)", "grpo-mb16",
      "grpo-mb16-symclip", "entropy_final", +1),
@@ -99,10 +104,12 @@ CLAIMS = [  # (paper, claim, method, baseline method or a constant, figure, clai
     ("Cui et al. 2505.22617 §4", "KL-Cov raises accuracy over GRPO", "kl-cov", "grpo-mb8", "eval_avg", +1),
     ("STEER 2510.10150 Tab. 1", "STEER raises accuracy over GRPO (48.6 vs 44.2)", "steer", "grpo-mb16", "eval_avg", +1),
     ("STEER 2510.10150 §1", "STEER keeps entropy above GRPO's", "steer", "grpo-mb16", "entropy_final", +1),
-    ("FEC 2602.09782 §4", "increase-decrease raises entropy in its first half", "adaptive-id", "grpo-mb16",
+    ("FEC 2602.09782 §4", "increase-decrease raises entropy in its first half", "adaptive-id", "grpo-mb16-symclip",
      "entropy_first_half", +1),
-    ("FEC 2602.09782 §4", "increase-decrease raises accuracy over GRPO", "adaptive-id", "grpo-mb16", "eval_avg", +1),
-    ("FEC 2602.09782 §4", "oscillatory decay raises accuracy over GRPO", "adaptive-od", "grpo-mb16", "eval_avg", +1),
+    ("FEC 2602.09782 §4", "increase-decrease raises accuracy over GRPO", "adaptive-id", "grpo-mb16-symclip",
+     "eval_avg", +1),
+    ("FEC 2602.09782 §4", "oscillatory decay raises accuracy over GRPO", "adaptive-od", "grpo-mb16-symclip",
+     "eval_avg", +1),
 ]
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]  # t quantile 0.975, 1 … 9 degrees of freedom
 
@@ -115,9 +122,13 @@ def run_one(method: str, lr: float, seed: int, phase: str, args) -> dict:
     """Train and evaluate one run (or read its row if it finished before)."""
     regime, script, flags, _, _ = METHODS[method]
     run_dir = Path(args.out) / "runs" / f"{method}__lr{lr:g}__{seed}"
+    config = {"steps": args.steps, "eval_every": args.eval_every, "eval_n": args.eval_n, "eval_limit": args.eval_limit,
+              "extra": args.extra}
     if (run_dir / "row.json").exists():
-        return json.loads((run_dir / "row.json").read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short starts again
+        row = json.loads((run_dir / "row.json").read_text())
+        if row.get("config") == config and row["phase"] == phase:
+            return row
+    shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short, or made with other settings, starts again
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     train = [sys.executable, script, *REGIMES[regime][0], *flags, "--exp-name", method, "--seed", str(seed),
              "--learning-rate", str(lr), "--total-steps", str(args.steps), "--eval-every", str(args.eval_every),
@@ -130,13 +141,23 @@ def run_one(method: str, lr: float, seed: int, phase: str, args) -> dict:
     with open(Path(args.out) / "logs" / f"{run_dir.name}.log", "w") as log:
         for command in (train, evaluate):
             subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True, timeout=3600)
-    row = run_row(method, lr, seed, phase, run_dir, args.eval_n)
-    row["wall_s"] = round(time.time() - start, 1)
+    row = {**run_row(method, lr, seed, phase, run_dir, args.eval_n), "config": config,
+           "wall_s": round(time.time() - start, 1), "finished_at": time.time()}
     (run_dir / "row.json").write_text(json.dumps(row))
+    write_runs_file(Path(args.out))
     print(f"{time.strftime('%H:%M:%S')} {run_dir.name}: entropy {row['entropy_initial']:.3f} → "
           f"{row['entropy_final']:.3f}, avg@{args.eval_n} {row['eval_avg']:.3f}, {row['wall_s']:.0f} s; {uptime()}",
           flush=True)
     return row
+
+
+def write_runs_file(out: Path) -> list[dict]:
+    """`<out>/runs.jsonl` from every finished run's row.json (rewritten after each run: a cut study keeps its rows)."""
+    rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/row.json"))]
+    tmp = out / "runs.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, out / "runs.jsonl")
+    return rows
 
 
 def run_row(method: str, lr: float, seed: int, phase: str, run_dir: Path, eval_n: int) -> dict:
@@ -148,6 +169,7 @@ def run_row(method: str, lr: float, seed: int, phase: str, run_dir: Path, eval_n
     (result,) = json.loads((run_dir / "eval" / "results.json").read_text())["benchmarks"].values()
     completions = [json.loads(line) for line in (run_dir / "eval" / "completions.jsonl").read_text().splitlines()]
     regime, script, flags, _, kind = METHODS[method]
+    run_args = json.loads((run_dir / "args.json").read_text())
     row = {"method": method, "regime": regime, "script": script, "flags": " ".join(REGIMES[regime][0] + flags),
            "learning_rate": lr, "seed": seed, "phase": phase, "steps": len(steps),
            "entropy_initial": entropy[0], "entropy_final": statistics.mean(entropy[-tail:]),
@@ -158,7 +180,7 @@ def run_row(method: str, lr: float, seed: int, phase: str, run_dir: Path, eval_n
            "response_length": result["response_length_mean"], "eval_entropy": result["entropy_mean"],
            "step_s": statistics.median(r["time/step_s"] for r in steps), "acted": None, "action": None}
     if kind:
-        values = [ACTION[kind][1](r) for r in steps]
+        values = [ACTION[kind][1](r, run_args) for r in steps]
         row["action"], row["acted"] = statistics.mean(values), sum(abs(v) > 1e-12 for v in values) / len(values)
     if script == "opefo.py":
         row["lambda_median"] = statistics.median(r["algo/lambda"] for r in steps)
@@ -202,9 +224,13 @@ def paired(rows: list[dict], base: list[dict], key: str):
     diffs = [r[key] - base_by_seed[r["seed"]] for r in rows if r["seed"] in base_by_seed]
     if not diffs:
         return None, None, 0
-    half = T975[min(len(diffs), len(T975) + 1) - 2] * statistics.stdev(diffs) / math.sqrt(len(diffs)) \
-        if len(diffs) > 1 else None
-    return statistics.mean(diffs), half, len(diffs)
+    return statistics.mean(diffs), half_width(diffs), len(diffs)
+
+
+def half_width(values: list[float]):
+    """Half-width of the 95% t-interval of the mean (None for one value)."""
+    n = len(values)
+    return T975[min(n, len(T975) + 1) - 2] * statistics.stdev(values) / math.sqrt(n) if n > 1 else None
 
 
 def diff_text(diff, half, scale: float = 1.0, digits: int = 3) -> str:
@@ -217,7 +243,8 @@ def diff_text(diff, half, scale: float = 1.0, digits: int = 3) -> str:
 def study_rows(rows: list[dict]) -> dict:
     """{method: the runs of its chosen learning rate}, in METHODS order."""
     rates = best_rates(rows)
-    return {m: sorted([r for r in rows if r["method"] == m and r["learning_rate"] == rates.get(spec[0])],
+    return {m: sorted([r for r in rows if r["method"] == m and r["learning_rate"] == rates.get(spec[0])
+                       and r["phase"] == "method"],
                       key=lambda r: r["seed"]) for m, spec in METHODS.items()}
 
 
@@ -234,36 +261,49 @@ def report(rows: list[dict], eval_n: int) -> str:
             text = f"{lr:g}: {100 * statistics.mean(values):.1f}"
             cells.append(f"**{text}**" if lr == rates.get(regime) else text)
         out.append(f"| {regime} | " + " | ".join(cells) + " |")
-    out += ["", f"Per method (mean ± std over seeds; entropy in nats per token; eval: `eval_math.py`, 500 test "
-            f"problems × {eval_n}; careful: share of eval responses in the rare careful format):\n",
-            f"| method | regime, lr | seeds | acts? ({'; '.join(f'{k}: {v[0]}' for k, v in ACTION.items() if k != 'fec')}) | "
-            f"entropy initial | entropy final | entropy mean | eval avg@{eval_n} % | eval pass@{eval_n} % | "
-            "careful % | response length | step time ÷ GRPO |", "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    step_base = {regime: statistics.mean(r["step_s"] for r in by_method[m]) for regime, m in BASELINE.items()
-                 if by_method[m]}
+    out += ["", f"Per method (mean ± std over seeds; entropy in nats per token; eval: `eval_math.py` on the test "
+            f"split, {eval_n} samples per problem; careful: share of eval responses in the rare careful format):\n",
+            f"| method | regime, lr | seeds | acts | entropy initial | entropy final | entropy mean | eval avg@{eval_n} % | "
+            f"eval pass@{eval_n} % | careful % | response length | step time ÷ GRPO |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for method, rs in by_method.items():
         if not rs:
             continue
         regime = METHODS[method][0]
-        acted = "reference" if rs[0]["acted"] is None else (
-            f"{'yes' if all(r['acted'] for r in rs) else 'NO' if not any(r['acted'] for r in rs) else 'some seeds'}: "
-            f"{statistics.mean(r['action'] for r in rs):.2g}")
+        acted = acts(rs)
         out.append(f"| {method} | {regime}, {rs[0]['learning_rate']:g} | {len(rs)} | {acted} | "
                    f"{mean_std(r['entropy_initial'] for r in rs)} | {mean_std(r['entropy_final'] for r in rs)} | "
                    f"{mean_std(r['entropy_mean'] for r in rs)} | {mean_std((r['eval_avg'] for r in rs), 100, 1)} | "
                    f"{mean_std((r['eval_pass'] for r in rs), 100, 1)} | "
                    f"{mean_std((r['careful_frac'] for r in rs), 100, 1)} | "
                    f"{mean_std((r['response_length'] for r in rs), 1, 1)} | "
-                   f"{statistics.mean(r['step_s'] for r in rs) / step_base.get(regime, math.nan):.2f} |")
-    out += ["", "Difference to GRPO of the same regime (method − GRPO, paired by seed: mean [95% t-interval]):\n",
-            f"| method | vs | entropy final | entropy mean | eval avg@{eval_n} (points) | eval pass@{eval_n} (points) | "
-            "careful (points) |", "|---|---|---:|---:|---:|---:|---:|"]
+                   f"{mean_std(step_ratios(rs, by_method[BASELINE[regime]]), 1, 2)} |")
+    out += ["", "Does each method act? (its mechanism's value per step, 0 when it does nothing; mean over steps and "
+            "seeds, and the share of steps where it was not 0):\n",
+            "| method | what is measured | mean | steps acting | verdict |", "|---|---|---:|---:|---|"]
     for method, rs in by_method.items():
-        base = BASELINE[METHODS[method][0]]
+        if rs and rs[0]["acted"] is not None:
+            out.append(f"| {method} | {ACTION[METHODS[method][4]][0]} | {statistics.mean(r['action'] for r in rs):.2g} | "
+                       f"{100 * statistics.mean(r['acted'] for r in rs):.0f}% | {acts(rs)} |")
+    out += ["", "Difference to GRPO of the same regime (method − GRPO, paired by seed: mean [95% t-interval]; "
+            "adaptive clipping against the symmetric-clip GRPO, as its ε_std = 0.2 on both sides; a method that did "
+            "not act is not compared):\n",
+            f"| method | vs | entropy final | entropy mean | eval avg@{eval_n} (points) | eval pass@{eval_n} (points) | "
+            "careful (points) | response length | step time ÷ GRPO |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for method, rs in by_method.items():
+        base = COMPARED_WITH.get(method, BASELINE[METHODS[method][0]])
         if rs and method != base and by_method[base]:
+            if acts(rs) not in ("reference", "acts"):
+                out.append(f"| {method} | {base} | not compared: {acts(rs).lower()} acted |" + " |" * 6)
+                continue
             cells = [diff_text(*paired(rs, by_method[base], k)[:2], scale, d) for k, scale, d in (
                 ("entropy_final", 1, 3), ("entropy_mean", 1, 3), ("eval_avg", 100, 1), ("eval_pass", 100, 1),
-                ("careful_frac", 100, 1))]
+                ("careful_frac", 100, 1), ("response_length", 1, 1))]
+            ratios = step_ratios(rs, by_method[base])
+            ratio_half = half_width(ratios)
+            mean_ratio = statistics.mean(ratios)
+            cells.append(f"{mean_ratio:.2f}" + (f" [{mean_ratio - ratio_half:.2f}, {mean_ratio + ratio_half:.2f}]"
+                                                if ratio_half is not None else ""))
             out.append(f"| {method} | {base} | " + " | ".join(cells) + " |")
     out += ["", f"OPEFO: λ of every reading (median over steps, then mean over seeds; range over all steps; steps with "
             f"λ > 0). Logged = computed on the default runs' batches; trained = the run that trains with it. "
@@ -289,25 +329,41 @@ def report(rows: list[dict], eval_n: int) -> str:
     return "\n".join(out) + "\n"
 
 
+def step_ratios(rs: list[dict], base: list[dict]) -> list[float]:
+    """Step time ÷ the baseline's, per common seed (runs two at a time share the cores: a ratio, never seconds)."""
+    base_by_seed = {r["seed"]: r["step_s"] for r in base}
+    return [r["step_s"] / base_by_seed[r["seed"]] for r in rs if r["seed"] in base_by_seed]
+
+
+def acts(rs: list[dict]) -> str:
+    """reference (GRPO-strict: nothing to act), acts (on some step of every seed), never acts, or some seeds."""
+    if rs[0]["acted"] is None:
+        return "reference"
+    return "acts" if all(r["acted"] for r in rs) else "NEVER" if not any(r["acted"] for r in rs) else "some seeds"
+
+
 def verdict(by_method: dict, method: str, base, key: str, sign: int) -> tuple[str, str]:
     rs = by_method.get(method, [])
     if not rs:
         return "not run", "–"
-    if rs[0]["acted"] is False or (rs[0]["acted"] is not None and not all(r["acted"] for r in rs)):
+    if acts(rs) not in ("reference", "acts"):
         return "not compared (did not act)", f"{method}: {statistics.mean(r['action'] for r in rs):.2g}"
     values = [r[key] for r in rs]
-    if isinstance(base, tuple):  # a range of the paper
+    if isinstance(base, tuple):  # a range of the paper: the 95% interval of the mean inside it, or outside it
         m = statistics.mean(values)
-        return ("yes" if base[0] <= m <= base[1] else "no"), f"{key} {m:+.2e} ({len(values)} seeds)"
+        half = half_width(values) or 0.0
+        holds = "yes" if base[0] <= m - half and m + half <= base[1] else \
+            "no" if m + half < base[0] or m - half > base[1] else "unresolved"
+        return holds, f"{key} {m:+.2e} [{m - half:+.2e}, {m + half:+.2e}] ({len(values)} seeds)"
     if isinstance(base, float):  # a constant
-        diff, half = statistics.mean(values) - base, (T975[len(values) - 2] * statistics.stdev(values)
-                                                      / math.sqrt(len(values)) if len(values) > 1 else None)
+        diff, half = statistics.mean(values) - base, half_width(values)
         figure = f"{key} {diff + base:.3f}" + (f" [{diff + base - half:.3f}, {diff + base + half:.3f}]" if half else "")
     else:
         if not by_method.get(base):
             return "not run", "–"
         diff, half, n = paired(rs, by_method[base], key)
-        figure = f"{key}: {method} − {base} = {diff_text(diff, half, 100 if key.startswith('eval') else 1, 3)}"
+        points = key.startswith(("eval", "careful"))
+        figure = f"{key}: {method} − {base} = {diff_text(diff, half, 100 if points else 1, 1 if points else 3)}"
     if half is None:
         return "unresolved (1 seed)", figure
     low, high = diff - half, diff + half
@@ -332,7 +388,8 @@ def plot(rows: list[dict], out: Path, smooth: int) -> list[Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/study", help="directory of the runs, logs, runs file, tables and figures")
+    ap.add_argument("--out", default=None, help="directory of the runs, logs, runs file, tables and figures "
+                    "(default: runs/study, with --tiny runs/study-tiny)")
     ap.add_argument("--steps", type=int, default=120, help="rollout steps per run (the same budget for every method)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (2 cores: 2)")
     ap.add_argument("--eval-every", type=int, default=20, help="in-training evaluation (256 problems, n = 1) for the figure")
@@ -347,7 +404,8 @@ def main() -> None:
         rows = [json.loads(line) for line in Path(args.report).read_text().splitlines() if line.strip()]
         print(report(rows, args.eval_n))
         return
-    args.extra, sweep_seeds, rates = [], (1, 2), {k: v[1] for k, v in REGIMES.items()}
+    args.extra, sweep_seeds, rates = [], SWEEP_SEEDS, {k: v[1] for k, v in REGIMES.items()}
+    args.out = args.out or ("runs/study-tiny" if args.tiny else "runs/study")
     if args.tiny:
         args.steps, args.max_seeds, args.eval_n, args.eval_limit, args.eval_every, sweep_seeds = 2, 1, 2, 8, 1, (1,)
         rates = {k: v[:2] for k, v in rates.items()}
@@ -365,17 +423,17 @@ def main() -> None:
     rows = run_jobs(sweep, args)
     chosen = best_rates(rows)
     print(f"learning rates chosen: {chosen}", flush=True)
-    seeds = lambda m: range(1, min(METHODS[m][3], args.max_seeds or 99) + 1)  # noqa: E731
-    done = {(r["method"], r["learning_rate"], r["seed"]) for r in rows}
+    first = max(sweep_seeds) + 1  # the methods' seeds: not those that chose the rate
+    seeds = lambda m: range(first, first + min(METHODS[m][3], args.max_seeds or 99))  # noqa: E731
     jobs = sorted({(m, chosen[METHODS[m][0]], s, "method") for m in {*methods, *(BASELINE[g] for g in regimes)}
-                   for s in seeds(m) if (m, chosen[METHODS[m][0]], s) not in done},
-                  key=lambda job: (job[2], list(METHODS).index(job[0])))  # seed by seed: a cut study stays balanced
-    rows += run_jobs(jobs, args)
-    minutes = (time.time() - start) / 60
-    print(f"done: {len(rows)} runs in {minutes:.1f} min; load after: {uptime()}")
-    (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+                   for s in seeds(m)}, key=lambda job: (job[2], list(METHODS).index(job[0])))  # seed by seed
+    run_jobs(jobs, args)
+    print(f"done in {(time.time() - start) / 60:.1f} min; load after: {uptime()}")
+    rows = write_runs_file(out)
+    span = (max(r["finished_at"] for r in rows) - min(r["finished_at"] - r["wall_s"] for r in rows)) / 60
     markdown = report(rows, args.eval_n)
-    (out / "study.md").write_text(f"{len(rows)} runs, {minutes:.1f} min, {args.jobs} at once\n\n" + markdown)
+    (out / "study.md").write_text(f"{len(rows)} runs, {span:.1f} min from the first start to the last end, "
+                                  f"{args.jobs} at once\n\n" + markdown)
     print(markdown)
     for figure in plot(rows, out, 1 if args.tiny else 5):
         print(f"figure: {figure}")
