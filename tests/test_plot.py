@@ -56,7 +56,7 @@ def test_two_runs_default_panels(tmp_path, capsys):
     plot.plot(plot.Args(runs=(str(a), str(b)), out=str(out), smooth=3))
     assert is_png(out)
     printed = capsys.readouterr().out
-    assert f"exp_name=grpo [seed 1]: {a}" in printed and f"exp_name=opefo [seed 1]: {b}" in printed
+    assert f"grpo [seed 1]: {a}" in printed and f"opefo [seed 1]: {b}" in printed  # named by their exp_name
     panels = plot.select_panels([plot.load_run(str(a))], ())
     assert [m for _, m in panels] == ["entropy/mean", "rollout/accuracy", "eval/accuracy", "rollout/response_length_mean",
                                       "entropy/flow_increase", "entropy/flow_decrease", "entropy/flow_net"]
@@ -132,6 +132,14 @@ def test_one_and_two_process_runs_of_one_seed_are_not_averaged(tmp_path, capsys)
     e = make_run(tmp_path / "c", "arith__grpo__2__1700000200", 2, args=ARGS)
     groups = plot.group_runs([plot.load_run(str(r)) for r in (c, d, e)])
     assert [len(g["runs"]) for g in groups] == [2, 1] and groups[0]["label"].endswith("[2 seeds]")
+
+
+def test_many_methods_never_share_a_colour_and_style(tmp_path):
+    runs = [plot.load_run(str(make_run(tmp_path, f"m{i}__1", 1, args={"exp_name": f"method-{i}"}))) for i in range(23)]
+    fig, groups = plot.make_figure(plot.Args(runs=(), metric=("entropy/mean",)), runs)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 23 and [g["label"] for g in groups] == [f"method-{i} [seed 1]" for i in range(23)]
+    assert len({(tuple(line.get_color()), line.get_linestyle()) for line in lines}) == 23
 
 
 def test_groups_by_arguments_and_labels_by_what_differs(tmp_path):
