@@ -348,8 +348,9 @@ def make_figure(args: Args, runs: list[dict]):
     panels = select_panels(runs, args.metric)
     groups = group_runs(runs, args.group)
 
-    ncols = min(4, len(panels) + 1) if len(panels) > 2 else len(panels)
-    nrows = math.ceil((len(panels) + (1 if len(panels) > 2 else 0)) / ncols)
+    legend_slot = len(panels) >= 2  # the legend gets a panel of its own (below the panels, it would cover the axes)
+    ncols = min(4, len(panels) + 1) if legend_slot else len(panels)
+    nrows = math.ceil((len(panels) + legend_slot) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
     colors = [plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(i) for i in range(10 if len(groups) <= 10 else 20)]
     styles = ["-", "--", ":", "-."]  # past 20 groups the colours repeat with another line style
