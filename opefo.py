@@ -20,11 +20,11 @@ Every rollout step (sampling, grading, GRPO advantages, the entropy diagnostics:
 
 Which reading (DERIVED; the paper's code is not released, its text was read through its abstract and a summary).
 The paper reports λ* positive and small, oscillating in about [2.5e-4, 1.75e-3], with "severely imbalanced" flows.
-balance + paper (the reading of earlier versions of this script) gives λ* 0.36–0.75 on testbed batches whatever the
-batch size or entropy (≤ 1.75e-3 would need D/I ≤ 1.0035): A > 0 tokens weighted 0.33–0.63, the exact net flow
-turns positive, entropy rises and accuracy falls (testbed study, 3 seeds: entropy 0.22 → 0.47, eval 0.9% vs 64.5%
-for GRPO-strict). The default is net-flow + exact, the reading whose λ* has the paper's magnitude and sign (testbed
-study, 5 seeds: median 1.58e-3, > 0 on 95% of the steps); at that size the weights are 1 ± 0.002 and accuracy is
+balance + paper (the reading of earlier versions of this script) gives λ* far above that (testbed study: per-run
+medians 0.55–0.60 on the default runs' batches; ≤ 1.75e-3 would need D/I ≤ 1.0035): the exact net flow turns
+positive, entropy rises and accuracy falls (testbed study, 3 seeds: entropy 0.22 → 0.47, eval 0.9% vs 64.5% for
+GRPO-strict). The default is net-flow + exact, the reading whose λ* has the paper's magnitude and sign (testbed
+study, 5 seeds: median 1.58e-3, > 0 on 95% of the steps); at that size the weights are 1 ± 0.0016 and accuracy is
 strict GRPO's (−1.3 points, unresolved). balance + exact (λ* ≈ 0.18) had the best mean there (+8.9 points,
 unresolved over 3 seeds). λ* of all six readings is logged every step
 (`algo/lambda_{rule}_{estimator}`); a warning is printed once λ > 0.1 for 3 steps in a row.
