@@ -61,11 +61,12 @@ METHODS = {  # name: (regime, script, flags, seeds, how it acts)
     "adaptive-od": ("mb16", "adaptive_clip.py", ["--schedule", "oscillatory-decay"], 3, "fec"),
 }
 BASELINE = {"strict": "grpo-strict", "mb8": "grpo-mb8", "mb16": "grpo-mb16"}  # whose learning rate is swept
-COMPARED_WITH = {"grpo-mb16-symclip": "grpo-mb16",  # FEC blends with a symmetric ε_std = 0.2: its GRPO is symmetric
-                 "adaptive-id": "grpo-mb16-symclip", "adaptive-od": "grpo-mb16-symclip"}
+COMPARED_WITH = {"adaptive-id": "grpo-mb16-symclip",  # FEC blends with a symmetric ε_std = 0.2: so is its GRPO
+                 "adaptive-od": "grpo-mb16-symclip"}
 ACTION = {  # kind: (what is measured, its value at one step: 0 when the method does nothing at that step)
     "clip": ("tokens clipped (fraction)", lambda r, a: r["train/clip_frac_low"] + r["train/clip_frac_high"]),
-    "bonus": ("α·H ÷ mean \\|A\\|", lambda r, a: a["ent_coef"] * r["entropy/mean"] / max(r["rollout/advantage_abs_mean"], 1e-12)),
+    "bonus": ("α·H ÷ mean \\|A\\|",
+              lambda r, a: a["ent_coef"] * r["entropy/mean"] / max(r["rollout/advantage_abs_mean"], 1e-12)),
     "pos_weight": ("1 − λ (weight of A > 0 tokens)", lambda r, a: 1 - r["algo/pos_weight"]),
     "lambda": ("\\|λ\\| (token weights 1 ± λ)", lambda r, a: abs(r["algo/lambda"])),
     "steer": ("1 − mean weight", lambda r, a: 1 - r["algo/weight_mean"]),
@@ -82,8 +83,7 @@ CLAIMS = [  # (paper, claim, method, baseline method or a constant, figure, clai
     ("OPEFO 2605.11491 Tab. 1", "strict on-policy GRPO beats 8 updates per rollout (50.1 vs 45.5)", "grpo-strict",
      "grpo-mb8", "eval_avg", +1),
     ("Jin et al. 2511.05993 §4", "more updates per rollout lower entropy further (each at its tuned rate)", "grpo-mb16",
-     "grpo-strict",
-     "entropy_final", -1),
+     "grpo-strict", "entropy_final", -1),
     ("DAPO 2503.14476 §3.1", "clip-higher (ε_high 0.28) keeps entropy above symmetric clipping (0.2)", "grpo-mb16",
      "grpo-mb16-symclip", "entropy_final", +1),
     ("OPEFO 2605.11491 §5", "an entropy bonus keeps entropy above GRPO's", "entropy-bonus", "grpo-strict",
