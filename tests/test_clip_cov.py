@@ -76,7 +76,8 @@ def _distributed_worker(rank, world, init_file, queue):
         local_cov = cc.token_covariance(adv, cov[rows], mask[rows], reduce_sum)
         keep = cc.clip_cov_mask(cov[rows], torch.zeros(2, 5, dtype=torch.bool), mask[rows], 0.2, -0.45, 0.55,
                                 cc.selection_generator(1, 1, 0, rank), reduce_sum, rank, world)
-        queue.put((rank, selected, local_cov, keep))
+        queue.put((rank, *(t.numpy() for t in (selected, local_cov, keep))))  # plain bytes, not a shared fd the exiting
+        # sender must keep alive
     finally:
         dist.destroy_process_group()
 
@@ -89,7 +90,7 @@ def test_global_selection_over_two_processes_equals_one_process_on_the_whole_bat
     procs = [ctx.Process(target=_distributed_worker, args=(r, world, str(tmp_path / "init"), queue)) for r in range(2)]
     for p in procs:
         p.start()
-    results = {r: rest for r, *rest in (queue.get(timeout=300) for _ in procs)}
+    results = {r: [torch.as_tensor(x) for x in rest] for r, *rest in (queue.get(timeout=300) for _ in procs)}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
