@@ -165,45 +165,47 @@ class RunError(RuntimeError):
 
 def flat_args(args: Args) -> dict:
     """{flag: value}, the method's flags included (what `args.json`, TensorBoard and W&B record)."""
-    values = asdict(args)
-    algo = values.pop("algo")
-    return {**values, **algo}
+    return {k: v for k, v in {**asdict(args), **asdict(args.algo)}.items() if k != "algo"}
+
+
+def saved_args(run_dir: str | None, name: str = "args.json") -> dict:
+    """The flat arguments of a run (its `args.json`), or another JSON file of it; {} if missing or damaged."""
+    try:
+        with open(os.path.join(run_dir, name)) as f:
+            saved = json.load(f)
+    except (OSError, TypeError, ValueError):
+        return {}
+    return {**saved, **saved.get("algo", {})}  # older runs nest the method's flags
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line. With `--resume RUN` the run's own arguments are the defaults: it goes on as it was started,
-    and a flag given here is the only change."""
+    """The command line; with `--resume RUN` the run's own arguments are the defaults and a flag given changes one."""
     parse = lambda default=None: tyro.cli(Args, args=argv, default=default, config=(tyro.conf.OmitArgPrefixes,),  # noqa
                                           description=__doc__.split("\n\n")[0] + "\n" + MOST_USED)
     args = parse()
-    saved = read_run_args(args.resume)
+    saved = saved_args(args.resume)
     if saved.get("script") == SCRIPT:  # another script's run is refused by check_args
-        saved = {**saved, **saved.get("algo", {})}  # flat (older runs: the method's flags nested)
         known = lambda cls: {k: v for k, v in saved.items() if k in cls.__dataclass_fields__ and k != "algo"}  # noqa
         args = parse(Args(**known(Args), algo=Algorithm(**known(Algorithm))))
     return args
 
 
-def read_run_args(run_dir: str | None, name: str = "args.json") -> dict:
-    try:
-        with open(os.path.join(run_dir, name)) as f:
-            return json.load(f)
-    except (OSError, TypeError, ValueError):  # missing, damaged, or no run
-        return {}
-
-
 def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
     """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
-    seqs = args.prompts_per_step // world * args.group_size
+    seqs, value = args.prompts_per_step // world * args.group_size, lambda flag: getattr(args, flag)  # noqa: E731
     for flag, ok, requirement in [
+        *[(f, value(f) >= 1, ">= 1") for f in ("max_new_tokens", "total_steps", "micro_batch_size", "update_epochs",
+                                              "entropy_chunk_size", "hf_generation_batch_size", "keep_checkpoints",
+                                              "max_gen_batches")],
+        *[(f, value(f) >= 0, ">= 0") for f in ("threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef",
+                                              "weight_decay", "lr_warmup_steps", "grader_workers")],
+        *[(f, value(f) is None or value(f) > 0, "> 0") for f in ("temperature", "learning_rate", "max_grad_norm",
+                                                                 "grader_timeout_s", "eval_temperature", "loss_scale_factor")],
         ("prompts_per_step", args.prompts_per_step >= 1 and args.prompts_per_step % world == 0,
          f"a positive multiple of the {world} processes"),
         ("group_size", args.group_size >= 2 or (args.group_size == 1 and args.scale_rewards == "none"),
          ">= 2 (1 has no group statistics: only with --scale-rewards none)"),
-        ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"), ("temperature", args.temperature > 0, "> 0"),
         ("top_p", 0 < args.top_p <= 1 and (args.top_p == 1 or engine == "vllm"), "in (0, 1], and 1 with the HF engine"),
-        ("total_steps", args.total_steps >= 1, ">= 1"), ("learning_rate", args.learning_rate > 0, "> 0"),
-        ("micro_batch_size", args.micro_batch_size >= 1, ">= 1"), ("update_epochs", args.update_epochs >= 1, ">= 1"),
         ("num_minibatches", args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
          f"a divisor of the {seqs} sequences per process (--prompts-per-step / processes × --group-size)"),
         ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
@@ -211,16 +213,9 @@ def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None
         ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
         ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
         ("num_eval_problems", args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
-         ">= 1, with --eval-n >= 1 (or --eval-every 0)"),
-        *[(f, getattr(args, f) >= 1, ">= 1") for f in ("entropy_chunk_size", "hf_generation_batch_size",
-                                                       "keep_checkpoints", "max_gen_batches")],
-        *[(f, getattr(args, f) >= 0, ">= 0") for f in ("threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef",
-                                                       "weight_decay", "lr_warmup_steps", "grader_workers")],
-        *[(f, getattr(args, f) is None or getattr(args, f) > 0, "> 0") for f in ("max_grad_norm", "grader_timeout_s",
-                                                                                "eval_temperature", "loss_scale_factor")],
-    ]:
+         ">= 1, with --eval-n >= 1 (or --eval-every 0)")]:
         if not ok:
-            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be {requirement}")
+            raise UsageError(f"--{flag.replace('_', '-')} {value(flag)}: must be {requirement}")
     if fsdp1:
         raise UsageError("FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 "
                          "(configs/fsdp.yaml)")
@@ -232,18 +227,15 @@ def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None
         existing = os.path.dirname(existing)
     if not os.access(existing, os.W_OK):
         raise UsageError(f"--output-dir {args.output_dir} is not writable ({existing} is read-only)")
-    if args.resume:
-        saved = read_run_args(args.resume)
-        if not saved:
-            raise UsageError(f"--resume {args.resume}: not a run directory (no readable args.json)")
-        if saved["script"] != SCRIPT:
-            raise UsageError(f"--resume {args.resume}: written by {saved['script']}, not {SCRIPT}")
-        saved = {**saved, **saved.get("algo", {})}
-        changed = [f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})" for k, v in flat_args(args).items()
-                   if k not in RESUMABLE and k in saved and saved[k] != v]  # a flag newer than the run: its default
-        if changed:
-            raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
-    elif args.run_name and os.path.exists(os.path.join(args.output_dir, args.run_name)):
+    saved = saved_args(args.resume)
+    if args.resume and saved.get("script") != SCRIPT:
+        raise UsageError(f"--resume {args.resume}: " + (f"written by {saved.get('script')}, not {SCRIPT}" if saved else
+                                                        "not a run directory (no readable args.json)"))
+    changed = [f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})" for k, v in flat_args(args).items()
+               if k not in RESUMABLE and k in saved and saved[k] != v]  # a flag newer than the run: its default
+    if changed:
+        raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
+    if not args.resume and args.run_name and os.path.exists(os.path.join(args.output_dir, args.run_name)):
         raise UsageError(f"--run-name {args.run_name}: {os.path.join(args.output_dir, args.run_name)} exists; "
                          "continue it with --resume, or choose another --run-name")
 
@@ -291,21 +283,20 @@ class _TokenStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, tokens, chunk_size, use_compile):
-        stats = _maybe_compiled(_chunk_stats, use_compile)
+        stats, ctx.chunk_size, ctx.use_compile = _maybe_compiled(_chunk_stats, use_compile), chunk_size, use_compile
         with torch.autocast(logits.device.type, enabled=False):  # full precision even inside autocast
             chunks = [stats(logits[i: i + chunk_size], tokens[i: i + chunk_size])
                       for i in range(0, logits.shape[0], chunk_size)]
         logp, entropy, g, lse = (torch.cat(parts) for parts in zip(*chunks))
         ctx.save_for_backward(logits, tokens, lse, entropy)
-        ctx.chunk_size, ctx.use_compile = chunk_size, use_compile
         ctx.mark_non_differentiable(g)
         return logp, entropy, g
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy, _grad_g):
         logits, tokens, lse, entropy = ctx.saved_tensors
-        grad_logp = torch.zeros_like(lse) if grad_logp is None else grad_logp.to(lse.dtype)
-        grad_entropy = torch.zeros_like(lse) if grad_entropy is None else grad_entropy.to(lse.dtype)
+        grad_logp, grad_entropy = (torch.zeros_like(lse) if x is None else x.to(lse.dtype)
+                                   for x in (grad_logp, grad_entropy))
         chunk_grad, grad = _maybe_compiled(_chunk_grad, ctx.use_compile), torch.empty_like(logits)
         with torch.autocast(logits.device.type, enabled=False):
             for rows in (slice(i, i + ctx.chunk_size) for i in range(0, logits.shape[0], ctx.chunk_size)):
@@ -315,8 +306,7 @@ class _TokenStats(torch.autograd.Function):
 
 
 def token_stats(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024, compile: bool | None = None):
-    """(logp, entropy, g), fp32 [N] (fp64 for fp64 logits), from logits [N, V] / T and sampled tokens [N]; logp and
-    entropy carry gradients, g never does. `compile` (default: on CUDA) fuses each chunk with torch.compile."""
+    """(logp, entropy, g) [N] from logits [N, V] / T and tokens [N]; g carries no gradient; compiled on CUDA."""
     return _TokenStats.apply(logits, tokens, chunk_size, logits.is_cuda if compile is None else compile)
 
 
@@ -325,22 +315,14 @@ def entropy_change(coef, logp, entropy, g):
     first-order entropy change of a tabular softmax step (Cui et al., arXiv 2505.22617, Lemma 1, full Jacobian)."""
     return -coef * (logp.exp() * (logp + entropy) - g)
 
-
 # ─── SHARED: advantages and loss aggregation ───────────────────────────────────────────────────
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
-    """GRPO advantages of rewards [n_groups · G], groups contiguous: (R − mean_g) / (std_g + 1e-6), unbiased std
-    (`batch`: the batch std; `none`, Dr.GRPO: no division); a group of 1 keeps its reward."""
+    """(R − mean_g) / (std_g + 1e-6) of rewards [n_groups · G] (`batch`: batch std; `none`: no division)."""
     if group_size == 1:
         return rewards.float().clone()
     grouped = rewards.float().view(-1, group_size)
     std = {"group": grouped.std(dim=1, keepdim=True), "batch": rewards.float().std(), "none": None}[scale]
     return ((grouped - grouped.mean(dim=1, keepdim=True)) / (1.0 if std is None else std + 1e-6)).reshape(-1)
-
-
-def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """DAPO dynamic-sampling filter: True for groups whose rewards are not all equal. [n_groups] bool"""
-    grouped = rewards.view(-1, group_size)
-    return (grouped != grouped[:, :1]).any(dim=1)
 
 
 def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float) -> torch.Tensor:
@@ -349,8 +331,7 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: f
 
 
 def clipped_surrogate(adv, ratio, clip_low: float, clip_high: float, dual_clip_c: float):
-    """Dual-clip PPO token loss and where its gradient is clipped away, all [B, T]:
-    L = max(−A r, −A clip(r, 1−ε_l, 1+ε_h)); for A < 0 also L = min(L, −A c)."""
+    """Dual-clip PPO token loss [B, T] and where its gradient is clipped away (module docstring, step 3)."""
     loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
     clipped_high = (adv > 0) & (ratio > 1.0 + clip_high)
     clipped_low = (adv < 0) & (ratio < 1.0 - clip_low)
@@ -373,17 +354,14 @@ def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
 
 
 def aggregation_weights(loss_mask, mode: str, totals: dict, max_len: float) -> torch.Tensor:
-    """Coefficient [b, R] of each token's loss in the minibatch loss Σ coef·L_t (all micro-batches and processes), N
-    and B from `minibatch_totals`: token-mean 1/N; seq-mean-token-sum 1/B; seq-mean-token-mean 1/(|o_i| B);
-    seq-mean-token-sum-norm 1/(B·L_max) (Dr.GRPO)."""
+    """Coefficient [b, R] of each token's loss in the minibatch loss: 1/N, 1/B, 1/(|o_i| B) or 1/(B·L_max)."""
     return loss_mask / {"token-mean": totals["tokens"], "seq-mean-token-sum": totals["seqs"],
                         "seq-mean-token-mean": loss_mask.sum(-1, keepdim=True).clamp(min=1.0) * totals["seqs"],
                         "seq-mean-token-sum-norm": totals["seqs"] * max_len}[mode]
 
 
 def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, world: int):
-    """The micro-batch loss: the method's token loss × min(π_old/π_rollout, C) + β·KL_k3 − α·H_t, aggregated, × world
-    (DDP averages). Returns it and `info` ([b, R]: token_loss, clipped_low/high, is_weight, kl_ref; `algo/...`)."""
+    """(method's loss × min(π_old/π_rollout, C) + β·KL_k3 − α·H_t) aggregated × world (DDP averages), and `info`."""
     token_loss, info = policy_token_loss(mb, logp, args, algo_state)
     if args.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
         raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
@@ -446,7 +424,7 @@ def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
 
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
 class _SampledLogprobRecorder(LogitsProcessor):
-    """Applies the temperature as the last logits processor and records the log-prob of each sampled token."""
+    """The last logits processor: applies the temperature and records the log-prob of each sampled token."""
 
     def __init__(self, temperature: float):
         self.temperature, self.prev_logp, self.recorded = temperature, None, []
@@ -458,10 +436,6 @@ class _SampledLogprobRecorder(LogitsProcessor):
         self.prev_logp = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
-    def finish(self, last_tokens):
-        self.recorded.append(self.prev_logp.gather(1, last_tokens[:, None]).squeeze(1))
-        return torch.stack(self.recorded, dim=1)  # [B, T_generated]
-
 
 def response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Length of each generated row [B, T] up to and including its first stop token, and whether it has none."""
@@ -472,28 +446,24 @@ def response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[torc
 
 @torch.no_grad()
 def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size) -> list[dict]:
-    """Hugging Face engine: n samples per prompt (prompt-major); temperature 0 is greedy. Only these settings apply:
-    the model's own generation_config (top_k, repetition penalty, ...) is set aside meanwhile."""
-    rows = [ids for ids in prompt_ids for _ in range(n)]
-    results, device, greedy = [], next(model.parameters()).device, temperature == 0
+    """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside."""
+    rows, results, greedy = [ids for ids in prompt_ids for _ in range(n)], [], temperature == 0
     saved_config, model.generation_config = model.generation_config, GenerationConfig()
     try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start: start + batch_size]
-            width = max(len(r) for r in chunk)
-            input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=device)  # left padding
-            attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=device)
+        for chunk in (rows[i: i + batch_size] for i in range(0, len(rows), batch_size)):
+            width = max(len(r) for r in chunk)  # left padding
+            input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=model.device)
+            attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=model.device)
             recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            out = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=not greedy,
-                                 **({} if greedy else dict(temperature=1.0, top_p=top_p, top_k=0)), eos_token_id=stop_ids,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                 logits_processor=LogitsProcessorList([recorder]))
-            generated = out[:, width:]
-            logps = recorder.finish(generated[:, -1]).cpu()
+            generated = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=not greedy,
+                                       **({} if greedy else dict(temperature=1.0, top_p=top_p, top_k=0)),
+                                       eos_token_id=stop_ids, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                                       logits_processor=LogitsProcessorList([recorder]))[:, width:]
+            recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
+            logps = torch.stack(recorder.recorded, dim=1).cpu()  # [b, T_generated]
             lengths, truncated = (x.tolist() for x in response_lengths(generated, stop_ids))
-            for i, tokens in enumerate(generated.tolist()):
-                results.append({"response_ids": tokens[: lengths[i]], "rollout_logp": logps[i, : lengths[i]].tolist(),
-                                "truncated": truncated[i]})
+            results += [{"response_ids": tokens[: lengths[i]], "rollout_logp": logps[i, : lengths[i]].tolist(),
+                         "truncated": truncated[i]} for i, tokens in enumerate(generated.tolist())]
     finally:
         model.generation_config = saved_config
     return results
@@ -504,16 +474,15 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> dict:
-    """vllm.SamplingParams: unbiased sampling (top_k 0 = off), stop tokens, the sampled token's log-prob after the
-    temperature (logprobs=0 with the engine's logprobs_mode=processed_logprobs); greedy at temperature 0."""
-    return dict(n=n, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repetition_penalty=1.0, seed=seed,
-                max_tokens=max_new_tokens, logprobs=0, stop_token_ids=list(stop_ids), skip_special_tokens=True)
+def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
+    """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
+    (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is truncated."""
+    from vllm import SamplingParams
 
-
-def parse_vllm_outputs(outputs) -> list[dict]:
-    """RequestOutputs -> the dicts of `hf_generate`. `token_ids` ends with the stop token when finish_reason is
-    "stop"; any other reason ("length", "abort") is truncated."""
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repetition_penalty=1.0,
+                            seed=seed, max_tokens=max_new_tokens, logprobs=0, stop_token_ids=list(stop_ids),
+                            skip_special_tokens=True)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
     return [{"response_ids": list(c.token_ids), "truncated": c.finish_reason != "stop",
              "rollout_logp": [c.logprobs[t][token].logprob for t, token in enumerate(c.token_ids)]}
             for request in outputs for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))]
@@ -541,32 +510,23 @@ def build_vllm_engine(model: str, seed: int, memory: float, max_model_len: int |
     return llm
 
 
-
-
-
 def full_parameter_chunks(model, accelerator):
-    """The policy's weights as lists of (HF name, bf16 tensor), one decoder layer at a time, on every process: gathered
-    under ZeRO-3 (one batched all-gather per layer) and FSDP2 (`full_tensor`) only while the consumer holds them.
-    A tied `lm_head.weight` is never sent (vLLM ties it to the embedding and rejects it alone)."""
+    """(HF name, bf16 tensor) lists, a decoder layer at a time, gathered (ZeRO-3, FSDP2) only while held; no tied
+    `lm_head.weight` (vLLM rejects it)."""
     unwrapped = accelerator.unwrap_model(model)
     tied = getattr(unwrapped.config, "tie_word_embeddings", False)
     named = [(n, p) for n, p in unwrapped.named_parameters() if not (tied and n == "lm_head.weight")]
-    gather = lambda params: nullcontext()  # noqa: E731
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters
+    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
     for _, group in itertools.groupby(named, key=lambda np: (re.match(r".*?\.layers\.\d+\.", np[0]) or [np[0]])[0]):
         group = list(group)
-        with gather([p for _, p in group]):
+        with __import__("deepspeed").zero.GatheredParameters([p for _, p in group]) if zero3 else nullcontext():
             yield [(n, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().to(torch.bfloat16))
                    for n, p in group]
 
 
 @torch.no_grad()
 def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
-    """Push the trainer's weights into the engine layer by layer (vLLM 0.33's Llama/Qwen2 `load_weights` takes HF
-    names and copies q/k/v and gate/up into its fused shards in place) and drop the stale prefix cache."""
+    """The trainer's weights into the engine, layer by layer (`load_weights` fills fused shards in place)."""
     if sleep_mode:
         torch.cuda.empty_cache()
         llm.wake_up(tags=["weights"])  # never load into sleeping (unmapped) memory
@@ -575,8 +535,6 @@ def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
     llm.reset_prefix_cache()
     if sleep_mode:
         llm.wake_up(tags=["kv_cache"])
-
-
 # ── end of the GPU-only vLLM block ──
 
 
@@ -586,10 +544,7 @@ def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, 
     current weights) or HF. Each: prompt_ids, response_ids (through the first stop token), rollout_logp (log π_T of
     each), truncated (no stop token within max_new_tokens), text (decoded without special tokens)."""
     if llm is not None:
-        from vllm import SamplingParams
-
-        params = SamplingParams(**vllm_sampling_kwargs(n, temperature, top_p, max_new_tokens, stop_ids, seed))
-        samples = parse_vllm_outputs(llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False))
+        samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
     else:
         was_training = model.training
         samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids,
@@ -600,8 +555,7 @@ def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, 
 
 
 def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
-    """The tokenizer's EOS, the generation config's EOS ids and, for chat templates, `<|im_end|>` (base models often
-    close the assistant turn with it and then invent a new turn)."""
+    """The tokenizer's and generation config's EOS ids and, for chat templates, `<|im_end|>` (base models use it)."""
     try:
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
     except OSError:  # no generation_config.json
@@ -614,8 +568,7 @@ def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
 
 
 def collate(samples: list[dict], pad_id: int) -> dict:
-    """Per-sample dicts -> tensors: input_ids/attention_mask [B, P+R] (prompt left-padded, response right-padded),
-    response_ids/response_mask/rollout_logp [B, R], truncated [B]."""
+    """Samples -> input_ids, attention_mask [B, P+R] (left-padded prompt), response tensors [B, R], truncated [B]."""
     prompt_width = max(len(s["prompt_ids"]) for s in samples)
     response_width = max(max(len(s["response_ids"]) for s in samples), 1)
     input_ids = torch.full((len(samples), prompt_width + response_width), pad_id, dtype=torch.long)
@@ -633,11 +586,9 @@ def collate(samples: list[dict], pad_id: int) -> dict:
 
 
 def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float):
-    """logp, entropy, g [b, R] of the rows `rows` of `batch` from one forward (grads flow if enabled), logits / T.
-    All-padding prompt columns on the left and response columns on the right are trimmed first."""
+    """logp, entropy, g [b, R] of `rows` of the batch from one forward of the trimmed rows, logits / T."""
     mask = batch["response_mask"][rows]
-    width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1
-    full_width = mask.shape[1]
+    width, full_width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1, mask.shape[1]
     attention = batch["attention_mask"][rows][:, : batch["input_ids"].shape[1] - full_width + width]
     first = int(attention.sum(0).nonzero().min())
     input_ids, attention = batch["input_ids"][rows][:, first: attention.shape[1]], attention[:, first:]
@@ -651,15 +602,13 @@ def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: fl
 
 # ─── SHARED: logging, evaluation, checkpoints ──────────────────────────────────────────────────
 class Metrics:
-    """Per-process sums, counts and maxima (tensors stay on the device until `reduce`): the reduced value of a
-    name is Σ sum / Σ count over processes, or the max over processes (the min for names ending in `_min`)."""
+    """Per-process sums and counts (Σ sum / Σ count over processes), and maxima (minima for names ending `_min`)."""
 
     def __init__(self):
         self.sums, self.counts, self.maxes = {}, {}, {}
 
     def add(self, name: str, total, count=1.0) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + total
-        self.counts[name] = self.counts.get(name, 0.0) + count
+        self.sums[name], self.counts[name] = self.sums.get(name, 0.0) + total, self.counts.get(name, 0.0) + count
 
     def mean(self, name: str, values, mask) -> None:
         self.add(name, (values * mask).sum(), mask.sum())
@@ -695,10 +644,9 @@ def resolve_model(model: str) -> str:
         path = os.path.join(REPO_DIR, path)
     if os.path.isfile(os.path.join(path, "hf", "config.json")):  # a checkpoint folder
         return os.path.join(path, "hf")
-    found = [m for m in [os.path.join(c, "hf") for c in checkpoints(path)] + [os.path.join(path, "final")]  # final/:
-             if os.path.isfile(os.path.join(m, "config.json"))]  # the last model of runs written before checkpoints had hf/
+    found = [os.path.join(c, "hf") for c in checkpoints(path) if os.path.isfile(os.path.join(c, "hf", "config.json"))]
     if found:  # a run folder: its newest model
-        return max(found, key=lambda m: os.path.getmtime(os.path.join(m, "config.json")))
+        return found[-1]
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"--model {model}: a folder without config.json, hf/ or checkpoints/step_*/hf/")
     parts = model.split("/")  # a hub id is `owner/name`; `runs/x` or `./x` is a folder
@@ -712,8 +660,7 @@ def resolve_model(model: str) -> str:
 
 
 def load_pretrained(path: str, what: str = "tokenizer", dtype=torch.float32):
-    """The tokenizer or the model of a resolved `--model`; a folder without a tokenizer or with damaged weights is
-    one error line, not a traceback."""
+    """The tokenizer or model of a resolved `--model`; a failure is one error line, not a traceback."""
     try:
         if what == "tokenizer":
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -768,8 +715,7 @@ def rerun_command(run_dir: str) -> str:
 
 
 class RunLogger:
-    """`metrics.jsonl` (a line per step), TensorBoard, W&B (`--track`), `completions.jsonl` and `args.json` (what a
-    resume continues with), on the main process. A resumed run first drops what was logged after its checkpoint."""
+    """metrics.jsonl, TensorBoard, W&B, completions.jsonl, args.json; a resume drops what followed its checkpoint."""
 
     def __init__(self, run_dir: str, args, enabled: bool, start_step: int):
         self.run_dir, self.writer = run_dir, None
@@ -824,8 +770,7 @@ def grade(samples: list[dict], problems: list[dict], args) -> list:
 
 
 def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
-    """avg@eval_n accuracy, response length and no-answer rate on the held-out problems, sharded over processes;
-    shards are padded to equal length (padding is generated, not graded) so every process makes the same calls."""
+    """avg@eval_n accuracy, length and no-answer rate, sharded over processes (equal shards: padding not graded)."""
     world, rank, n = accelerator.num_processes, accelerator.process_index, args.eval_n
     per_rank = math.ceil(len(problems) / world)
     shard, real = (problems * world)[rank * per_rank: (rank + 1) * per_rank], problems[rank * per_rank:][:per_rank]
@@ -855,21 +800,20 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     while True:
         problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
-        data_pos, gen_batches = data_pos + args.prompts_per_step, gen_batches + 1
-        t1 = time.time()
+        data_pos, gen_batches, t1 = data_pos + args.prompts_per_step, gen_batches + 1, time.time()
         samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
         t2 = time.time()
         rewards = grade(samples, problems, args)
         totals = [a + b for a, b in zip(totals, (t2 - t1, time.time() - t2, sum(len(s["response_ids"]) for s in samples),
                                                  rewards.timeouts))]
-        correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32)
-        informative = informative_groups(correct, G)
+        correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32).view(-1, G)
+        informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
         for name, total, count in [
-                ("rollout/accuracy", correct.sum(), len(correct)), ("rollout/reward", sum(rewards), len(rewards)),
+                ("rollout/accuracy", correct.sum(), correct.numel()), ("rollout/reward", sum(rewards), len(rewards)),
                 ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
                 ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
-                ("rollout/all_correct_group_frac", (correct.view(-1, G) == 1).all(1).sum(), per_rank),
-                ("rollout/all_wrong_group_frac", (correct.view(-1, G) == 0).all(1).sum(), per_rank)]:
+                ("rollout/all_correct_group_frac", (correct == 1).all(1).sum(), per_rank),
+                ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank)]:
             metrics.add(name, total, count)
         for g, problem in enumerate(problems):
             group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
@@ -891,8 +835,7 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
 
 
 def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
-    """Tensors of the rollout batch on this process, with advantages [B, R] from the rewards of all processes
-    and the loss mask (padding groups and, with `mask_truncated`, truncated responses excluded)."""
+    """The batch's tensors with advantages `adv` and the loss mask (no padding groups; `mask_truncated`) [B, R]."""
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
     lengths = batch["response_mask"].sum(-1)
@@ -950,8 +893,22 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                 if fill_old:
                     batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = \
                         logp.detach(), entropy.detach(), g
-                log_micro_batch(metrics, info, mb, logp.detach(), entropy.detach(), g,
-                                -grad_logp[0] * totals["tokens"] / world)
+                # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
+                delta = entropy_change(-grad_logp[0] * totals["tokens"] / world, logp.detach(), entropy.detach(), g)
+                delta = delta * mb["loss_mask"]
+                for name, values in [
+                        ("entropy/flow_increase", delta.clamp(min=0)), ("entropy/flow_decrease", (-delta).clamp(min=0)),
+                        ("entropy/flow_net", delta), ("entropy/increase_frac", (delta > 0).float()),
+                        ("train/policy_loss", info["token_loss"]), ("train/ppo_kl", mb["logp_old"] - logp.detach()),
+                        ("train/clip_frac_low", info["clipped_low"].float()),
+                        ("train/clip_frac_high", info["clipped_high"].float()),
+                        ("train/kl_ref", info.get("kl_ref")), ("rollout/is_weight_mean", info.get("is_weight")),
+                        ("rollout/is_capped_frac", info["is_capped"].float() if "is_capped" in info else None)]:
+                    if values is not None:
+                        metrics.mean(name, values.detach(), mb["loss_mask"])
+                for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min
+                    if name.startswith("algo/"):
+                        metrics.max(name, value) if name.endswith(("_max", "_min")) else metrics.add(name, value)
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) or 0.0)
             if math.isfinite(grad_norm):  # never write NaN into the weights (DeepSpeed: the engine already stepped)
                 optimizer.step()
@@ -959,24 +916,6 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
             skipped_updates += not math.isfinite(grad_norm)
             metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
     return skipped_updates
-
-
-def log_micro_batch(metrics, info, mb, logp, entropy, g, coef) -> None:
-    """Loss and flow metrics of one micro-batch; `coef` = −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t."""
-    m = mb["loss_mask"]
-    delta = entropy_change(coef, logp, entropy, g) * m  # ΔH_t / η, exact first order (tabular softmax)
-    for name, values in [("entropy/flow_increase", delta.clamp(min=0)), ("entropy/flow_decrease", (-delta).clamp(min=0)),
-                         ("entropy/flow_net", delta), ("entropy/increase_frac", (delta > 0).float()),
-                         ("train/policy_loss", info["token_loss"]), ("train/ppo_kl", mb["logp_old"] - logp),
-                         ("train/clip_frac_low", info["clipped_low"].float()),
-                         ("train/clip_frac_high", info["clipped_high"].float()),
-                         ("train/kl_ref", info.get("kl_ref")), ("rollout/is_weight_mean", info.get("is_weight")),
-                         ("rollout/is_capped_frac", info["is_capped"].float() if "is_capped" in info else None)]:
-        if values is not None:
-            metrics.mean(name, values.detach(), m)
-    for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min by name
-        if name.startswith("algo/"):
-            metrics.max(name, value) if name.endswith(("_max", "_min")) else metrics.add(name, value)
 
 
 def batch_token_metrics(batch, metrics, reduce_sum) -> None:
@@ -1048,8 +987,7 @@ def build_policy(args, accelerator, model_path: str, use_bf16: bool):
 
 
 def load_checkpoint(accelerator, found: list[str]) -> dict:
-    """Load the newest checkpoint that loads (model, optimizer, RNG states of every process), passing over damaged
-    ones; returns its trainer state ({} if none)."""
+    """The trainer state of the newest checkpoint that loads ({} if none); damaged ones are passed over."""
     for checkpoint in reversed(found):
         try:
             accelerator.load_state(checkpoint)
@@ -1106,9 +1044,9 @@ def main(args: Args) -> str:
     eval_problems = load_data(args.eval_data, args.eval_split, args, tokenizer, args.num_eval_problems) \
         if args.eval_every else []
     found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
-    start_step = read_run_args(found[-1], "trainer_state.json").get("step", 0) if found else 0
-    if start_step >= args.total_steps:  # a finished run: nothing changes
-        accelerator.print(f"run {run_dir} is finished ({start_step} of {args.total_steps} steps); "
+    done = saved_args(found[-1], "trainer_state.json").get("step", 0) if found else 0  # damaged: not finished
+    if done >= args.total_steps:  # a finished run: nothing changes
+        accelerator.print(f"run {run_dir} is finished ({done} of {args.total_steps} steps); "
                           f"to extend it: {rerun_command(run_dir)} --total-steps N")
         return run_dir
     lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
@@ -1120,7 +1058,7 @@ def main(args: Args) -> str:
                             args.vllm_sleep_mode, accelerator) if engine == "vllm" else None
     set_seed(args.seed)  # vLLM re-seeds the global RNGs in its worker
     model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
-    state = load_checkpoint(accelerator, found) if args.resume else {}
+    state = load_checkpoint(accelerator, found)
     if args.resume and not state:
         accelerator.print(f"no usable checkpoint in {run_dir}: starting it again from step 0")
     start_step, data_pos = state.get("step", 0), state.get("data_pos", 0)

@@ -116,6 +116,9 @@ def test_every_knob_at_once_runs(tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
     assert all("train/kl_ref" in r and r["train/kl_ref"] >= 0 for r in rows)
     assert rows[0]["algo/pos_weight"] == 0.0  # λ₀ = 0
+    for r in rows:  # DAPO's filter drops exactly the groups whose rewards are all equal
+        assert r["rollout/filtered_group_frac"] == pytest.approx(r["rollout/all_correct_group_frac"] +
+                                                                 r["rollout/all_wrong_group_frac"])
     assert rows[-1]["train/skipped_updates"] == 0
 
 

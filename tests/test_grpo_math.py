@@ -1,5 +1,6 @@
 """Unit tests of grpo.py's math: token statistics, entropy change, advantages, clipping, aggregation."""
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -94,9 +95,7 @@ def test_group_advantages_by_hand():
     assert torch.allclose(batch[:4], torch.tensor([0.75, -0.25, -0.25, -0.25]) / (rewards.std() + 1e-6))
 
 
-def test_dynamic_sampling_filter_and_overlong():
-    rewards = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0, 1], dtype=torch.float32)
-    assert grpo.informative_groups(rewards, 3).tolist() == [False, False, True]
+def test_overlong_penalty():
     pen = grpo.overlong_penalty(torch.tensor([10, 12, 16, 20]), max_len=20, buffer=8, factor=1.0)
     assert torch.allclose(pen, torch.tensor([0.0, 0.0, -0.5, -1.0]))
     assert torch.all(grpo.overlong_penalty(torch.tensor([20]), 20, 0, 1.0) == 0)
@@ -151,12 +150,10 @@ def test_response_lengths_and_collate():
     assert batch["truncated"].tolist() == [False, True]
 
 
-def test_vllm_request_building_and_output_parsing():
-    """The vLLM block's pure parts: request dicts, sampling arguments, and RequestOutput parsing
-    (shaped like vLLM 0.33's RequestOutput / CompletionOutput / Logprob)."""
-    kwargs = grpo.vllm_sampling_kwargs(n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, stop_ids=[1, 4])
-    assert kwargs == dict(n=2, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=3,
-                          logprobs=0, stop_token_ids=[1, 4], skip_special_tokens=True, seed=None)
+def test_vllm_request_building_and_output_parsing(monkeypatch):
+    """The vLLM block's request and parsing (vLLM cannot run here): `vllm.SamplingParams` is stood in for by dict, the
+    engine by an object whose outputs are shaped like vLLM 0.33's RequestOutput / CompletionOutput / Logprob."""
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=dict))
 
     def completion(tokens, finish):
         logprobs = [{t: SimpleNamespace(logprob=-0.5 * (i + 1)), 99: SimpleNamespace(logprob=-9.0)} for i, t in enumerate(tokens)]
@@ -164,7 +161,12 @@ def test_vllm_request_building_and_output_parsing():
 
     outputs = [SimpleNamespace(outputs=[completion([7, 1], "stop"), completion([7, 8, 9], "length")]),
                SimpleNamespace(outputs=[completion([6, 6, 4], "stop"), completion([2], "abort")])]
-    parsed = grpo.parse_vllm_outputs(outputs)
+    calls = []
+    llm = SimpleNamespace(generate=lambda requests, params, use_tqdm: calls.append((requests, params)) or outputs)
+    parsed = grpo.vllm_generate(llm, [[5, 5], [3]], n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, stop_ids=[1, 4])
+    assert calls == [([{"prompt_token_ids": [5, 5]}, {"prompt_token_ids": [3]}],
+                      dict(n=2, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=3,
+                           logprobs=0, stop_token_ids=[1, 4], skip_special_tokens=True, seed=None))]
     assert [p["response_ids"] for p in parsed] == [[7, 1], [7, 8, 9], [6, 6, 4], [2]]  # stop tokens kept as sampled
     assert [p["truncated"] for p in parsed] == [False, True, False, True]
     assert parsed[0]["rollout_logp"] == [-0.5, -1.0]  # the sampled token's entry, not the other one
