@@ -787,7 +787,8 @@ def collate(samples: list[dict], pad_id: int) -> dict:
 def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float):
     """logp, entropy, g [b, R] of `rows` of the batch from one forward of the trimmed rows, logits / T."""
     mask = batch["response_mask"][rows]
-    width, full_width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1, mask.shape[1]
+    width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1  # trimmed response width
+    full_width = mask.shape[1]
     attention = batch["attention_mask"][rows][:, : batch["input_ids"].shape[1] - full_width + width]
     first = int(attention.sum(0).nonzero().min())
     input_ids, attention = batch["input_ids"][rows][:, first: attention.shape[1]], attention[:, first:]
@@ -807,7 +808,8 @@ class Metrics:
         self.sums, self.counts, self.maxes = {}, {}, {}
 
     def add(self, name: str, total, count=1.0) -> None:
-        self.sums[name], self.counts[name] = self.sums.get(name, 0.0) + total, self.counts.get(name, 0.0) + count
+        self.sums[name] = self.sums.get(name, 0.0) + total
+        self.counts[name] = self.counts.get(name, 0.0) + count
 
     def mean(self, name: str, values, mask) -> None:
         self.add(name, (values * mask).sum(), mask.sum())
