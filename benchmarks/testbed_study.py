@@ -27,6 +27,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -151,13 +152,17 @@ def run_one(method: str, lr: float, seed: int, phase: str, args) -> dict:
     return row
 
 
+RUNS_FILE_LOCK = threading.Lock()  # runs finish in parallel threads; one rewrite of runs.jsonl at a time
+
+
 def write_runs_file(out: Path) -> list[dict]:
     """`<out>/runs.jsonl` from every finished run's row.json (rewritten after each run: a cut study keeps its rows)."""
-    rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/row.json"))]
-    tmp = out / "runs.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, out / "runs.jsonl")
-    return rows
+    with RUNS_FILE_LOCK:
+        rows = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/row.json"))]
+        tmp = out / "runs.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, out / "runs.jsonl")
+        return rows
 
 
 def run_row(method: str, lr: float, seed: int, phase: str, run_dir: Path, eval_n: int) -> dict:

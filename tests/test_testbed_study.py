@@ -5,6 +5,7 @@ what `--report` generates from the committed runs file."""
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def test_paired_difference_and_verdicts():
         "no (the opposite)"
     assert testbed_study.verdict({"m": [dict(r, acted=0.0) for r in rows], "b": base}, "m", "b", "x", +1)[0] == \
         "not compared (did not act)"
+
+
+def test_runs_file_rewritten_from_parallel_threads(tmp_path):
+    """Runs finish in parallel threads, each rewriting runs.jsonl (CI once lost the race on a shared .tmp name)."""
+    for i in range(20):
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        (tmp_path / "runs" / str(i) / "row.json").write_text(json.dumps({"i": i}))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: testbed_study.write_runs_file(tmp_path), range(200)))
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 20
 
 
 def test_study_tiny(tmp_path):
