@@ -383,12 +383,6 @@ def clipped_surrogate(adv, ratio, clip_low: float, clip_high: float, dual_clip_c
     return loss, clipped_low, clipped_high
 
 
-def k3_kl(logp_ref, logp):
-    """k3 estimator of KL(π‖π_ref) per token: π_ref/π − log(π_ref/π) − 1 (arXiv 2402.03300, Eq. 4)."""
-    log_ratio = (logp_ref - logp).clamp(-20, 20)
-    return log_ratio.exp() - log_ratio - 1.0
-
-
 def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
     """Loss tokens N and sequences B with at least one loss token, of a minibatch [b, R] on all processes."""
     tokens, seqs = reduce_sum(torch.stack([loss_mask.sum(), (loss_mask.sum(-1) > 0).sum().to(loss_mask.dtype)]))
@@ -409,8 +403,9 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
         raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
         info["is_weight"], info["is_capped"] = raw.clamp(max=args.rollout_is_cap), raw > args.rollout_is_cap
         token_loss = token_loss * info["is_weight"]
-    if args.kl_coef > 0:
-        info["kl_ref"] = k3_kl(mb["logp_ref"], logp)
+    if args.kl_coef > 0:  # k3 estimator of KL(π‖π_ref): π_ref/π − log(π_ref/π) − 1 (arXiv 2402.03300, Eq. 4)
+        log_ratio = (mb["logp_ref"] - logp).clamp(-20, 20)
+        info["kl_ref"] = log_ratio.exp() - log_ratio - 1.0
         token_loss = token_loss + args.kl_coef * info["kl_ref"]
     if args.ent_coef > 0:
         token_loss = token_loss - args.ent_coef * entropy
@@ -819,15 +814,11 @@ class Metrics:
         self.maxes[name] = value if name not in self.maxes else max(self.maxes[name], value)
 
     def reduce(self, accelerator) -> dict:
-        keys, max_keys, device = sorted(self.sums), sorted(self.maxes), accelerator.device
-        as_tensor = lambda values: torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device).reshape(())  # noqa
-                                                for v in values]) if values else torch.zeros(0, device=device)
-        totals = as_tensor([self.sums[k] for k in keys] + [self.counts[k] for k in keys])  # one transfer for all
-        maxes = as_tensor([self.maxes[k] for k in max_keys])
-        if accelerator.num_processes > 1:
-            totals = accelerator.reduce(totals, reduction="sum")
-            maxes = accelerator.gather(maxes[None]).amax(0) if max_keys else maxes
-        totals, maxes = totals.tolist(), maxes.tolist()
+        keys, max_keys = sorted(self.sums), sorted(self.maxes)
+        values = [self.sums[k] for k in keys] + [self.counts[k] for k in keys] + [self.maxes[k] for k in max_keys]
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(accelerator.device).reshape(()) for v in values])
+        values = accelerator.gather(values[None]) if accelerator.num_processes > 1 else values[None]  # [world, n]
+        totals, maxes = values[:, : 2 * len(keys)].sum(0).tolist(), values[:, 2 * len(keys):].amax(0).tolist()
         out = {k: totals[i] / totals[len(keys) + i] if totals[len(keys) + i] > 0 else float("nan")
                for i, k in enumerate(keys)}
         return {**out, **{k: -v if k.endswith("_min") else v for k, v in zip(max_keys, maxes)}}
@@ -843,10 +834,8 @@ def resolve_model(model: str) -> str:
     path = os.path.expanduser(model)
     if not os.path.exists(path) and os.path.isdir(os.path.join(REPO_DIR, path)):
         path = os.path.join(REPO_DIR, path)
-    if os.path.isfile(os.path.join(path, "hf", "config.json")):  # a checkpoint folder
-        return os.path.join(path, "hf")
-    found = [os.path.join(c, "hf") for c in checkpoints(path) if os.path.isfile(os.path.join(c, "hf", "config.json"))]
-    if found:  # a run folder: its newest model
+    found = [os.path.join(c, "hf") for c in [*checkpoints(path), path] if os.path.isfile(os.path.join(c, "hf", "config.json"))]
+    if found:  # a checkpoint folder: its hf/; a run folder: its newest checkpoint's
         return found[-1]
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"--model {model}: a folder without config.json, hf/ or checkpoints/step_*/hf/")
@@ -1337,12 +1326,9 @@ def main(args: Args) -> str:
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except UsageError as error:
+    except (UsageError, RunError) as error:  # one line; exit status 2: arguments or files, 1: the run
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(error, UsageError) else 1)
     except KeyboardInterrupt as interrupt:
         print(f"\ninterrupted: {interrupt or 'before the run started'}", file=sys.stderr)
         sys.exit(130)

@@ -116,11 +116,19 @@ def test_clipped_surrogate_by_hand():
     assert ((r.grad == 0) == (low | high)).all()
 
 
-def test_k3_kl_nonnegative_and_zero_at_equality():
-    a = torch.randn(100)
-    b = torch.randn(100)
-    assert torch.all(grpo.k3_kl(a, b) >= 0)
-    assert torch.allclose(grpo.k3_kl(a, a), torch.zeros(100))
+def test_k3_kl_nonnegative_zero_at_equality_and_added_to_the_loss():
+    """compute_loss's k3 term π_ref/π − log(π_ref/π) − 1: ≥ 0, 0 where π = π_ref, and β·KL added to each token."""
+    args = grpo.Args(kl_coef=0.5)
+    logp, logp_ref = torch.randn(1, 100), torch.randn(1, 100)
+    logp_ref[0, :10] = logp[0, :10]
+    mb = {"adv": torch.zeros(1, 100), "loss_mask": torch.ones(1, 100), "logp_old": logp, "rollout_logp": logp,
+          "logp_ref": logp_ref}
+    _, info = grpo.compute_loss(mb, logp, None, args, grpo.init_algorithm_state(args),
+                                grpo.minibatch_totals(mb["loss_mask"], lambda x: x), 1)
+    kl = info["kl_ref"]
+    assert torch.all(kl >= 0) and torch.all(kl[0, 10:] > 0) and torch.equal(kl[0, :10], torch.zeros(10))
+    torch.testing.assert_close(kl, (logp_ref - logp).exp() - (logp_ref - logp) - 1)
+    torch.testing.assert_close(info["token_loss"], 0.5 * kl)  # A = 0: the PPO term is 0
 
 
 def test_pos_weight_schedule():
