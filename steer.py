@@ -70,7 +70,7 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from common.data import build_prompt, load_problems
+from common.data import DataError, load_prompts
 from common.reward import score
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -1050,28 +1050,6 @@ def learning_rate(args: Args, step: int) -> float:
     return args.learning_rate * (0.5 * (1 + math.cos(math.pi * progress)) if args.lr_schedule == "cosine" else 1.0)
 
 
-def load_data(name: str, split, args, tokenizer, limit=None) -> list[dict]:
-    """Problems with their prompt token ids; prompts over `max_prompt_length` tokens are skipped and counted."""
-    try:
-        problems = load_problems(name, split=split, data_dir=args.data_dir, limit=limit, skip_invalid=args.skip_invalid)
-    except (ValueError, FileNotFoundError) as error:
-        raise UsageError(str(error).replace("skip_invalid=True", "--skip-invalid").replace("data_dir=", "--data-dir"))
-    if getattr(problems, "skipped", 0):
-        print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), first: {problems.skipped_rows[0]}")
-    encoded = [{**p, "prompt_ids": tokenizer(build_prompt(p["question"], args.template, tokenizer),
-                                             add_special_tokens=False)["input_ids"]} for p in problems]
-    kept = [p for p in encoded if len(p["prompt_ids"]) <= args.max_prompt_length]
-    if len(kept) < len(encoded):
-        print(f"{name}: skipped {len(encoded) - len(kept)} of {len(encoded)} prompts over --max-prompt-length "
-              f"{args.max_prompt_length} tokens")
-    if not kept:
-        raise UsageError(f"{name}: no problem to train or evaluate on ({len(encoded)} loaded)")
-    if limit is None and len(kept) < args.prompts_per_step:
-        print(f"note: {len(kept)} training problems, fewer than --prompts-per-step {args.prompts_per_step}: every "
-              "step repeats problems (reshuffled each pass)")
-    return kept
-
-
 def build_policy(args, accelerator, model_path: str, use_bf16: bool):
     """The policy and its optimizer (prepared: DDP, ZeRO or FSDP), and a frozen reference when the KL term is on."""
     model = load_pretrained(model_path, "model")
@@ -1153,9 +1131,10 @@ def main(args: Args) -> str:
         accelerator.print(f"model: {model_path}")
     tokenizer = load_pretrained(model_path, "tokenizer")
     stop_ids = stop_token_ids(tokenizer, model_path, args.template)
-    train_problems = load_data(args.train_data, args.train_split, args, tokenizer)
-    eval_problems = load_data(args.eval_data, args.eval_split, args, tokenizer, args.num_eval_problems) \
-        if args.eval_every else []
+    train_problems = load_prompts(args.train_data, args.train_split, tokenizer, args.template, args.max_prompt_length,
+                                  args.data_dir, args.skip_invalid, per_step=args.prompts_per_step)
+    eval_problems = load_prompts(args.eval_data, args.eval_split, tokenizer, args.template, args.max_prompt_length,
+                                 args.data_dir, args.skip_invalid, args.num_eval_problems) if args.eval_every else []
     found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
     done = saved_args(found[-1], "trainer_state.json").get("step", 0) if found else 0  # damaged: not finished
     if done >= args.total_steps:  # a finished run: nothing changes
@@ -1249,9 +1228,9 @@ def main(args: Args) -> str:
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except (UsageError, RunError) as error:  # one line; exit status 2: arguments or files, 1: the run
+    except (UsageError, DataError, RunError) as error:  # one line; exit status 2: arguments or files, 1: the run
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2 if isinstance(error, UsageError) else 1)
+        sys.exit(1 if isinstance(error, RunError) else 2)
     except KeyboardInterrupt as interrupt:
         print(f"\ninterrupted: {interrupt or 'before the run started'}", file=sys.stderr)
         sys.exit(130)

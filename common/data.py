@@ -855,6 +855,32 @@ def load_problems(
     return _collect(rows, record_fn, source, skip_invalid, limit, dedupe=benchmark in _DEDUPLICATE)
 
 
+def load_prompts(source: str, split: str | None, tokenizer, template: str, max_prompt_length: int,
+                 data_dir: str | None = None, skip_invalid: bool = False, limit: int | None = None,
+                 per_step: int = 0) -> list[dict]:
+    """The training scripts' loader: ``load_problems`` records with ``prompt_ids`` (``build_prompt``, tokenized).
+    Prompts over ``max_prompt_length`` tokens are skipped and counted; every error is a one-line ``DataError``; a
+    training set (no ``limit``) smaller than one step's ``per_step`` prompts is said."""
+    try:
+        problems = load_problems(source, split=split, data_dir=data_dir, limit=limit, skip_invalid=skip_invalid)
+    except (ValueError, FileNotFoundError) as error:  # hub datasets raise their own FileNotFoundError subclasses
+        raise DataError(str(error)) from None
+    if problems.skipped:
+        print(f"{source}: skipped {problems.skipped} invalid rows (--skip-invalid), first: {problems.skipped_rows[0]}")
+    encoded = [{**p, "prompt_ids": tokenizer(build_prompt(p["question"], template, tokenizer),
+                                             add_special_tokens=False)["input_ids"]} for p in problems]
+    kept = [p for p in encoded if len(p["prompt_ids"]) <= max_prompt_length]
+    if len(kept) < len(encoded):
+        print(f"{source}: skipped {len(encoded) - len(kept)} of {len(encoded)} prompts over --max-prompt-length "
+              f"{max_prompt_length} tokens")
+    if not kept:
+        raise DataError(f"{source}: no problem to train or evaluate on ({len(encoded)} loaded)")
+    if limit is None and len(kept) < per_step:
+        print(f"note: {len(kept)} training problems, fewer than --prompts-per-step {per_step}: every step repeats "
+              "problems (reshuffled each pass)")
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m common.data [NAMES] [--data-dir DIR] [--source URL]``: download the named sets' missing
     files into the data dir and check every file (rows, sha256). Exit status 1 if any file failed."""

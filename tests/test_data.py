@@ -33,6 +33,7 @@ from common.data import (  # noqa: E402
     file_stats,
     last_boxed,
     load_problems,
+    load_prompts,
     make_arith_problems,
     repair_control_chars,
     resolve_data_dir,
@@ -528,6 +529,28 @@ def test_templates_with_chat_template_tokenizer():
     assert prompt == f"[system]{QWEN_MATH_SYSTEM}\n[user]What is 1+1?\n[assistant]"
     assert build_prompt("Q", "dapo", tokenizer) == f"[user]{DAPO_INSTRUCTION.format(question='Q')}\n[assistant]"
     assert build_prompt("Q", "plain", tokenizer) == "Q: Q\nA: "
+
+
+def test_load_prompts_tokenizes_skips_long_prompts_and_fails_on_one_line(tmp_path, capsys):
+    """The training scripts' loader, with the testbed's real tokenizer: each record gets the tokenized `plain`
+    prompt; prompts over the limit are skipped and counted; nothing left, or an unreadable file, is one DataError."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "testbed" / "model")
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps({"question": q, "answer": "1"}) + "\n" for q in ("1+0?", "0+1? " * 40, "2-1?")))
+    problems = load_prompts(str(path), None, tokenizer, "plain", max_prompt_length=20, per_step=4)
+    assert [p["question"] for p in problems] == ["1+0?", "2-1?"]
+    assert problems[0]["prompt_ids"] == tokenizer("Q: 1+0?\nA: ", add_special_tokens=False)["input_ids"]
+    out = capsys.readouterr().out
+    assert f"{path}: skipped 1 of 3 prompts over --max-prompt-length 20 tokens" in out
+    assert "note: 2 training problems, fewer than --prompts-per-step 4" in out
+    assert len(load_prompts(str(path), None, tokenizer, "plain", 20, limit=1, per_step=4)) == 1
+    assert "note:" not in capsys.readouterr().out  # an evaluation set (a limit) is not a training batch
+    with pytest.raises(DataError, match=r"no problem to train or evaluate on \(3 loaded\)"):
+        load_prompts(str(path), None, tokenizer, "plain", max_prompt_length=2)
+    with pytest.raises(DataError, match="nope.jsonl: no such file"):
+        load_prompts(str(tmp_path / "nope.jsonl"), None, tokenizer, "plain", 20)
 
 
 def test_benchmarks_tuple():
