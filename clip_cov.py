@@ -72,7 +72,7 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from common.data import DataError, load_prompts
+from common.data import DataError, load_prompts, take_prompts
 from common.reward import score
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -936,14 +936,6 @@ class RunLogger:
                     f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
 
 # ─── SHARED: main loop ─────────────────────────────────────────────────────────────────────────
-def take_prompts(problems: list[dict], pos: int, count: int, seed: int) -> list[dict]:
-    """`count` problems from global position `pos` of an endless stream that reshuffles the set every epoch."""
-    n = len(problems)
-    orders = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-              for epoch in range(pos // n, (pos + count - 1) // n + 1)}
-    return [problems[int(orders[i // n][i % n])] for i in range(pos, pos + count)]
-
-
 def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
     """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
     with accelerator.autocast():

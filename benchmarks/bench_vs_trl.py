@@ -107,7 +107,7 @@ def load1() -> float:
 
 def grpo_prompt_order(num_problems: int, seed: int, count: int) -> list[int]:
     """Indices of the training problems grpo.py uses at positions 0..count-1 (one process): a fresh
-    torch.randperm per epoch, seeded with seed * 1_000_003 + epoch (its `take_prompts`)."""
+    torch.randperm per epoch, seeded with seed * 1_000_003 + epoch (`common.data.take_prompts`)."""
     import torch
 
     order = []

@@ -29,6 +29,9 @@ A bad row (missing field, empty or non-string gold, malformed JSON) raises ``Dat
 deduplicated (the hub copy repeats every problem ~100 times); ``Problems.duplicates`` counts the rows
 dropped. Nothing is dropped silently.
 
+The training scripts read their data through ``load_prompts`` (records with the tokenized prompt; long prompts
+skipped and counted) and ``take_prompts`` (the seeded, resumable order in which they are drawn).
+
 ``python -m common.data [NAMES] [--data-dir DIR]`` downloads what is missing and checks every file.
 """
 
@@ -879,6 +882,18 @@ def load_prompts(source: str, split: str | None, tokenizer, template: str, max_p
         print(f"note: {len(kept)} training problems, fewer than --prompts-per-step {per_step}: every step repeats "
               "problems (reshuffled each pass)")
     return kept
+
+
+def take_prompts(problems: list, pos: int, count: int, seed: int) -> list:
+    """The training scripts' data order: ``count`` problems from global position ``pos`` of an endless stream that
+    reshuffles the set every epoch (``torch.randperm`` seeded with seed · 1,000,003 + epoch), so a resumed run that
+    knows its position continues exactly where it stopped."""
+    import torch  # only the training scripts need it
+
+    n = len(problems)
+    orders = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+              for epoch in range(pos // n, (pos + count - 1) // n + 1)}
+    return [problems[int(orders[i // n][i % n])] for i in range(pos, pos + count)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from common.data import (  # noqa: E402
     make_arith_problems,
     repair_control_chars,
     resolve_data_dir,
+    take_prompts,
 )
 
 from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
@@ -551,6 +552,17 @@ def test_load_prompts_tokenizes_skips_long_prompts_and_fails_on_one_line(tmp_pat
         load_prompts(str(path), None, tokenizer, "plain", max_prompt_length=2)
     with pytest.raises(DataError, match="nope.jsonl: no such file"):
         load_prompts(str(tmp_path / "nope.jsonl"), None, tokenizer, "plain", 20)
+
+
+def test_take_prompts_is_an_endless_reshuffled_stream_resumable_at_any_position():
+    problems = list(range(10))
+    stream = take_prompts(problems, 0, 35, seed=3)
+    for epoch in range(3):  # every epoch is a permutation of the set, and the epochs differ
+        assert sorted(stream[10 * epoch: 10 * epoch + 10]) == problems
+    assert stream[:10] != stream[10:20] != stream[20:30]
+    assert take_prompts(problems, 7, 16, seed=3) == stream[7:23]  # from any position: the same problems
+    assert take_prompts(problems, 0, 10, seed=4) != stream[:10]
+    assert take_prompts(problems[:1], 5, 3, seed=3) == [0, 0, 0]
 
 
 def test_benchmarks_tuple():
