@@ -814,8 +814,8 @@ class Metrics:
         self.maxes[name] = value if name not in self.maxes else max(self.maxes[name], value)
 
     def reduce(self, accelerator) -> dict:
-        keys, max_keys = sorted(self.sums), sorted(self.maxes)
-        values = [self.sums[k] for k in keys] + [self.counts[k] for k in keys] + [self.maxes[k] for k in max_keys]
+        keys, max_keys = sorted(self.sums), sorted(self.maxes)  # one tensor for all, [0.0] so it is never empty
+        values = [self.sums[k] for k in keys] + [self.counts[k] for k in keys] + [self.maxes[k] for k in max_keys] + [0.0]
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(accelerator.device).reshape(()) for v in values])
         values = accelerator.gather(values[None]) if accelerator.num_processes > 1 else values[None]  # [world, n]
         totals, maxes = values[:, : 2 * len(keys)].sum(0).tolist(), values[:, 2 * len(keys):].amax(0).tolist()
@@ -1298,7 +1298,7 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except (UsageError, DataError, RunError) as error:  # one line; exit status 2: arguments or files, 1: the run
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        print(f"error: {error if isinstance(error, RunError) else ' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1 if isinstance(error, RunError) else 2)
     except KeyboardInterrupt as interrupt:
         print(f"\ninterrupted: {interrupt or 'before the run started'}", file=sys.stderr)

@@ -862,8 +862,8 @@ def load_prompts(source: str, split: str | None, tokenizer, template: str, max_p
                  data_dir: str | None = None, skip_invalid: bool = False, limit: int | None = None,
                  per_step: int = 0) -> list[dict]:
     """The training scripts' loader: ``load_problems`` records with ``prompt_ids`` (``build_prompt``, tokenized).
-    Prompts over ``max_prompt_length`` tokens are skipped and counted; every error is a one-line ``DataError``; a
-    training set (no ``limit``) smaller than one step's ``per_step`` prompts is said."""
+    Prompts over ``max_prompt_length`` tokens are skipped and counted; a data error of any source is a ``DataError``;
+    a training set (no ``limit``) smaller than one step's ``per_step`` prompts is said."""
     try:
         problems = load_problems(source, split=split, data_dir=data_dir, limit=limit, skip_invalid=skip_invalid)
     except (ValueError, FileNotFoundError) as error:  # hub datasets raise their own FileNotFoundError subclasses

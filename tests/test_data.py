@@ -532,9 +532,9 @@ def test_templates_with_chat_template_tokenizer():
     assert build_prompt("Q", "plain", tokenizer) == "Q: Q\nA: "
 
 
-def test_load_prompts_tokenizes_skips_long_prompts_and_fails_on_one_line(tmp_path, capsys):
+def test_load_prompts_tokenizes_skips_long_prompts_and_fails_with_a_data_error(tmp_path, capsys):
     """The training scripts' loader, with the testbed's real tokenizer: each record gets the tokenized `plain`
-    prompt; prompts over the limit are skipped and counted; nothing left, or an unreadable file, is one DataError."""
+    prompt; prompts over the limit are skipped and counted; nothing left, or a missing file, is a DataError."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "testbed" / "model")

@@ -1,5 +1,6 @@
 """Unit tests of grpo.py's math: token statistics, entropy change, advantages, clipping, aggregation."""
 
+import math
 import sys
 from types import SimpleNamespace
 
@@ -230,3 +231,20 @@ def test_weight_sync_streams_every_parameter_once_by_layer_in_bf16():
     params = dict(model.named_parameters())
     for n, t in (pair for chunk in chunks for pair in chunk):
         assert torch.equal(t, params[n].detach().to(torch.bfloat16))
+
+
+def test_metrics_means_extremes_and_empty():
+    """Metrics.reduce: Σ sum / Σ count per name (nan without a count), maxima, minima for `_min` names, {} if empty."""
+    one_process = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    assert grpo.Metrics().reduce(one_process) == {}
+    metrics = grpo.Metrics()
+    metrics.add("a", 3.0, 2)
+    metrics.add("a", torch.tensor(1.0))
+    metrics.mean("b", torch.tensor([1.0, 5.0, 9.0]), torch.tensor([1.0, 1.0, 0.0]))
+    metrics.add("c", 0.0, 0)
+    for value in (5.0, 2.0, 7.0):
+        metrics.max("x_min", value)
+        metrics.max("y_max", value)
+    out = metrics.reduce(one_process)
+    assert {k: v for k, v in out.items() if k != "c"} == {"a": 4 / 3, "b": 3.0, "x_min": 2.0, "y_max": 7.0}
+    assert math.isnan(out["c"])
