@@ -753,20 +753,13 @@ def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
 
 def collate(samples: list[dict], pad_id: int) -> dict:
     """Samples -> input_ids, attention_mask [B, P+R] (left-padded prompt), response tensors [B, R], truncated [B]."""
-    prompt_width = max(len(s["prompt_ids"]) for s in samples)
-    response_width = max(max(len(s["response_ids"]) for s in samples), 1)
-    input_ids = torch.full((len(samples), prompt_width + response_width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    response_mask, rollout_logp = torch.zeros((2, len(samples), response_width))
-    for i, s in enumerate(samples):
-        p, r = s["prompt_ids"], s["response_ids"]
-        input_ids[i, prompt_width - len(p): prompt_width + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, prompt_width - len(p): prompt_width + len(r)] = 1
-        response_mask[i, : len(r)] = 1.0
-        rollout_logp[i, : len(r)] = torch.tensor(s["rollout_logp"][: len(r)])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_ids": input_ids[:, prompt_width:],
-            "response_mask": response_mask, "rollout_logp": rollout_logp,
-            "truncated": torch.tensor([s["truncated"] for s in samples])}
+    P, R = max(len(s["prompt_ids"]) for s in samples), max(max(len(s["response_ids"]) for s in samples), 1)
+    rows = [(s["prompt_ids"], s["response_ids"], s["rollout_logp"]) for s in samples]
+    input_ids = torch.tensor([[pad_id] * (P - len(p)) + p + r + [pad_id] * (R - len(r)) for p, r, _ in rows])
+    attention_mask = torch.tensor([[0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (R - len(r)) for p, r, _ in rows])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_ids": input_ids[:, P:],
+            "response_mask": attention_mask[:, P:].float(), "truncated": torch.tensor([s["truncated"] for s in samples]),
+            "rollout_logp": torch.tensor([logp[: len(r)] + [0.0] * (R - len(r)) for _, r, logp in rows])}
 
 
 def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float):
