@@ -54,7 +54,7 @@ import shlex
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -182,11 +182,9 @@ def flat_args(args: Args) -> dict:
 
 def saved_args(run_dir: str | None, name: str = "args.json") -> dict:
     """The flat arguments of a run (its `args.json`), or another JSON file of it; {} if missing or damaged."""
-    try:
-        with open(os.path.join(run_dir, name)) as f:
-            saved = json.load(f)
-    except (OSError, TypeError, ValueError):
-        return {}
+    saved = {}
+    with suppress(OSError, TypeError, ValueError), open(os.path.join(run_dir, name)) as f:  # TypeError: no run_dir
+        saved = json.load(f)
     return {**saved, **saved.get("algo", {})}  # older runs nest the method's flags
 
 
@@ -305,9 +303,7 @@ class _TokenStats(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy, _grad_g):
-        logits, tokens, lse, entropy = ctx.saved_tensors
-        grad_logp, grad_entropy = (torch.zeros_like(lse) if x is None else x.to(lse.dtype)
-                                   for x in (grad_logp, grad_entropy))
+        logits, tokens, lse, entropy = ctx.saved_tensors  # grads in the outputs' dtype, zeros for an unused one
         chunk_grad, grad = _maybe_compiled(_chunk_grad, ctx.use_compile), torch.empty_like(logits)
         with torch.autocast(logits.device.type, enabled=False):
             for rows in (slice(i, i + ctx.chunk_size) for i in range(0, logits.shape[0], ctx.chunk_size)):
@@ -322,8 +318,7 @@ def token_stats(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 10
 
 
 def entropy_change(coef, logp, entropy, g):
-    """ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t], coef_t = −∂L/∂ℓ_t (A_t r_t for a plain policy gradient): the
-    first-order entropy change of a tabular softmax step (Cui et al., arXiv 2505.22617, Lemma 1, full Jacobian)."""
+    """ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t], coef_t = −∂L/∂ℓ_t (A_t r_t for plain PG): arXiv 2505.22617, Lemma 1."""
     return -coef * (logp.exp() * (logp + entropy) - g)
 
 # ─── SHARED: advantages and loss aggregation ───────────────────────────────────────────────────
@@ -679,10 +674,9 @@ def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, 
 
 def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
     """The tokenizer's and generation config's EOS ids and, for chat templates, `<|im_end|>` (base models use it)."""
-    try:
+    eos = None
+    with suppress(OSError):  # no generation_config.json
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    except OSError:  # no generation_config.json
-        eos = None
     ids = {tokenizer.eos_token_id, tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None,
            *(eos if isinstance(eos, list) else [eos])} - {None}
     if not ids:
@@ -733,7 +727,7 @@ class Metrics:
 
     def max(self, name: str, value) -> None:
         value = -value if name.endswith("_min") else value
-        self.maxes[name] = value if name not in self.maxes else max(self.maxes[name], value)
+        self.maxes[name] = max(self.maxes.get(name, value), value)
 
     def reduce(self, accelerator) -> dict:
         keys, max_keys = sorted(self.sums), sorted(self.maxes)  # one tensor for all, [0.0] so it is never empty
@@ -741,8 +735,7 @@ class Metrics:
         values = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(accelerator.device).reshape(()) for v in values])
         values = accelerator.gather(values[None]) if accelerator.num_processes > 1 else values[None]  # [world, n]
         totals, maxes = values[:, : 2 * len(keys)].sum(0).tolist(), values[:, 2 * len(keys):].amax(0).tolist()
-        out = {k: totals[i] / totals[len(keys) + i] if totals[len(keys) + i] > 0 else float("nan")
-               for i, k in enumerate(keys)}
+        out = {k: s / c if c > 0 else float("nan") for k, s, c in zip(keys, totals, totals[len(keys):])}
         return {**out, **{k: -v if k.endswith("_min") else v for k, v in zip(max_keys, maxes)}}
 
 
@@ -751,8 +744,7 @@ def one_line(error: BaseException) -> str:
 
 
 def resolve_model(model: str) -> str:
-    """A model folder or hub id as given; a run folder of these scripts: its newest checkpoint's model; a checkpoint
-    folder: its `hf/`. The default `testbed/model` is found from any working directory."""
+    """A model folder (repository-relative ones from any directory) or hub id as given; a run or checkpoint: its `hf/`."""
     path = os.path.expanduser(model)
     if not os.path.exists(path) and os.path.isdir(os.path.join(REPO_DIR, path)):
         path = os.path.join(REPO_DIR, path)
@@ -791,17 +783,15 @@ def checkpoints(run_dir: str) -> list[str]:
 
 
 def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, args, first_step: int) -> None:
-    """`checkpoints/step_N`: accelerate state (model, optimizer, every process's RNG), `hf/` (the model) and
-    `trainer_state.json`, written to `step_N.tmp` and renamed when complete, so a crash never leaves one that looks
-    finished. Keeps the newest `keep_checkpoints` written since `first_step` (never one that a resume found)."""
+    """`checkpoints/step_N` (accelerate state with every process's RNG, `hf/`, `trainer_state.json`), written as
+    `step_N.tmp` and renamed when complete; keeps the newest `keep_checkpoints` written since `first_step`."""
     root = os.path.join(run_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{state['step']:06d}"), os.path.join(root, f"step_{state['step']:06d}.tmp")
     try:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
         accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)
+        accelerator.save_state(tmp)  # creates `tmp` (on every process)
         state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, "hf"), state_dict=state_dict)
@@ -865,9 +855,8 @@ def sample(model, llm, accelerator, args, problems, n: int, temperature: float, 
                         temperature, args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size)
 
 
-def grade(samples: list[dict], problems: list[dict], args) -> list:
+def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
     """Rewards of the samples (n per problem, in order); `.no_answer` and `.timeouts` count the graded items."""
-    n = len(samples) // max(len(problems), 1)
     return score([s["text"] for s in samples], [p["answer"] for p in problems for _ in range(n)], mode=args.answer_mode,
                  timeout_s=args.grader_timeout_s, num_workers=args.grader_workers, reward_range=args.reward_range,
                  multi_box=args.multi_box)
@@ -886,7 +875,7 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
     if llm is not None and args.vllm_sleep_mode:
         llm.sleep(level=1)  # free the KV cache for training
     samples = samples[: len(real) * n]
-    rewards, metrics = grade(samples, real, args), Metrics()
+    rewards, metrics = grade(samples, real, args, n), Metrics()
     metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
     metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples), len(samples))
     metrics.add("eval/no_answer_frac", rewards.no_answer, len(samples))
@@ -894,12 +883,11 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
 
 
 def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics):
-    """Sample and grade groups until this step's batch is full (DAPO dynamic sampling keeps only groups whose
-    rewards differ, up to `max_gen_batches`). Returns the samples of `prompts_per_step / world` groups (all-equal
-    groups fill any gap, with `is_padding` set) and the new data position."""
+    """The samples of this process's `prompts_per_step / world` graded groups (`filter_groups`: only groups whose
+    rewards differ, while `max_gen_batches` allows) and the new data position."""
     world, rank, G = accelerator.num_processes, accelerator.process_index, args.group_size
     per_rank = args.prompts_per_step // world
-    kept, dropped, gen_batches, totals = [], [], 0, [0.0] * 4  # rollout s, grading s, tokens, grader timeouts
+    kept, dropped, gen_batches = [], [], 0
     if llm is not None:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     while True:
@@ -907,31 +895,28 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         data_pos, gen_batches, t1 = data_pos + args.prompts_per_step, gen_batches + 1, time.time()
         samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
         t2 = time.time()
-        rewards = grade(samples, problems, args)
-        totals = [a + b for a, b in zip(totals, (t2 - t1, time.time() - t2, sum(len(s["response_ids"]) for s in samples),
-                                                 rewards.timeouts))]
+        rewards, t3 = grade(samples, problems, args, G), time.time()
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32).view(-1, G)
         informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
+        once = float(gen_batches == 1)  # the last five: totals over the step's generation batches, counted once
         for name, total, count in [
                 ("rollout/accuracy", correct.sum(), correct.numel()), ("rollout/reward", sum(rewards), len(rewards)),
                 ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
                 ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
                 ("rollout/all_correct_group_frac", (correct == 1).all(1).sum(), per_rank),
-                ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank)]:
+                ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank),
+                ("rollout/gen_batches", 1, once), ("time/rollout_s", t2 - t1, once), ("time/grading_s", t3 - t2, once),
+                ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s
+                ("rollout/grader_timeouts", rewards.timeouts, once / world)]:  # summed over processes
             metrics.add(name, total, count)
         for g, problem in enumerate(problems):
             group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
             (kept if informative[g] or not args.filter_groups else dropped).append(group)
-        fewest = torch.tensor(float(len(kept)), device=accelerator.device)
         if not args.filter_groups or gen_batches >= args.max_gen_batches or \
-                (accelerator.gather(fewest[None]).min() if world > 1 else fewest) >= per_rank:
+                accelerator.gather(torch.tensor([len(kept)], device=accelerator.device)).min() >= per_rank:
             break
     if llm is not None and args.vllm_sleep_mode:
         llm.sleep(level=1)  # free the KV cache for training
-    for name, value, count in (("rollout/gen_batches", gen_batches, 1), ("time/rollout_s", totals[0], 1),
-                               ("time/grading_s", totals[1], 1), ("time/tokens_per_s", totals[2], 1 / world),  # ÷ step s
-                               ("rollout/grader_timeouts", totals[3], 1 / world)):  # summed over processes
-        metrics.add(name, value, count)
     # every process trains on exactly `per_rank` groups (the same number of backward calls); when the sampling
     # budget ran out, all-equal groups fill the gap with their loss masked out
     groups = kept[:per_rank] + dropped[: max(0, per_rank - len(kept))]
@@ -945,8 +930,7 @@ def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
     lengths = batch["response_mask"].sum(-1)
     rewards = torch.tensor([s["reward"] for s in samples], device=device) + overlong_penalty(
         lengths, args.max_new_tokens, args.overlong_buffer, args.overlong_penalty_factor)
-    advantages = group_advantages(accelerator.gather(rewards) if world > 1 else rewards, args.group_size,
-                                  args.scale_rewards).view(world, -1)[rank]  # [B]
+    advantages = group_advantages(accelerator.gather(rewards), args.group_size, args.scale_rewards).view(world, -1)[rank]
     excluded = torch.tensor([s["is_padding"] for s in samples], device=device)
     excluded |= batch["truncated"] & args.mask_truncated
     batch["loss_mask"] = batch["response_mask"] * ~excluded[:, None]
@@ -970,9 +954,7 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
 
 def update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool,
                   reduce_sum) -> int:
-    """`update_epochs` × `num_minibatches` optimizer steps over the batch; each micro-batch's entropy flows come from
-    the gradient ∂L/∂ℓ_t of the loss actually taken. With `fill_old` (strictly on-policy, no old-policy pass) the
-    training forward's ℓ, H, G are stored as the batch's old-policy statistics. Returns the skipped updates."""
+    """`update_epochs` × `num_minibatches` optimizer steps on the batch, logging entropy flows; returns those skipped."""
     world, n_rows, skipped_updates = accelerator.num_processes, len(batch["adv"]), 0
     model.train()
     for epoch in range(args.update_epochs):
@@ -985,30 +967,27 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                 # clips and steps there) and divides each loss by the micro-batch count, undone by the factor
                 with accelerator.accumulate(model), accelerator.autocast():
                     logp, entropy, g = micro_batch_stats(model, batch, rows, args.entropy_chunk_size, args.temperature)
+                    if fill_old:  # no old-policy pass: the batch's old-policy ℓ, H, G are this forward's
+                        batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = \
+                            logp.detach(), entropy.detach(), g
                     mb = {key: value[rows] for key, value in batch.items()}
                     if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
                         mb["logp_old"] = logp.detach()
-                        if fill_old:  # no old-policy pass: its H and G are this forward's
-                            mb["entropy_old"], mb["g_old"] = entropy.detach(), g
                     grad_logp = []
                     logp.register_hook(grad_logp.append)  # ∂L/∂ℓ_t of the loss below, for the flows
                     loss, info = compute_loss(mb, logp, entropy, args, algo_state, totals, world)
                     accelerator.backward(loss * accelerator.gradient_accumulation_steps)
-                if fill_old:
-                    batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = \
-                        logp.detach(), entropy.detach(), g
                 # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
                 delta = entropy_change(-grad_logp[0] * totals["tokens"] / world, logp.detach(), entropy.detach(), g)
                 delta = delta * mb["loss_mask"]
                 for name, values in [
                         ("entropy/flow_increase", delta.clamp(min=0)), ("entropy/flow_decrease", (-delta).clamp(min=0)),
-                        ("entropy/flow_net", delta), ("entropy/increase_frac", (delta > 0).float()),
+                        ("entropy/flow_net", delta), ("entropy/increase_frac", delta > 0),
                         ("train/policy_loss", info["token_loss"]), ("train/ppo_kl", mb["logp_old"] - logp.detach()),
-                        ("train/clip_frac_low", info["clipped_low"].float()),
-                        ("train/clip_frac_high", info["clipped_high"].float()),
+                        ("train/clip_frac_low", info["clipped_low"]), ("train/clip_frac_high", info["clipped_high"]),
                         ("train/kl_ref", info.get("kl_ref")), ("rollout/is_weight_mean", info.get("is_weight")),
-                        ("rollout/is_capped_frac", info["is_capped"].float() if "is_capped" in info else None)]:
-                    if values is not None:
+                        ("rollout/is_capped_frac", info.get("is_capped"))]:
+                    if values is not None:  # boolean values are fractions (the mask is float)
                         metrics.mean(name, values.detach(), mb["loss_mask"])
                 for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min
                     if name.startswith("algo/"):
@@ -1096,7 +1075,7 @@ def lock_run(run_dir: str):
 
 
 def main(args: Args) -> str:
-    # ── setup: accelerator, argument checks (before anything is loaded or written), seeding
+    # ── setup: accelerator, argument checks (before anything is loaded or written), determinism
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available())
     # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo
     accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
@@ -1109,7 +1088,6 @@ def main(args: Args) -> str:
     check_algorithm_args(args)
     if args.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(args.threads)
-    set_seed(args.seed)
     if args.torch_deterministic:  # vLLM sampling stays non-deterministic
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -1139,7 +1117,7 @@ def main(args: Args) -> str:
     # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
     llm = build_vllm_engine(model_path, args.seed + rank, args.vllm_gpu_memory_utilization, args.vllm_max_model_len,
                             args.vllm_sleep_mode, accelerator) if engine == "vllm" else None
-    set_seed(args.seed)  # vLLM re-seeds the global RNGs in its worker
+    set_seed(args.seed)  # after vLLM, which re-seeds the global RNGs in its worker
     model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
     state = load_checkpoint(accelerator, found)
     if args.resume and not state:
