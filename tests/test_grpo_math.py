@@ -155,8 +155,38 @@ def test_response_lengths_and_collate():
     assert batch["input_ids"].tolist() == [[3, 4, 7, 1, 0], [0, 5, 8, 9, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]]
     assert batch["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
-    assert batch["rollout_logp"][1].tolist() == [-1.0, -2.0, -3.0]
+    assert batch["response_ids"].tolist() == [[7, 1, 0], [8, 9, 9]]
+    torch.testing.assert_close(batch["rollout_logp"], torch.tensor([[-0.1, -0.2, 0.0], [-1.0, -2.0, -3.0]]))
     assert batch["truncated"].tolist() == [False, True]
+    assert [batch[k].dtype for k in ("input_ids", "attention_mask", "response_mask", "rollout_logp")] == \
+        [torch.long, torch.long, torch.float32, torch.float32]
+
+
+def test_rollout_totals_add_up_over_dapo_generation_batches(monkeypatch):
+    """With DAPO's filter a step samples until its groups are informative or `max_gen_batches` is spent; the step's
+    totals (generation batches, tokens, grader timeouts) sum over every batch, and all-equal groups pad the step."""
+    calls = []
+
+    def fake_sample(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids):
+        calls.append(len(problems))
+        return [{"response_ids": [1] * (len(calls) + 2), "text": ""} for _ in range(len(problems) * n)]
+
+    class Rewards(list):
+        no_answer, timeouts = 0, 1
+
+    monkeypatch.setattr(grpo, "sample", fake_sample)
+    monkeypatch.setattr(grpo, "grade", lambda samples, problems, args, n: Rewards([1.0] * len(samples)))  # all correct
+    args = grpo.Args(filter_groups=True, max_gen_batches=3, prompts_per_step=2, group_size=2)
+    one_process = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"), gather=lambda x: x)
+    metrics = grpo.Metrics()
+    samples, data_pos = grpo.rollout_and_grade(None, None, one_process, args, [{"question": "q", "answer": "1"}] * 5,
+                                               0, None, None, metrics)
+    out = metrics.reduce(one_process)
+    assert calls == [2, 2, 2] and data_pos == 6
+    assert out["rollout/gen_batches"] == 3 and out["rollout/grader_timeouts"] == 3
+    assert out["time/tokens_per_s"] == 4 * (3 + 4 + 5)  # every batch's tokens (main divides by the step's seconds)
+    assert out["rollout/filtered_group_frac"] == 1.0 and out["time/rollout_s"] >= 0
+    assert len(samples) == 4 and all(s["is_padding"] for s in samples)
 
 
 def test_vllm_request_building_and_output_parsing(monkeypatch):
