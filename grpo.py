@@ -427,13 +427,6 @@ class _SampledLogprobRecorder(LogitsProcessor):
         return scores
 
 
-def response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Length of each generated row [B, T] up to and including its first stop token, and whether it has none."""
-    is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
-    truncated = ~is_stop.any(dim=1)
-    return torch.where(truncated, generated.shape[1], is_stop.int().argmax(dim=1) + 1), truncated
-
-
 @torch.no_grad()
 def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size) -> list[dict]:
     """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside."""
@@ -451,7 +444,9 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
                                        logits_processor=LogitsProcessorList([recorder]))[:, width:]
             recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
             logps = torch.stack(recorder.recorded, dim=1).cpu()  # [b, T_generated]
-            lengths, truncated = (x.tolist() for x in response_lengths(generated, stop_ids))
+            is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))  # [b, T_generated]
+            truncated = (~is_stop.any(1)).tolist()  # no stop token within max_new_tokens
+            lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, generated.shape[1]).tolist()  # first stop
             results += [{"response_ids": tokens[: lengths[i]], "rollout_logp": logps[i, : lengths[i]].tolist(),
                          "truncated": truncated[i]} for i, tokens in enumerate(generated.tolist())]
     finally:
@@ -826,7 +821,7 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
 
 def update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool,
                   reduce_sum) -> int:
-    """`update_epochs` × `num_minibatches` optimizer steps on the batch, logging entropy flows; returns those skipped."""
+    """The optimizer steps on a rollout batch, logging entropy flows and the batch's entropy; returns those skipped."""
     world, n_rows, skipped_updates = accelerator.num_processes, len(batch["adv"]), 0
     model.train()
     for epoch in range(args.update_epochs):
@@ -870,11 +865,7 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
             optimizer.zero_grad(set_to_none=True)
             skipped_updates += not math.isfinite(grad_norm)
             metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
-    return skipped_updates
-
-
-def batch_token_metrics(batch, metrics, reduce_sum) -> None:
-    """Policy entropy, rollout/trainer log-prob gap and Cov(A, ℓ) of the sampling policy, over the whole batch."""
+    # the sampling policy over the whole batch: entropy, rollout/trainer log-prob gap, Cov(A, ℓ)
     mask = batch["response_mask"]
     diff = (batch["rollout_logp"] - batch["logp_old"]).abs() * mask
     metrics.mean("rollout/logp_diff_mean", diff, mask)
@@ -882,6 +873,7 @@ def batch_token_metrics(batch, metrics, reduce_sum) -> None:
     metrics.mean("entropy/mean", batch["entropy_old"], mask)
     a, lp, n = reduce_sum(torch.stack([(batch["adv"] * mask).sum(), (batch["logp_old"] * mask).sum(), mask.sum()]))
     metrics.mean("entropy/cov_adv_logp", (batch["adv"] - a / n) * (batch["logp_old"] - lp / n), mask)
+    return skipped_updates
 
 
 def learning_rate(args: Args, step: int) -> float:
@@ -1029,7 +1021,6 @@ def main(args: Args) -> str:
                                     not old_policy_pass, reduce_sum)
             skipped_streak = skipped_streak + 1 if skipped == args.update_epochs * args.num_minibatches else 0
             metrics.add("train/skipped_updates", skipped)
-            batch_token_metrics(batch, metrics, reduce_sum)
             if args.measure_entropy_change:  # realised entropy change of the same batch
                 metrics.mean("entropy/realised_change", stats_pass(model, batch, args, accelerator)[1] -
                              batch["entropy_old"], batch["response_mask"])

@@ -135,15 +135,16 @@ def test_hf_generate_records_sampled_logprobs_and_full_entropy_matches(tiny_mode
     import grpo
 
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
-    # settings in the model's own generation_config must not leak into sampling (they would change the logps)
+    # pad = stop token, as for models whose pad is their EOS; settings in the model's own generation_config must
+    # not leak into sampling (they would change the logps)
     tiny_model.generation_config.repetition_penalty, tiny_model.generation_config.no_repeat_ngram_size = 5.0, 1
     torch.manual_seed(1)
-    out = grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 0, 4)
+    out = grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 1, 4)
     assert len(out) == 9
     seqs = []
     for i, s in enumerate(out):
         prompt, r = prompts[i // 3], s["response_ids"]
-        assert 1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1)
+        assert 1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1) and 1 not in r[:-1]
         logp, _ = teacher_forced(tiny_model, prompt, r, 0.7)
         assert s["rollout_logp"] == pytest.approx(logp.tolist(), abs=1e-4)  # left padding does not change them
         seqs.append((prompt, r))
@@ -151,7 +152,7 @@ def test_hf_generate_records_sampled_logprobs_and_full_entropy_matches(tiny_mode
     for (prompt, r), e in zip(seqs, ents):
         assert e == pytest.approx(teacher_forced(tiny_model, prompt, r, 0.7)[1].tolist(), abs=1e-4)
     torch.manual_seed(1)
-    assert grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 0, 4) == out  # fixed seed, same samples
+    assert grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 1, 4) == out  # fixed seed, same samples
     assert tiny_model.generation_config.repetition_penalty == 5.0  # restored afterwards
 
 
@@ -177,6 +178,7 @@ def test_evaluation_generates_exactly_as_training(tmp_path):
     assert any(r["truncated"] for r in rows) and not all(r["truncated"] for r in rows)
     for s in samples:  # a response ends at its first stop token, or is truncated at the limit
         assert s["truncated"] == (s["response_ids"][-1] not in stop_ids) and (len(s["response_ids"]) == 29) >= s["truncated"]
+        assert not set(s["response_ids"][:-1]) & set(stop_ids)
 
 
 # ─── CLI runs ───────────────────────────────────────────────────────────────────────────────────

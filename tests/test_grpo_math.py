@@ -144,10 +144,7 @@ def test_pos_weight_schedule():
     assert torch.allclose(loss, torch.tensor([[-0.3, -0.3], [1.0, 1.0]]))  # λ on A>0 tokens only
 
 
-def test_response_lengths_and_collate():
-    generated = torch.tensor([[5, 6, 1, 9, 1], [5, 2, 1, 9, 9], [5, 6, 7, 8, 9]])
-    lengths, truncated = grpo.response_lengths(generated, stop_ids=[1, 2])
-    assert lengths.tolist() == [3, 2, 5] and truncated.tolist() == [False, False, True]
+def test_collate():
     batch = grpo.collate([
         {"prompt_ids": [3, 4], "response_ids": [7, 1], "rollout_logp": [-0.1, -0.2], "truncated": False},
         {"prompt_ids": [5], "response_ids": [8, 9, 9], "rollout_logp": [-1.0, -2.0, -3.0], "truncated": True},
