@@ -28,8 +28,6 @@ Run:  python grpo.py                       # CPU, testbed model, the synthetic `
 """
 
 # ─── SHARED: imports ───────────────────────────────────────────────────────────────────────────
-from __future__ import annotations
-
 import fcntl
 import importlib.util
 import itertools
@@ -143,7 +141,7 @@ class Args:
     keep_checkpoints: int = 2  # newest checkpoints kept (a resume never deletes those it found)
     entropy_chunk_size: int = 1024  # rows of [tokens × vocab] processed at once for log-probs, entropy and G
     measure_entropy_change: bool = False  # re-run the batch after the update and log the realised entropy change
-    algo: Algorithm = field(default_factory=lambda: Algorithm())  # the method's flags (ALGORITHM section)
+    algo: "Algorithm" = field(default_factory=lambda: Algorithm())  # the method's flags (ALGORITHM section)
 
 
 # flags a resumed run may change; the others define the run and must match it
@@ -181,11 +179,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parse = lambda default=None: tyro.cli(Args, args=argv, default=default, config=(tyro.conf.OmitArgPrefixes,),  # noqa
                                           description=__doc__.split("\n\n")[0] + "\n" + MOST_USED)
     args = parse()
-    saved = saved_args(args.resume)
-    if saved.get("script") == SCRIPT:  # another script's run is refused by check_args
-        known = lambda cls: {k: v for k, v in saved.items() if k in cls.__dataclass_fields__ and k != "algo"}  # noqa
-        args = parse(Args(**known(Args), algo=Algorithm(**known(Algorithm))))
-    return args
+    saved = saved_args(args.resume)  # another script's run is refused by check_args
+    known = lambda cls: {k: v for k, v in saved.items() if k in cls.__dataclass_fields__ and k != "algo"}  # noqa
+    return parse(Args(**known(Args), algo=Algorithm(**known(Algorithm)))) if saved.get("script") == SCRIPT else args
 
 
 def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
@@ -283,8 +279,7 @@ class _TokenStats(torch.autograd.Function):
     def forward(ctx, logits, tokens, chunk_size, use_compile):
         stats, ctx.chunk_size, ctx.use_compile = _maybe_compiled(_chunk_stats, use_compile), chunk_size, use_compile
         with torch.autocast(logits.device.type, enabled=False):  # full precision even inside autocast
-            chunks = [stats(logits[i: i + chunk_size], tokens[i: i + chunk_size])
-                      for i in range(0, logits.shape[0], chunk_size)]
+            chunks = [stats(z, t) for z, t in zip(logits.split(chunk_size), tokens.split(chunk_size))]
         logp, entropy, g, lse = (torch.cat(parts) for parts in zip(*chunks))
         ctx.save_for_backward(logits, tokens, lse, entropy)
         ctx.mark_non_differentiable(g)
@@ -296,8 +291,7 @@ class _TokenStats(torch.autograd.Function):
         chunk_grad, grad = _maybe_compiled(_chunk_grad, ctx.use_compile), torch.empty_like(logits)
         with torch.autocast(logits.device.type, enabled=False):
             for rows in (slice(i, i + ctx.chunk_size) for i in range(0, logits.shape[0], ctx.chunk_size)):
-                grad[rows] = chunk_grad(logits[rows], tokens[rows], lse[rows], entropy[rows], grad_logp[rows],
-                                        grad_entropy[rows])
+                grad[rows] = chunk_grad(*(x[rows] for x in (logits, tokens, lse, entropy, grad_logp, grad_entropy)))
         return grad, None, None, None
 
 
@@ -328,12 +322,10 @@ def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: f
 def clipped_surrogate(adv, ratio, clip_low: float, clip_high: float, dual_clip_c: float):
     """Dual-clip PPO token loss [B, T] and where its gradient is clipped away (module docstring, step 3)."""
     loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
-    clipped_high = (adv > 0) & (ratio > 1.0 + clip_high)
-    clipped_low = (adv < 0) & (ratio < 1.0 - clip_low)
     if dual_clip_c > 0:
         loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip_c), loss)
-        clipped_low = clipped_low | ((adv < 0) & (ratio > dual_clip_c))
-    return loss, clipped_low, clipped_high
+    clipped_low = (adv < 0) & ((ratio < 1.0 - clip_low) | ((ratio > dual_clip_c) & (dual_clip_c > 0)))
+    return loss, clipped_low, (adv > 0) & (ratio > 1.0 + clip_high)
 
 
 def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
@@ -445,10 +437,9 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
             recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
             logps = torch.stack(recorder.recorded, dim=1).cpu()  # [b, T_generated]
             is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))  # [b, T_generated]
-            truncated = (~is_stop.any(1)).tolist()  # no stop token within max_new_tokens
             lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, generated.shape[1]).tolist()  # first stop
             results += [{"response_ids": tokens[: lengths[i]], "rollout_logp": logps[i, : lengths[i]].tolist(),
-                         "truncated": truncated[i]} for i, tokens in enumerate(generated.tolist())]
+                         "truncated": not is_stop[i].any()} for i, tokens in enumerate(generated.tolist())]
     finally:
         model.generation_config = saved_config
     return results
@@ -463,7 +454,6 @@ def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
     """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
     (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is truncated."""
     from vllm import SamplingParams
-
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repetition_penalty=1.0,
                             seed=seed, max_tokens=max_new_tokens, logprobs=0, stop_token_ids=list(stop_ids),
                             skip_special_tokens=True)
@@ -486,8 +476,7 @@ def build_vllm_engine(model: str, seed: int, memory: float, max_model_len: int |
             os.environ.setdefault(key, str(value))
         extra = dict(distributed_executor_backend="external_launcher", enable_sleep_mode=sleep_mode,
                      max_num_batched_tokens=max(4096, max_model_len))
-    from vllm import LLM
-
+    from vllm import LLM  # after the environment above
     llm = LLM(model=model, tensor_parallel_size=1, seed=seed, gpu_memory_utilization=memory, dtype=dtype,
               max_model_len=max_model_len, enable_prefix_caching=True, logprobs_mode="processed_logprobs", **extra)
     if sleep_mode:
@@ -530,11 +519,9 @@ def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, 
     each), truncated (no stop token within max_new_tokens), text (decoded without special tokens)."""
     if llm is not None:
         samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
-    else:
-        was_training = model.training
+    else:  # leaves the model in eval mode: stats_pass and update_policy set the mode they need
         samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids,
                               tokenizer.pad_token_id, batch_size)
-        model.train(was_training)
     texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
     return [{**s, "prompt_ids": prompt_ids[i // n], "text": text} for i, (s, text) in enumerate(zip(samples, texts))]
 
@@ -574,9 +561,8 @@ def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: fl
     logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
                    logits_to_keep=width + 1, use_cache=False).logits.div_(temperature)  # row j predicts token j
     tokens = torch.cat([batch["response_ids"][rows][:, :width], torch.zeros_like(input_ids[:, :1])], dim=1)
-    stats = token_stats(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), chunk_size)
     return [torch.nn.functional.pad(x.view(len(input_ids), width + 1)[:, :width], (0, full_width - width))
-            for x in stats]
+            for x in token_stats(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), chunk_size)]
 
 # ─── SHARED: logging, evaluation, checkpoints ──────────────────────────────────────────────────
 class Metrics:
@@ -697,7 +683,6 @@ class RunLogger:
                 f.writelines(x for x in lines if start_step and x.endswith("\n") and json.loads(x)["step"] <= start_step)
         if args.track:
             import wandb
-
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                        config=flat_args(args), name=os.path.basename(run_dir), save_code=True, resume="allow")
         self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)  # no step logged twice
@@ -753,16 +738,14 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
     """The samples of this process's `prompts_per_step / world` graded groups (`filter_groups`: only groups whose
     rewards differ, while `max_gen_batches` allows) and the new data position."""
     world, rank, G = accelerator.num_processes, accelerator.process_index, args.group_size
-    per_rank = args.prompts_per_step // world
-    kept, dropped, gen_batches = [], [], 0
+    per_rank, kept, dropped, gen_batches = args.prompts_per_step // world, [], [], 0
     if llm is not None:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     while True:
         problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
         data_pos, gen_batches, t1 = data_pos + args.prompts_per_step, gen_batches + 1, time.time()
         samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
-        t2 = time.time()
-        rewards, t3 = grade(samples, problems, args, G), time.time()
+        t2, rewards, t3 = time.time(), grade(samples, problems, args, G), time.time()
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32).view(-1, G)
         informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
         once = float(gen_batches == 1)  # the last five: totals over the step's generation batches, counted once
@@ -902,13 +885,12 @@ def build_policy(args, accelerator, model_path: str, use_bf16: bool):
             gradient_accumulation_steps=accelerator.gradient_accumulation_steps, gradient_clipping=args.max_grad_norm,
             train_micro_batch_size_per_gpu=args.micro_batch_size)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ref_model = None
-    if args.kl_coef > 0:  # a plain (unsharded) frozen copy, also under ZeRO-3
-        with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False) \
-                if accelerator.distributed_type == DistributedType.DEEPSPEED else nullcontext():
-            ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
-        ref_model = ref_model.to(accelerator.device).eval().requires_grad_(False)
-    return model, optimizer, ref_model
+    if args.kl_coef == 0:  # else a plain (unsharded) frozen copy, also under ZeRO-3
+        return model, optimizer, None
+    with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False) \
+            if accelerator.distributed_type == DistributedType.DEEPSPEED else nullcontext():
+        ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
+    return model, optimizer, ref_model.to(accelerator.device).eval().requires_grad_(False)
 
 
 def load_checkpoint(accelerator, found: list[str]) -> dict:
@@ -931,11 +913,10 @@ def lock_run(run_dir: str):
     """One process at a time writes a run: the lock (None if another holds it), held while the file stays open."""
     os.makedirs(run_dir, exist_ok=True)
     lock = open(os.path.join(run_dir, ".lock"), "w")
-    try:
+    with suppress(BlockingIOError):  # another process holds it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return None
-    return lock
+        return lock
+    return None
 
 
 def main(args: Args) -> str:

@@ -1,6 +1,6 @@
 """The size budget of the scripts, printed and enforced so it cannot creep back (blank lines and docstrings
 included): main() ≤ 120 lines and no other function over 60, each fork's ALGORITHM sections ≤ 250 lines,
-eval_math.py ≤ 600. The SHARED sections were cut from 1,329 to 1,123, then 982 lines; the goal of 800 (grpo.py
+eval_math.py ≤ 600. The SHARED sections were cut from 1,329 to 1,123, then 963 lines; the goal of 800 (grpo.py
 850) was not reached, so the ceilings below are the lines reached: a change can only shrink them."""
 
 import ast
@@ -9,8 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["grpo.py", "opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py"]
-SHARED_MAX = 982  # goal: 800
-OUTSIDE_ALGORITHM_MAX = 1034  # module docstring + SHARED sections of any script (goal: 850)
+SHARED_MAX = 963  # goal: 800
+OUTSIDE_ALGORITHM_MAX = 1015  # module docstring + SHARED sections of any script (goal: 850)
 BANNER = re.compile(r"^# ─── (SHARED|ALGORITHM): (.+?) ─+$", re.M)
 
 
