@@ -80,6 +80,17 @@ def test_aggregation_weights_by_hand():
     assert agg("seq-mean-token-sum-norm") == pytest.approx(10 / (2 * 10))
 
 
+def test_clipped_surrogate_losses_and_clip_masks_by_hand():
+    adv = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0, -1.0])
+    ratio = torch.tensor([1.1, 1.5, 0.9, 0.5, 2.0, 4.0])
+    loss, low, high = grpo.clipped_surrogate(adv, ratio, 0.2, 0.28, 3.0)
+    assert loss.tolist() == pytest.approx([-1.1, -1.28, 0.9, 0.8, 2.0, 3.0])  # dual clip: loss ≤ −A·c = 3
+    assert high.tolist() == [False, True, False, False, False, False]
+    assert low.tolist() == [False, False, False, True, False, True]  # below 1 − ε_low, or above c
+    loss, low, _ = grpo.clipped_surrogate(adv, ratio, 0.2, 0.28, 0.0)  # c = 0: no dual clip
+    assert loss[-1] == pytest.approx(4.0) and low.tolist() == [False, False, False, True, False, False]
+
+
 def tabular_batch(seed=2, b=6, t=7, vocab=40, scale=3.0):
     """Each token has its own logits (a tabular softmax per state), as in the first-order analysis."""
     torch.manual_seed(seed)
