@@ -65,8 +65,17 @@ from transformers import AutoModelForCausalLM
 
 from common.data import BENCHMARKS, DEFAULT_TASK, SYNTHETIC_TASKS, DataError, build_prompt, check_source, load_problems
 from common.reward import extract_answer, is_equiv, score
-from grpo import RunError, UsageError, build_vllm_engine, generate, load_pretrained, one_line, resolve_model, stop_token_ids, \
-    vllm_available
+from grpo import (
+    RunError,
+    UsageError,
+    build_vllm_engine,
+    generate,
+    load_pretrained,
+    one_line,
+    resolve_model,
+    stop_token_ids,
+    vllm_available,
+)
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 OPEFO_N = {"aime24": 32, "aime25": 32, "amc23": 32, "math500": 1, "minerva_math": 1, "olympiadbench": 1}
@@ -76,8 +85,12 @@ DEFAULT_MAX_NEW_TOKENS = {"plain": 64, "qwen-math": 3000, "dapo": 3000}
 
 @dataclass
 class Args:
-    model: str = "testbed/model"  # HF model id or folder, a training run folder (its newest model) or a checkpoint folder
-    benchmarks: str | None = None  # comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)
+    model: str = (
+        "testbed/model"  # HF model id or folder, a training run folder (its newest model) or a checkpoint folder
+    )
+    benchmarks: str | None = (
+        None  # comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)
+    )
     data_dir: str | None = None  # benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) rows without a usable question or answer instead of stopping
     template: Literal["plain", "qwen-math", "dapo"] | None = None  # prompt template (None: qwen-math for chat models)
@@ -107,14 +120,24 @@ class Args:
 # ─── settings ───────────────────────────────────────────────────────────────────────────────────
 def check_args(args: Args) -> list[tuple[str, int]]:
     """Check every argument without loading anything; returns the (benchmark, n) list. Raises UsageError."""
-    for flag in ("n", "max_new_tokens", "batch_size", "limit", "grader_workers", "entropy_batch_size",
-                 "entropy_chunk_size", "vllm_max_model_len"):
+    for flag in (
+        "n",
+        "max_new_tokens",
+        "batch_size",
+        "limit",
+        "grader_workers",
+        "entropy_batch_size",
+        "entropy_chunk_size",
+        "vllm_max_model_len",
+    ):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag, ok, requirement in [("temperature", args.temperature is None or args.temperature >= 0, ">= 0 (0 = greedy)"),
-                                  ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
-                                  ("grader_timeout_s", args.grader_timeout_s > 0, "> 0"),
-                                  ("vllm_gpu_memory_utilization", 0 < args.vllm_gpu_memory_utilization <= 1, "in (0, 1]")]:
+    for flag, ok, requirement in [
+        ("temperature", args.temperature is None or args.temperature >= 0, ">= 0 (0 = greedy)"),
+        ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+        ("grader_timeout_s", args.grader_timeout_s > 0, "> 0"),
+        ("vllm_gpu_memory_utilization", 0 < args.vllm_gpu_memory_utilization <= 1, "in (0, 1]"),
+    ]:
         if not ok:
             raise UsageError(f"--{flag.replace('_', '-')} must be {requirement}, got {getattr(args, flag)}")
     if args.engine == "vllm" and not vllm_available():
@@ -126,7 +149,11 @@ def check_args(args: Args) -> list[tuple[str, int]]:
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"--benchmarks: {e}") from None
     for flag, value in (("--data-dir", args.data_dir), ("--output-dir", args.output_dir)):
-        if value is not None and os.path.exists(os.path.expanduser(value)) and not os.path.isdir(os.path.expanduser(value)):
+        if (
+            value is not None
+            and os.path.exists(os.path.expanduser(value))
+            and not os.path.isdir(os.path.expanduser(value))
+        ):
             raise UsageError(f"{flag} {value}: a file, not a directory")
     existing = os.path.abspath(os.path.expanduser(args.output_dir or "eval_out"))  # hours of GPU time must not be lost
     while not os.path.exists(existing):
@@ -239,7 +266,7 @@ def distinct_ngrams(texts: list[str], order: int) -> float | None:
     grams = []
     for text in texts:
         words = text.split()
-        grams += [tuple(words[i: i + order]) for i in range(len(words) - order + 1)]
+        grams += [tuple(words[i : i + order]) for i in range(len(words) - order + 1)]
     return len(set(grams)) / len(grams) if grams else None
 
 
@@ -304,8 +331,14 @@ def benchmark_metrics(problems: list[dict], n: int, equiv=is_equiv) -> dict:
 
 # ─── full-vocabulary entropy (teacher-forced) ────────────────────────────────────────────────────
 @torch.no_grad()
-def full_entropy(model, sequences: list[tuple[list[int], list[int]]], temperature: float, pad_id: int,
-                 batch_size: int, chunk_size: int) -> list[list[float]]:
+def full_entropy(
+    model,
+    sequences: list[tuple[list[int], list[int]]],
+    temperature: float,
+    pad_id: int,
+    batch_size: int,
+    chunk_size: int,
+) -> list[list[float]]:
     """Full-vocabulary entropy of softmax(logits / T) at every response position, teacher-forced.
     `sequences`: (prompt_ids, response_ids) pairs. The decoder runs once per batch; the LM head and the
     softmax run on `chunk_size` positions at a time, so no [B, R, V] tensor is ever built."""
@@ -315,7 +348,7 @@ def full_entropy(model, sequences: list[tuple[list[int], list[int]]], temperatur
     order = sorted(range(len(sequences)), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
     out: list[list[float]] = [[] for _ in sequences]
     for start in range(0, len(order), batch_size):
-        idx = [i for i in order[start: start + batch_size] if sequences[i][1]]
+        idx = [i for i in order[start : start + batch_size] if sequences[i][1]]
         if not idx:
             continue
         pw = max(len(sequences[i][0]) for i in idx)
@@ -324,19 +357,23 @@ def full_entropy(model, sequences: list[tuple[list[int], list[int]]], temperatur
         attention = torch.zeros_like(input_ids)
         for b, i in enumerate(idx):
             p, r = sequences[i]
-            input_ids[b, pw - len(p): pw] = torch.tensor(p, dtype=torch.long)
-            input_ids[b, pw: pw + len(r)] = torch.tensor(r, dtype=torch.long)
-            attention[b, pw - len(p): pw + len(r)] = 1
+            input_ids[b, pw - len(p) : pw] = torch.tensor(p, dtype=torch.long)
+            input_ids[b, pw : pw + len(r)] = torch.tensor(r, dtype=torch.long)
+            attention[b, pw - len(p) : pw + len(r)] = 1
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-        hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                         position_ids=position_ids.to(device), use_cache=False).last_hidden_state
-        hidden = hidden[:, pw - 1: pw + rw - 1]  # position pw-1+j predicts response token j
+        hidden = decoder(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=position_ids.to(device),
+            use_cache=False,
+        ).last_hidden_state
+        hidden = hidden[:, pw - 1 : pw + rw - 1]  # position pw-1+j predicts response token j
         flat = hidden.reshape(-1, hidden.shape[-1])
         ent = torch.empty(flat.shape[0], dtype=torch.float32)
         for s in range(0, flat.shape[0], chunk_size):
-            logits = head(flat[s: s + chunk_size]).float() / scale
+            logits = head(flat[s : s + chunk_size]).float() / scale
             logp = torch.log_softmax(logits, dim=-1)
-            ent[s: s + chunk_size] = -(logp.exp() * logp).sum(-1).cpu()
+            ent[s : s + chunk_size] = -(logp.exp() * logp).sum(-1).cpu()
         ent = ent.view(len(idx), rw)
         for b, i in enumerate(idx):
             out[i] = ent[b, : len(sequences[i][1])].tolist()
@@ -352,28 +389,59 @@ def markdown_table(results: dict, entropy_mode: str) -> str:
     """One row per benchmark (and a macro-average row when there are several). Accuracies in %."""
     benches = results["benchmarks"]
     ks = sorted({int(k) for m in benches.values() for k in m["pass@k"] if int(k) > 1})
-    header = (["benchmark", "problems", "n", "avg@n", "± s.e.", "maj@n"] + [f"pass@{k}" for k in ks]
-              + ["len mean", "len median", "len max", "truncated %", "answered %", "distinct answers %",
-                 "distinct-4 %", f"entropy ({entropy_mode})"])
+    header = (
+        ["benchmark", "problems", "n", "avg@n", "± s.e.", "maj@n"]
+        + [f"pass@{k}" for k in ks]
+        + [
+            "len mean",
+            "len median",
+            "len max",
+            "truncated %",
+            "answered %",
+            "distinct answers %",
+            "distinct-4 %",
+            f"entropy ({entropy_mode})",
+        ]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for name, m in benches.items():
         ent = m["entropy_mean"]
         row = [name, str(m["num_problems"]), str(m["n"]), _pct(m["avg@n"]), _pct(m["avg@n_stderr"]), _pct(m["maj@n"])]
         row += [_pct(m["pass@k"].get(str(k))) for k in ks]
-        row += [f"{m['response_length_mean']:.1f}", f"{m['response_length_median']:.1f}", str(m["response_length_max"]),
-                _pct(m["truncation_rate"]), _pct(m["answer_rate"]), _pct(m["distinct_answer_frac"]),
-                _pct(m["distinct_ngrams"]["4"]), "–" if ent is None else f"{ent:.4f}"]
+        row += [
+            f"{m['response_length_mean']:.1f}",
+            f"{m['response_length_median']:.1f}",
+            str(m["response_length_max"]),
+            _pct(m["truncation_rate"]),
+            _pct(m["answer_rate"]),
+            _pct(m["distinct_answer_frac"]),
+            _pct(m["distinct_ngrams"]["4"]),
+            "–" if ent is None else f"{ent:.4f}",
+        ]
         lines.append("| " + " | ".join(row) + " |")
     if len(benches) > 1:
         avg = results["average"]
-        row = ["**average**", str(sum(m["num_problems"] for m in benches.values())), "", _pct(avg["avg@n"]), "",
-               _pct(avg["maj@n"])] + [""] * len(ks) + [f"{avg['response_length_mean']:.1f}"] + [""] * 7
+        row = (
+            [
+                "**average**",
+                str(sum(m["num_problems"] for m in benches.values())),
+                "",
+                _pct(avg["avg@n"]),
+                "",
+                _pct(avg["maj@n"]),
+            ]
+            + [""] * len(ks)
+            + [f"{avg['response_length_mean']:.1f}"]
+            + [""] * 7
+        )
         lines.append("| " + " | ".join(row) + " |")
     s = results["settings"]
-    caption = (f"model `{s['model']}`, template {s['template']}, engine {s['engine']}, temperature {s['temperature']}, "
-               f"top_p {s['top_p']}, max_new_tokens {s['max_new_tokens']}, seed {s['seed']}, answer mode {s['answer_mode']}"
-               + (", protocol " + s["protocol"] if s["protocol"] != "none" else "")
-               + ". avg@n = pass@1 (unbiased); pass@k unbiased; the average row is the macro average over benchmarks.")
+    caption = (
+        f"model `{s['model']}`, template {s['template']}, engine {s['engine']}, temperature {s['temperature']}, "
+        f"top_p {s['top_p']}, max_new_tokens {s['max_new_tokens']}, seed {s['seed']}, answer mode {s['answer_mode']}"
+        + (", protocol " + s["protocol"] if s["protocol"] != "none" else "")
+        + ". avg@n = pass@1 (unbiased); pass@k unbiased; the average row is the macro average over benchmarks."
+    )
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -409,14 +477,22 @@ def load_benchmarks(benchmarks, args) -> dict:
     loaded = {}
     for name, n in benchmarks:
         try:
-            problems = load_problems(name, split="test" if name.lower() in SYNTHETIC_TASKS else None, data_dir=args.data_dir,
-                                     skip_invalid=args.skip_invalid, limit=args.limit)
+            problems = load_problems(
+                name,
+                split="test" if name.lower() in SYNTHETIC_TASKS else None,
+                data_dir=args.data_dir,
+                skip_invalid=args.skip_invalid,
+                limit=args.limit,
+            )
         except (DataError, OSError) as e:  # bad rows, not the pinned file, missing and not downloadable
-            raise UsageError(f"{e}" if isinstance(e, (DataError, FileNotFoundError)) else f"--benchmarks {name}: {e}") \
-                from None
+            raise UsageError(
+                f"{e}" if isinstance(e, (DataError, FileNotFoundError)) else f"--benchmarks {name}: {e}"
+            ) from None
         if not problems:
-            raise UsageError(f"--benchmarks {name}: no problems" + (f" ({problems.skipped} rows skipped)"
-                                                                     if problems.skipped else ""))
+            raise UsageError(
+                f"--benchmarks {name}: no problems"
+                + (f" ({problems.skipped} rows skipped)" if problems.skipped else "")
+            )
         if problems.skipped:
             print(f"{name}: skipped {problems.skipped} invalid rows (--skip-invalid), e.g. {problems.skipped_rows[0]}")
         loaded[name] = (n, problems)
@@ -427,37 +503,74 @@ def dry_run(data: dict, args, template: str, max_new_tokens: int, stop_ids) -> N
     total_bad = 0
     for name, d in data.items():
         golds = [p["answer"] for p in d["problems"]]
-        checks = score([f"\\boxed{{{g}}}" for g in golds], golds, mode="boxed", timeout_s=args.grader_timeout_s,
-                       num_workers=args.grader_workers)
+        checks = score(
+            [f"\\boxed{{{g}}}" for g in golds],
+            golds,
+            mode="boxed",
+            timeout_s=args.grader_timeout_s,
+            num_workers=args.grader_workers,
+        )
         bad = [(p["id"], p["answer"]) for p, r in zip(d["problems"], checks) if r <= 0]
         total_bad += len(bad)
         lengths = [len(ids) for ids in d["prompt_ids"]]
-        print(f"{name}: {len(d['problems'])} problems, n={d['n']}, prompt tokens mean {np.mean(lengths):.0f} "
-              f"max {max(lengths)}, golds graded correct against themselves: {len(golds) - len(bad)}/{len(golds)}"
-              + (f" (failing: {bad[:5]})" if bad else ""))
-    print(f"dry run: {sum(len(d['problems']) for d in data.values())} problems in {len(data)} benchmarks, template "
-          f"{template}, max_new_tokens {max_new_tokens}, stop ids {stop_ids}; {total_bad} gold self-check failures")
+        print(
+            f"{name}: {len(d['problems'])} problems, n={d['n']}, prompt tokens mean {np.mean(lengths):.0f} "
+            f"max {max(lengths)}, golds graded correct against themselves: {len(golds) - len(bad)}/{len(golds)}"
+            + (f" (failing: {bad[:5]})" if bad else "")
+        )
+    print(
+        f"dry run: {sum(len(d['problems']) for d in data.values())} problems in {len(data)} benchmarks, template "
+        f"{template}, max_new_tokens {max_new_tokens}, stop ids {stop_ids}; {total_bad} gold self-check failures"
+    )
 
 
 def grade_benchmark(name: str, d: dict, args, gen_s: float) -> tuple[dict, list[dict]]:
     """The benchmark's metrics and its completions.jsonl rows."""
     n, flat = d["n"], [s for samples in d["samples"] for s in samples]
     t0 = time.time()
-    scores = score([s["text"] for s in flat], [p["answer"] for p in d["problems"] for _ in range(n)],
-                   mode=args.answer_mode, timeout_s=args.grader_timeout_s, num_workers=args.grader_workers,
-                   multi_box=args.multi_box)
+    scores = score(
+        [s["text"] for s in flat],
+        [p["answer"] for p in d["problems"] for _ in range(n)],
+        mode=args.answer_mode,
+        timeout_s=args.grader_timeout_s,
+        num_workers=args.grader_workers,
+        multi_box=args.multi_box,
+    )
     grading_s = time.time() - t0
     for s, sc in zip(flat, scores):
-        s.update(response=s["text"], score=float(sc), answer=extract_answer(s["text"], args.answer_mode, args.multi_box),
-                 length=len(s["response_ids"]))
+        s.update(
+            response=s["text"],
+            score=float(sc),
+            answer=extract_answer(s["text"], args.answer_mode, args.multi_box),
+            length=len(s["response_ids"]),
+        )
     metrics = benchmark_metrics([{"id": p["id"], "samples": ss} for p, ss in zip(d["problems"], d["samples"])], n)
-    metrics.update(grader_timeouts=scores.timeouts, grader_crashes=getattr(scores, "crashes", 0),
-                   no_answer=scores.no_answer, generation_s=round(gen_s, 2), grading_s=round(grading_s, 2),
-                   skipped_rows=d["problems"].skipped_rows, duplicates_dropped=d["problems"].duplicates)
-    rows = [{"benchmark": name, "problem_id": p["id"], "sample_index": j, "prompt": prompt, "response": s["response"],
-             "gold": p["answer"], "extracted_answer": s["answer"], "score": s["score"], "length": s["length"],
-             "truncated": s["truncated"], "entropy": s["entropy_sum"] / s["entropy_count"] if s["entropy_count"] else None}
-            for p, prompt, samples in zip(d["problems"], d["prompts"], d["samples"]) for j, s in enumerate(samples)]
+    metrics.update(
+        grader_timeouts=scores.timeouts,
+        grader_crashes=getattr(scores, "crashes", 0),
+        no_answer=scores.no_answer,
+        generation_s=round(gen_s, 2),
+        grading_s=round(grading_s, 2),
+        skipped_rows=d["problems"].skipped_rows,
+        duplicates_dropped=d["problems"].duplicates,
+    )
+    rows = [
+        {
+            "benchmark": name,
+            "problem_id": p["id"],
+            "sample_index": j,
+            "prompt": prompt,
+            "response": s["response"],
+            "gold": p["answer"],
+            "extracted_answer": s["answer"],
+            "score": s["score"],
+            "length": s["length"],
+            "truncated": s["truncated"],
+            "entropy": s["entropy_sum"] / s["entropy_count"] if s["entropy_count"] else None,
+        }
+        for p, prompt, samples in zip(d["problems"], d["prompts"], d["samples"])
+        for j, s in enumerate(samples)
+    ]
     return metrics, rows
 
 
@@ -473,16 +586,22 @@ def main(args: Args) -> dict:
     if model_path != args.model:  # a run folder: its newest model, which the training scripts name by step
         print(f"model: {args.model} -> {model_path}")
     tokenizer = load_pretrained(model_path, "tokenizer")
-    template = args.template or ("qwen-math" if args.protocol == "opefo" or getattr(tokenizer, "chat_template", None)
-                                 else "plain")
-    max_new_tokens = args.max_new_tokens or (OPEFO_MAX_NEW_TOKENS if args.protocol == "opefo"
-                                             else DEFAULT_MAX_NEW_TOKENS[template])
+    template = args.template or (
+        "qwen-math" if args.protocol == "opefo" or getattr(tokenizer, "chat_template", None) else "plain"
+    )
+    max_new_tokens = args.max_new_tokens or (
+        OPEFO_MAX_NEW_TOKENS if args.protocol == "opefo" else DEFAULT_MAX_NEW_TOKENS[template]
+    )
     stop_ids = stop_token_ids(tokenizer, model_path, template)
     data = {}
     for name, (n, problems) in loaded.items():
         prompts = [build_prompt(p["question"], template, tokenizer) for p in problems]
-        data[name] = {"n": n, "problems": problems, "prompts": prompts,
-                      "prompt_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts]}
+        data[name] = {
+            "n": n,
+            "problems": problems,
+            "prompts": prompts,
+            "prompt_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts],
+        }
     if args.dry_run:
         dry_run(data, args, template, max_new_tokens, stop_ids)
         return {}
@@ -490,18 +609,42 @@ def main(args: Args) -> dict:
     # ── generation (grpo.generate, as in training), then the entropy of every response token
     engine = "vllm" if args.engine in ("vllm", "auto") and vllm_available() else "hf"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    llm = build_vllm_engine(model_path, args.seed, args.vllm_gpu_memory_utilization, args.vllm_max_model_len,
-                            dtype="auto" if args.dtype == "auto" else args.dtype) if engine == "vllm" else None
+    dtype = {
+        "auto": torch.bfloat16 if device == "cuda" else torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+    }[args.dtype]
+    llm = (
+        build_vllm_engine(
+            model_path,
+            args.seed,
+            args.vllm_gpu_memory_utilization,
+            args.vllm_max_model_len,
+            dtype="auto" if args.dtype == "auto" else args.dtype,
+        )
+        if engine == "vllm"
+        else None
+    )
     model = None if llm else load_pretrained(model_path, "model", dtype).to(device).eval()
     gen_s = {}
     for name, d in data.items():
         torch.manual_seed(args.seed)  # each benchmark's samples do not depend on the others
         t0 = time.time()
-        flat = generate(model, llm, tokenizer, d["prompt_ids"], d["n"], temperature, max_new_tokens, stop_ids,
-                        args.top_p, args.batch_size, seed=args.seed)
-        d["samples"] = [flat[i * d["n"]: (i + 1) * d["n"]] for i in range(len(d["prompt_ids"]))]
+        flat = generate(
+            model,
+            llm,
+            tokenizer,
+            d["prompt_ids"],
+            d["n"],
+            temperature,
+            max_new_tokens,
+            stop_ids,
+            args.top_p,
+            args.batch_size,
+            seed=args.seed,
+        )
+        d["samples"] = [flat[i * d["n"] : (i + 1) * d["n"]] for i in range(len(d["prompt_ids"]))]
         gen_s[name] = time.time() - t0
         print(f"{name}: {len(flat)} responses in {gen_s[name]:.1f} s")
     if llm is not None:  # free the GPU before any HF forward pass (--entropy full); the engine holds reference cycles
@@ -512,9 +655,14 @@ def main(args: Args) -> dict:
         flat = [s for samples in d["samples"] for s in samples]
         if args.entropy == "full":
             model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-            ents = full_entropy(model, [(ids, s["response_ids"]) for ids, samples in zip(d["prompt_ids"], d["samples"])
-                                        for s in samples], temperature, tokenizer.pad_token_id,
-                                args.entropy_batch_size, args.entropy_chunk_size)
+            ents = full_entropy(
+                model,
+                [(ids, s["response_ids"]) for ids, samples in zip(d["prompt_ids"], d["samples"]) for s in samples],
+                temperature,
+                tokenizer.pad_token_id,
+                args.entropy_batch_size,
+                args.entropy_chunk_size,
+            )
         else:
             ents = [None if s["rollout_logp"] is None else [-x for x in s["rollout_logp"]] for s in flat]
         for s, e in zip(flat, ents):
@@ -528,28 +676,52 @@ def main(args: Args) -> dict:
     for key in ("avg@n", "maj@n", "response_length_mean", "truncation_rate", "answer_rate"):
         results["average"][key] = float(np.mean([m[key] for m in results["benchmarks"].values()]))
     results["settings"] = {
-        "model": args.model, "model_path": os.path.abspath(model_path) if os.path.isdir(model_path) else model_path,
-        "benchmarks": {name: d["n"] for name, d in data.items()}, "template": template, "engine": engine,
-        "device": device, "dtype": str(dtype).removeprefix("torch.") if engine == "hf" else args.dtype,
-        "seed": args.seed, "n": args.n, "temperature": temperature, "top_p": args.top_p, "top_k": 0,
-        "max_new_tokens": max_new_tokens, "stop_token_ids": stop_ids, "answer_mode": args.answer_mode,
-        "grader_timeout_s": args.grader_timeout_s, "entropy": args.entropy, "protocol": args.protocol,
-        "limit": args.limit, "data_dir": args.data_dir, "skip_invalid": args.skip_invalid, "args": asdict(args),
-        "command": " ".join(sys.argv), "versions": _versions(), "git": _git_commit(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)), "wall_s": round(time.time() - t_start, 2),
+        "model": args.model,
+        "model_path": os.path.abspath(model_path) if os.path.isdir(model_path) else model_path,
+        "benchmarks": {name: d["n"] for name, d in data.items()},
+        "template": template,
+        "engine": engine,
+        "device": device,
+        "dtype": str(dtype).removeprefix("torch.") if engine == "hf" else args.dtype,
+        "seed": args.seed,
+        "n": args.n,
+        "temperature": temperature,
+        "top_p": args.top_p,
+        "top_k": 0,
+        "max_new_tokens": max_new_tokens,
+        "stop_token_ids": stop_ids,
+        "answer_mode": args.answer_mode,
+        "grader_timeout_s": args.grader_timeout_s,
+        "entropy": args.entropy,
+        "protocol": args.protocol,
+        "limit": args.limit,
+        "data_dir": args.data_dir,
+        "skip_invalid": args.skip_invalid,
+        "args": asdict(args),
+        "command": " ".join(sys.argv),
+        "versions": _versions(),
+        "git": _git_commit(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
+        "wall_s": round(time.time() - t_start, 2),
     }
     output_dir = args.output_dir or os.path.join(
-        "eval_out", f"{model_display_name(model_path)}__{time.strftime('%Y%m%d-%H%M%S', time.localtime(t_start))}")
+        "eval_out", f"{model_display_name(model_path)}__{time.strftime('%Y%m%d-%H%M%S', time.localtime(t_start))}"
+    )
     table = markdown_table(results, args.entropy)
     try:
         os.makedirs(output_dir, exist_ok=True)
-        for name, text in (("results.json", json.dumps(results, indent=1)), ("results.md", table),
-                           ("completions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions))):
+        for name, text in (
+            ("results.json", json.dumps(results, indent=1)),
+            ("results.md", table),
+            ("completions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions)),
+        ):
             with open(os.path.join(output_dir, name), "w") as f:
                 f.write(text)
     except OSError as error:  # the table is still printed, then exit status 1
         print(f"\n{table}", file=sys.stderr)
-        raise RunError(f"could not write {output_dir} ({one_line(error)}); the table above is all that is left") from None
+        raise RunError(
+            f"could not write {output_dir} ({one_line(error)}); the table above is all that is left"
+        ) from None
     print(f"\n{table}\nwrote {output_dir}/results.json, results.md, completions.jsonl")
     return results
 

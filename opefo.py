@@ -88,7 +88,9 @@ class Args:
     wandb_project_name: str = "rlvr-entropy"  # Weights & Biases project
     wandb_entity: str | None = None  # Weights & Biases entity (team)
     # model and data
-    model: str = "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
+    model: str = (
+        "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
+    )
     train_data: str = "paths"  # training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet
     train_split: str | None = None  # split of train_data (None: the loader's choice)
     eval_data: str = "paths"  # held-out problems evaluated every eval_every steps (same forms as train_data)
@@ -105,17 +107,23 @@ class Args:
     top_p: float = 1.0  # rollout nucleus sampling (vLLM only; 1.0 keeps the gradient unbiased)
     max_new_tokens: int = 64  # maximum response length in tokens
     hf_generation_batch_size: int = 256  # sequences per `generate` call of the HF engine
-    rollout_is_cap: float | None = None  # truncated IS: loss × min(π_old/π_rollout, C); 0: off; None: 2 with vLLM, else 0
+    rollout_is_cap: float | None = (
+        None  # truncated IS: loss × min(π_old/π_rollout, C); 0: off; None: 2 with vLLM, else 0
+    )
     vllm_gpu_memory_utilization: float = 0.3  # fraction of GPU memory vLLM may take (colocated with training)
     vllm_sleep_mode: bool = False  # offload vLLM weights and free its KV cache between rollouts (sleep level 1)
     vllm_max_model_len: int = 4096  # vLLM context length (prompt + response)
     # rewards and advantages
-    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"  # last \boxed{}, ..., or all in turn
+    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = (
+        "auto"  # last \boxed{}, ..., or all in turn
+    )
     multi_box: bool = False  # read several nearby \boxed{} as one set answer ("find all" questions)
     reward_range: Literal["01", "pm1"] = "01"  # reward of a correct / incorrect response: 1 / 0, or DAPO's +1 / −1
     grader_timeout_s: float = 5.0  # time limit per graded response (exceeded: incorrect)
     grader_workers: int = 2  # grader worker processes per training process
-    scale_rewards: Literal["group", "batch", "none"] = "group"  # advantage scale: group std (GRPO), batch std, none (Dr.GRPO)
+    scale_rewards: Literal["group", "batch", "none"] = (
+        "group"  # advantage scale: group std (GRPO), batch std, none (Dr.GRPO)
+    )
     filter_groups: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more
     max_gen_batches: int = 10  # with filter_groups: most generation batches per step (then train on what was kept)
     overlong_buffer: int = 0  # DAPO overlong shaping: penalise responses longer than max_new_tokens − buffer (0: off)
@@ -138,7 +146,8 @@ class Args:
     clip_high: float = 0.28  # ε_high: the ratio is clipped above at 1 + ε_high (A > 0; DAPO clip-higher)
     dual_clip_c: float = 10.0  # dual-clip bound c > 1 for A < 0 (loss ≤ −A·c); 0: off
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        "token-mean")  # aggregation over a minibatch on all processes: tokens, sequences, or B·L (Dr.GRPO)
+        "token-mean"  # aggregation over a minibatch on all processes: tokens, sequences, or B·L (Dr.GRPO)
+    )
     loss_scale_factor: float | None = None  # L of seq-mean-token-sum-norm (None: max_new_tokens)
     kl_coef: float = 0.0  # β of the k3 KL penalty to the initial model (loaded only when > 0)
     ent_coef: float = 0.0  # α of the entropy bonus −α·H_t (the "Entropy-Reg" baseline)
@@ -157,12 +166,34 @@ class Args:
 
 
 # flags a resumed run may change; the others define the run and must match it
-RESUMABLE = {"total_steps", "eval_every", "num_eval_problems", "eval_n", "eval_temperature", "output_dir", "run_name",
-             "resume", "track", "wandb_project_name", "wandb_entity", "log_completions_every", "num_completions_to_log",
-             "checkpoint_every", "keep_checkpoints", "grader_workers", "threads", "grader_timeout_s", "data_dir",
-             "entropy_chunk_size", "measure_entropy_change", "hf_generation_batch_size"}
-MOST_USED = ("Most runs set: --model --template --train-data --eval-data --total-steps --learning-rate "
-             "--prompts-per-step --group-size --max-new-tokens --micro-batch-size --resume; `accelerate launch` for GPUs.")
+RESUMABLE = {
+    "total_steps",
+    "eval_every",
+    "num_eval_problems",
+    "eval_n",
+    "eval_temperature",
+    "output_dir",
+    "run_name",
+    "resume",
+    "track",
+    "wandb_project_name",
+    "wandb_entity",
+    "log_completions_every",
+    "num_completions_to_log",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "grader_workers",
+    "threads",
+    "grader_timeout_s",
+    "data_dir",
+    "entropy_chunk_size",
+    "measure_entropy_change",
+    "hf_generation_batch_size",
+}
+MOST_USED = (
+    "Most runs set: --model --template --train-data --eval-data --total-steps --learning-rate "
+    "--prompts-per-step --group-size --max-new-tokens --micro-batch-size --resume; `accelerate launch` for GPUs."
+)
 
 
 class UsageError(ValueError):
@@ -188,8 +219,13 @@ def saved_args(run_dir: str | None, name: str = "args.json") -> dict:
 
 def parse_args(argv: list[str] | None = None) -> Args:
     """The command line; with `--resume RUN` the run's own arguments are the defaults and a flag given changes one."""
-    parse = lambda default=None: tyro.cli(Args, args=argv, default=default, config=(tyro.conf.OmitArgPrefixes,),  # noqa
-                                          description=__doc__.split("\n\n")[0] + "\n" + MOST_USED)
+    parse = lambda default=None: tyro.cli(
+        Args,
+        args=argv,
+        default=default,
+        config=(tyro.conf.OmitArgPrefixes,),
+        description=__doc__.split("\n\n")[0] + "\n" + MOST_USED,
+    )
     args = parse()
     saved = saved_args(args.resume)  # another script's run is refused by check_args
     known = lambda cls: {k: v for k, v in saved.items() if k in cls.__dataclass_fields__ and k != "algo"}  # noqa
@@ -198,33 +234,77 @@ def parse_args(argv: list[str] | None = None) -> Args:
 
 def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
     """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
-    seqs, value = args.prompts_per_step // world * args.group_size, lambda flag: getattr(args, flag)  # noqa: E731
+    seqs, value = args.prompts_per_step // world * args.group_size, lambda flag: getattr(args, flag)
     for flag, ok, requirement in [
-        *[(f, value(f) >= 1, ">= 1") for f in ("max_new_tokens", "total_steps", "micro_batch_size", "update_epochs",
-                                              "entropy_chunk_size", "hf_generation_batch_size", "keep_checkpoints",
-                                              "max_gen_batches")],
-        *[(f, value(f) >= 0, ">= 0") for f in ("threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef",
-                                              "weight_decay", "lr_warmup_steps", "grader_workers")],
-        *[(f, value(f) is None or value(f) > 0, "> 0") for f in ("temperature", "learning_rate", "max_grad_norm",
-                                                                 "grader_timeout_s", "eval_temperature", "loss_scale_factor")],
-        ("prompts_per_step", args.prompts_per_step >= 1 and args.prompts_per_step % world == 0,
-         f"a positive multiple of the {world} processes"),
-        ("group_size", args.group_size >= 2 or (args.group_size == 1 and args.scale_rewards == "none"),
-         ">= 2 (1 has no group statistics: only with --scale-rewards none)"),
+        *[
+            (f, value(f) >= 1, ">= 1")
+            for f in (
+                "max_new_tokens",
+                "total_steps",
+                "micro_batch_size",
+                "update_epochs",
+                "entropy_chunk_size",
+                "hf_generation_batch_size",
+                "keep_checkpoints",
+                "max_gen_batches",
+            )
+        ],
+        *[
+            (f, value(f) >= 0, ">= 0")
+            for f in (
+                "threads",
+                "eval_every",
+                "checkpoint_every",
+                "kl_coef",
+                "ent_coef",
+                "weight_decay",
+                "lr_warmup_steps",
+                "grader_workers",
+            )
+        ],
+        *[
+            (f, value(f) is None or value(f) > 0, "> 0")
+            for f in (
+                "temperature",
+                "learning_rate",
+                "max_grad_norm",
+                "grader_timeout_s",
+                "eval_temperature",
+                "loss_scale_factor",
+            )
+        ],
+        (
+            "prompts_per_step",
+            args.prompts_per_step >= 1 and args.prompts_per_step % world == 0,
+            f"a positive multiple of the {world} processes",
+        ),
+        (
+            "group_size",
+            args.group_size >= 2 or (args.group_size == 1 and args.scale_rewards == "none"),
+            ">= 2 (1 has no group statistics: only with --scale-rewards none)",
+        ),
         ("top_p", 0 < args.top_p <= 1 and (args.top_p == 1 or engine == "vllm"), "in (0, 1], and 1 with the HF engine"),
-        ("num_minibatches", args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
-         f"a divisor of the {seqs} sequences per process (--prompts-per-step / processes × --group-size)"),
+        (
+            "num_minibatches",
+            args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
+            f"a divisor of the {seqs} sequences per process (--prompts-per-step / processes × --group-size)",
+        ),
         ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
         ("dual_clip_c", args.dual_clip_c == 0 or args.dual_clip_c > 1, "0 (off) or > 1"),
         ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
         ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
-        ("num_eval_problems", args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
-         ">= 1, with --eval-n >= 1 (or --eval-every 0)")]:
+        (
+            "num_eval_problems",
+            args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
+            ">= 1, with --eval-n >= 1 (or --eval-every 0)",
+        ),
+    ]:
         if not ok:
             raise UsageError(f"--{flag.replace('_', '-')} {value(flag)}: must be {requirement}")
     if fsdp1:
-        raise UsageError("FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 "
-                         "(configs/fsdp.yaml)")
+        raise UsageError(
+            "FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 (configs/fsdp.yaml)"
+        )
     if engine != "vllm" and args.rollout_engine == "vllm":
         raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
     resolve_model(args.model)
@@ -235,20 +315,33 @@ def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None
         raise UsageError(f"--output-dir {args.output_dir} is not writable ({existing} is read-only)")
     saved = saved_args(args.resume)
     if args.resume and saved.get("script") != SCRIPT:
-        raise UsageError(f"--resume {args.resume}: " + (f"written by {saved.get('script')}, not {SCRIPT}" if saved else
-                                                        "not a run directory (no readable args.json)"))
-    changed = [f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})" for k, v in flat_args(args).items()
-               if k not in RESUMABLE and k in saved and saved[k] != v]  # a flag newer than the run: its default
+        raise UsageError(
+            f"--resume {args.resume}: "
+            + (
+                f"written by {saved.get('script')}, not {SCRIPT}"
+                if saved
+                else "not a run directory (no readable args.json)"
+            )
+        )
+    changed = [
+        f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})"
+        for k, v in flat_args(args).items()
+        if k not in RESUMABLE and k in saved and saved[k] != v
+    ]  # a flag newer than the run: its default
     if changed:
         raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
     if not args.resume and args.run_name and os.path.exists(os.path.join(args.output_dir, args.run_name)):
-        raise UsageError(f"--run-name {args.run_name}: {os.path.join(args.output_dir, args.run_name)} exists; "
-                         "continue it with --resume, or choose another --run-name")
+        raise UsageError(
+            f"--run-name {args.run_name}: {os.path.join(args.output_dir, args.run_name)} exists; "
+            "continue it with --resume, or choose another --run-name"
+        )
+
 
 # ─── ALGORITHM: arguments ──────────────────────────────────────────────────────────────────────
 @dataclass
 class Algorithm:
     """algorithm: OPEFO entropy-flow balancing (arXiv 2605.11491)"""
+
     lambda_rule: Literal["net-flow", "balance"] = "net-flow"  # λ*: (D − I)/N (net flow per token) or (D − I)/(D + I)
     flow_estimator: Literal["exact", "paper", "paper-expected"] = "exact"  # δ_t: first order, the paper's, its E_a∼π
     static_lambda: float | None = None  # ablation: a fixed λ in (−1, 1) instead of λ* (the paper's ablation: 0.001)
@@ -315,6 +408,7 @@ def entropy_change(coef, logp, entropy, g):
     """ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t], coef_t = −∂L/∂ℓ_t (A_t r_t for plain PG): arXiv 2505.22617, Lemma 1."""
     return -coef * (logp.exp() * (logp + entropy) - g)
 
+
 # ─── SHARED: advantages and loss aggregation ───────────────────────────────────────────────────
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
     """(R − mean_g) / (std_g + 1e-6) of rewards [n_groups · G] (`batch`: batch std; `none`: no division)."""
@@ -347,9 +441,15 @@ def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
 
 def aggregation_weights(loss_mask, mode: str, totals: dict, max_len: float) -> torch.Tensor:
     """Coefficient [b, R] of each token's loss in the minibatch loss: 1/N, 1/B, 1/(|o_i| B) or 1/(B·L_max)."""
-    return loss_mask / {"token-mean": totals["tokens"], "seq-mean-token-sum": totals["seqs"],
-                        "seq-mean-token-mean": loss_mask.sum(-1, keepdim=True).clamp(min=1.0) * totals["seqs"],
-                        "seq-mean-token-sum-norm": totals["seqs"] * max_len}[mode]
+    return (
+        loss_mask
+        / {
+            "token-mean": totals["tokens"],
+            "seq-mean-token-sum": totals["seqs"],
+            "seq-mean-token-mean": loss_mask.sum(-1, keepdim=True).clamp(min=1.0) * totals["seqs"],
+            "seq-mean-token-sum-norm": totals["seqs"] * max_len,
+        }[mode]
+    )
 
 
 def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, world: int):
@@ -365,9 +465,12 @@ def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, 
         token_loss = token_loss + args.kl_coef * info["kl_ref"]
     if args.ent_coef > 0:
         token_loss = token_loss - args.ent_coef * entropy
-    coef = aggregation_weights(mb["loss_mask"], args.loss_agg_mode, totals, args.loss_scale_factor or args.max_new_tokens)
+    coef = aggregation_weights(
+        mb["loss_mask"], args.loss_agg_mode, totals, args.loss_scale_factor or args.max_new_tokens
+    )
     info["token_loss"] = token_loss.detach()
     return (coef * token_loss).sum() * world, info
+
 
 # ─── ALGORITHM: loss ───────────────────────────────────────────────────────────────────────────
 ESTIMATORS, RULES = ("exact", "paper", "paper-expected"), ("net-flow", "balance")
@@ -381,15 +484,19 @@ def needs_old_policy_pass(args: Args) -> bool:
 def check_algorithm_args(args: Args) -> None:
     for flag, value in (("--update-epochs", args.update_epochs), ("--num-minibatches", args.num_minibatches)):
         if value != 1:
-            raise UsageError(f"{flag} {value}: OPEFO is strictly on-policy (one optimizer step per rollout batch), "
-                             f"use {flag} 1")
+            raise UsageError(
+                f"{flag} {value}: OPEFO is strictly on-policy (one optimizer step per rollout batch), use {flag} 1"
+            )
     if args.algo.static_lambda is not None and not -1 < args.algo.static_lambda < 1:
-        raise UsageError(f"--static-lambda {args.algo.static_lambda}: must be in (-1, 1) so that the weights 1 ± λ "
-                         "stay positive")
+        raise UsageError(
+            f"--static-lambda {args.algo.static_lambda}: must be in (-1, 1) so that the weights 1 ± λ stay positive"
+        )
     rows = args.prompts_per_step * args.group_size  # one process; with several, --micro-batch-size must cover its rows
     if args.algo.flow_estimator == "paper-expected" and args.micro_batch_size < rows:
-        raise UsageError(f"--flow-estimator paper-expected needs G3 of every token before the update, taken here from "
-                         f"the single micro-batch's logits: use --micro-batch-size {rows} (the whole batch)")
+        raise UsageError(
+            f"--flow-estimator paper-expected needs G3 of every token before the update, taken here from "
+            f"the single micro-batch's logits: use --micro-batch-size {rows} (the whole batch)"
+        )
 
 
 def entropy_flow(adv, logp, entropy, g=None, estimator: str = "exact", g3=None):
@@ -468,8 +575,11 @@ def flow_weights(delta, mask, reduce_sum=lambda x: x, side: str = "both", rule: 
 
 def lambda_metrics(totals: dict, side: str) -> dict:
     """algo/lambda_{rule}_{estimator} of every reading from {estimator: [I, D, N]}."""
-    return {f"algo/lambda_{r}_{e}".replace("-", "_"): balancing_lambda(t[0], t[1], side, r, t[2])
-            for e, t in totals.items() for r in RULES}
+    return {
+        f"algo/lambda_{r}_{e}".replace("-", "_"): balancing_lambda(t[0], t[1], side, r, t[2])
+        for e, t in totals.items()
+        for r in RULES
+    }
 
 
 def init_algorithm_state(args: Args) -> dict:
@@ -482,10 +592,15 @@ def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> di
     λ of every reading, and the weights of the chosen one (batch["flow_weight"]; paper-expected: in the loss call)."""
     a, mask = args.algo, batch["loss_mask"]
     totals = minibatch_totals(mask, reduce_sum)  # the whole batch is the one minibatch
-    batch["flow_relative"] = aggregation_weights(mask, args.loss_agg_mode, totals, args.loss_scale_factor
-                                                 or args.max_new_tokens) * totals["tokens"]  # N·c_t: 1 (token-mean)
-    deltas = {e: entropy_flow(batch["adv"], batch["logp_old"], batch["entropy_old"], batch["g_old"], e)
-              * batch["flow_relative"] for e in ESTIMATORS[:2]}
+    batch["flow_relative"] = (
+        aggregation_weights(mask, args.loss_agg_mode, totals, args.loss_scale_factor or args.max_new_tokens)
+        * totals["tokens"]
+    )  # N·c_t: 1 (token-mean)
+    deltas = {
+        e: entropy_flow(batch["adv"], batch["logp_old"], batch["entropy_old"], batch["g_old"], e)
+        * batch["flow_relative"]
+        for e in ESTIMATORS[:2]
+    }
     flows = {e: flow_totals(d, mask, reduce_sum).tolist() for e, d in deltas.items()}
     state.update(_reduce_sum=reduce_sum, _flows3=torch.zeros(3, dtype=torch.float64, device=mask.device))
     metrics = lambda_metrics(flows, a.lambda_side)
@@ -497,16 +612,26 @@ def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> di
 def apply_lambda(state: dict, args: Args, target: dict, delta, increase, decrease, n) -> dict:
     """λ of the chosen reading (or --static-lambda), the weights target["flow_weight"], the flows per token."""
     a = args.algo
-    lam = balancing_lambda(increase, decrease, a.lambda_side, a.lambda_rule, n) if a.static_lambda is None \
+    lam = (
+        balancing_lambda(increase, decrease, a.lambda_side, a.lambda_rule, n)
+        if a.static_lambda is None
         else a.static_lambda
+    )
     target["flow_weight"], n = side_weights(delta, lam, a.lambda_side), max(n, 1.0)
     state["high_lambda_steps"] = state.get("high_lambda_steps", 0) + 1 if lam > 0.1 else 0
     if state["high_lambda_steps"] == 3:
-        print(f"warning: λ* > 0.1 for 3 steps in a row ({lam:.3g}; the paper reports 2.5e-4 to 1.75e-3): this reading "
-              f"(--lambda-rule {a.lambda_rule} --flow-estimator {a.flow_estimator}) over-corrects", file=sys.stderr)
-    return {"algo/lambda": lam, "algo/flow_increase": increase / n, "algo/flow_decrease": decrease / n,
-            "algo/flow_net": (increase - decrease) / n,
-            "algo/flow_net_weighted": weighted_net_flow(increase, decrease, lam, a.lambda_side) / n}
+        print(
+            f"warning: λ* > 0.1 for 3 steps in a row ({lam:.3g}; the paper reports 2.5e-4 to 1.75e-3): this reading "
+            f"(--lambda-rule {a.lambda_rule} --flow-estimator {a.flow_estimator}) over-corrects",
+            file=sys.stderr,
+        )
+    return {
+        "algo/lambda": lam,
+        "algo/flow_increase": increase / n,
+        "algo/flow_decrease": decrease / n,
+        "algo/flow_net": (increase - decrease) / n,
+        "algo/flow_net_weighted": weighted_net_flow(increase, decrease, lam, a.lambda_side) / n,
+    }
 
 
 def policy_token_loss(mb: dict, logp, args: Args, state: dict):
@@ -519,10 +644,14 @@ def policy_token_loss(mb: dict, logp, args: Args, state: dict):
         delta = entropy_flow(mb["adv"], mb["logp_old"], mb["entropy_old"], mb["g_old"], "paper-expected", g3)
         state["_flows3"] += flow_totals(delta * mb["flow_relative"], mb["loss_mask"])
         if args.algo.flow_estimator == "paper-expected":  # one micro-batch: these are the whole batch's flows
-            state["_metrics"] = apply_lambda(state, args, mb, delta * mb["flow_relative"],
-                                             *state["_reduce_sum"](state["_flows3"]).tolist())
-    return -mb["flow_weight"] * mb["adv"] * ratio, {"ratio": ratio.detach(), "clipped_low": never,
-                                                     "clipped_high": never}
+            state["_metrics"] = apply_lambda(
+                state, args, mb, delta * mb["flow_relative"], *state["_reduce_sum"](state["_flows3"]).tolist()
+            )
+    return -mb["flow_weight"] * mb["adv"] * ratio, {
+        "ratio": ratio.detach(),
+        "clipped_low": never,
+        "clipped_high": never,
+    }
 
 
 def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
@@ -531,6 +660,7 @@ def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
     metrics.update(state.pop("_metrics", {}))
     if flows3 is not None and flows3[2] > 0:
         metrics.update(lambda_metrics({"paper-expected": reduce_sum(flows3).tolist()}, args.algo.lambda_side))
+
 
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
 class _SampledLogprobRecorder(LogitsProcessor):
@@ -553,21 +683,35 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
     rows, results, greedy = [ids for ids in prompt_ids for _ in range(n)], [], temperature == 0
     saved_config, model.generation_config = model.generation_config, GenerationConfig()
     try:
-        for chunk in (rows[i: i + batch_size] for i in range(0, len(rows), batch_size)):
+        for chunk in (rows[i : i + batch_size] for i in range(0, len(rows), batch_size)):
             width = max(len(r) for r in chunk)  # left padding
             input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=model.device)
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=model.device)
             recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            generated = model.generate(input_ids=input_ids, attention_mask=attention, do_sample=not greedy,
-                                       **({} if greedy else dict(temperature=1.0, top_p=top_p, top_k=0)),
-                                       eos_token_id=stop_ids, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                       logits_processor=LogitsProcessorList([recorder]))[:, width:]
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=not greedy,
+                **({} if greedy else {"temperature": 1.0, "top_p": top_p, "top_k": 0}),
+                eos_token_id=stop_ids,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                logits_processor=LogitsProcessorList([recorder]),
+            )[:, width:]
             recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
             logps = torch.stack(recorder.recorded, dim=1).cpu()  # [b, T_generated]
             is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))  # [b, T_generated]
-            lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, generated.shape[1]).tolist()  # first stop
-            results += [{"response_ids": tokens[: lengths[i]], "rollout_logp": logps[i, : lengths[i]].tolist(),
-                         "truncated": not is_stop[i].any()} for i, tokens in enumerate(generated.tolist())]
+            lengths = torch.where(
+                is_stop.any(1), is_stop.int().argmax(1) + 1, generated.shape[1]
+            ).tolist()  # first stop
+            results += [
+                {
+                    "response_ids": tokens[: lengths[i]],
+                    "rollout_logp": logps[i, : lengths[i]].tolist(),
+                    "truncated": not is_stop[i].any(),
+                }
+                for i, tokens in enumerate(generated.tolist())
+            ]
     finally:
         model.generation_config = saved_config
     return results
@@ -582,31 +726,72 @@ def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
     """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
     (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is truncated."""
     from vllm import SamplingParams
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=0, min_p=0.0, repetition_penalty=1.0,
-                            seed=seed, max_tokens=max_new_tokens, logprobs=0, stop_token_ids=list(stop_ids),
-                            skip_special_tokens=True)
+
+    params = SamplingParams(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        min_p=0.0,
+        repetition_penalty=1.0,
+        seed=seed,
+        max_tokens=max_new_tokens,
+        logprobs=0,
+        stop_token_ids=list(stop_ids),
+        skip_special_tokens=True,
+    )
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
-    return [{"response_ids": list(c.token_ids), "truncated": c.finish_reason != "stop",
-             "rollout_logp": [c.logprobs[t][token].logprob for t, token in enumerate(c.token_ids)]}
-            for request in outputs for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))]
+    return [
+        {
+            "response_ids": list(c.token_ids),
+            "truncated": c.finish_reason != "stop",
+            "rollout_logp": [c.logprobs[t][token].logprob for t, token in enumerate(c.token_ids)],
+        }
+        for request in outputs
+        for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))
+    ]
 
 
-def build_vllm_engine(model: str, seed: int, memory: float, max_model_len: int | None, sleep_mode=False,
-                      accelerator=None, dtype="bfloat16"):
+def build_vllm_engine(
+    model: str,
+    seed: int,
+    memory: float,
+    max_model_len: int | None,
+    sleep_mode=False,
+    accelerator=None,
+    dtype="bfloat16",
+):
     """An in-process engine. With an `accelerator` (training) every process builds its own, at the same point
     (vLLM creates process groups collectively) and before any optimizer state (it checks free memory at start-up)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: weights reachable
     extra = {}
     if accelerator is not None:
-        for key, value in (("RANK", accelerator.process_index), ("LOCAL_RANK", accelerator.local_process_index),
-                           ("WORLD_SIZE", accelerator.num_processes), ("MASTER_ADDR", "127.0.0.1"),
-                           ("MASTER_PORT", 29500)):
+        for key, value in (
+            ("RANK", accelerator.process_index),
+            ("LOCAL_RANK", accelerator.local_process_index),
+            ("WORLD_SIZE", accelerator.num_processes),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", 29500),
+        ):
             os.environ.setdefault(key, str(value))
-        extra = dict(distributed_executor_backend="external_launcher", enable_sleep_mode=sleep_mode,
-                     max_num_batched_tokens=max(4096, max_model_len))
+        extra = {
+            "distributed_executor_backend": "external_launcher",
+            "enable_sleep_mode": sleep_mode,
+            "max_num_batched_tokens": max(4096, max_model_len),
+        }
     from vllm import LLM  # after the environment above
-    llm = LLM(model=model, tensor_parallel_size=1, seed=seed, gpu_memory_utilization=memory, dtype=dtype,
-              max_model_len=max_model_len, enable_prefix_caching=True, logprobs_mode="processed_logprobs", **extra)
+
+    llm = LLM(
+        model=model,
+        tensor_parallel_size=1,
+        seed=seed,
+        gpu_memory_utilization=memory,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        enable_prefix_caching=True,
+        logprobs_mode="processed_logprobs",
+        **extra,
+    )
     if sleep_mode:
         llm.sleep(level=1)  # level 1 keeps the weights (on CPU), so a wake-up is always valid
     return llm
@@ -618,12 +803,15 @@ def full_parameter_chunks(model, accelerator):
     unwrapped = accelerator.unwrap_model(model)
     tied = getattr(unwrapped.config, "tie_word_embeddings", False)
     named = [(n, p) for n, p in unwrapped.named_parameters() if not (tied and n == "lm_head.weight")]
-    zero3 = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    zero3 = (
+        accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    )
     for _, group in itertools.groupby(named, key=lambda np: (re.match(r".*?\.layers\.\d+\.", np[0]) or [np[0]])[0]):
         group = list(group)
         with __import__("deepspeed").zero.GatheredParameters([p for _, p in group]) if zero3 else nullcontext():
-            yield [(n, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().to(torch.bfloat16))
-                   for n, p in group]
+            yield [
+                (n, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().to(torch.bfloat16)) for n, p in group
+            ]
 
 
 @torch.no_grad()
@@ -637,19 +825,31 @@ def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
     llm.reset_prefix_cache()
     if sleep_mode:
         llm.wake_up(tags=["kv_cache"])
+
+
 # ── end of the GPU-only vLLM block ──
 
 
-def generate(model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, stop_ids, top_p=1.0,
-             batch_size=256, seed=None) -> list[dict]:
+def generate(
+    model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, stop_ids, top_p=1.0, batch_size=256, seed=None
+) -> list[dict]:
     """The one generation path of training and eval_math.py: n samples per prompt, prompt-major, by vLLM (holding the
     current weights) or HF. Each: prompt_ids, response_ids (through the first stop token), rollout_logp (log π_T of
     each), truncated (no stop token within max_new_tokens), text (decoded without special tokens)."""
     if llm is not None:
         samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
     else:  # leaves the model in eval mode: stats_pass and update_policy set the mode they need
-        samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids,
-                              tokenizer.pad_token_id, batch_size)
+        samples = hf_generate(
+            model.eval(),
+            prompt_ids,
+            n,
+            temperature,
+            top_p,
+            max_new_tokens,
+            stop_ids,
+            tokenizer.pad_token_id,
+            batch_size,
+        )
     texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
     return [{**s, "prompt_ids": prompt_ids[i // n], "text": text} for i, (s, text) in enumerate(zip(samples, texts))]
 
@@ -659,8 +859,11 @@ def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
     eos = None
     with suppress(OSError):  # no generation_config.json
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    ids = {tokenizer.eos_token_id, tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None,
-           *(eos if isinstance(eos, list) else [eos])} - {None}
+    ids = {
+        tokenizer.eos_token_id,
+        tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None,
+        *(eos if isinstance(eos, list) else [eos]),
+    } - {None}
     if not ids:
         raise UsageError(f"--model {model_path}: the tokenizer has no EOS token and the model no eos_token_id")
     return sorted(ids)
@@ -671,10 +874,17 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     P, R = max(len(s["prompt_ids"]) for s in samples), max(max(len(s["response_ids"]) for s in samples), 1)
     rows = [(s["prompt_ids"], s["response_ids"], s["rollout_logp"]) for s in samples]
     input_ids = torch.tensor([[pad_id] * (P - len(p)) + p + r + [pad_id] * (R - len(r)) for p, r, _ in rows])
-    attention_mask = torch.tensor([[0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (R - len(r)) for p, r, _ in rows])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "response_ids": input_ids[:, P:],
-            "response_mask": attention_mask[:, P:].float(), "truncated": torch.tensor([s["truncated"] for s in samples]),
-            "rollout_logp": torch.tensor([logp[: len(r)] + [0.0] * (R - len(r)) for _, r, logp in rows])}
+    attention_mask = torch.tensor(
+        [[0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (R - len(r)) for p, r, _ in rows]
+    )
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_ids": input_ids[:, P:],
+        "response_mask": attention_mask[:, P:].float(),
+        "truncated": torch.tensor([s["truncated"] for s in samples]),
+        "rollout_logp": torch.tensor([logp[: len(r)] + [0.0] * (R - len(r)) for _, r, logp in rows]),
+    }
 
 
 def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float):
@@ -684,13 +894,21 @@ def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: fl
     full_width = mask.shape[1]
     attention = batch["attention_mask"][rows][:, : batch["input_ids"].shape[1] - full_width + width]
     first = int(attention.sum(0).nonzero().min())
-    input_ids, attention = batch["input_ids"][rows][:, first: attention.shape[1]], attention[:, first:]
+    input_ids, attention = batch["input_ids"][rows][:, first : attention.shape[1]], attention[:, first:]
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # positions follow the left padding, as in generate
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                   logits_to_keep=width + 1, use_cache=False).logits.div_(temperature)  # row j predicts token j
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids,
+        logits_to_keep=width + 1,
+        use_cache=False,
+    ).logits.div_(temperature)  # row j predicts token j
     tokens = torch.cat([batch["response_ids"][rows][:, :width], torch.zeros_like(input_ids[:, :1])], dim=1)
-    return [torch.nn.functional.pad(x.view(len(input_ids), width + 1)[:, :width], (0, full_width - width))
-            for x in token_stats(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), chunk_size)]
+    return [
+        torch.nn.functional.pad(x.view(len(input_ids), width + 1)[:, :width], (0, full_width - width))
+        for x in token_stats(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), chunk_size)
+    ]
+
 
 # ─── SHARED: logging, evaluation, checkpoints ──────────────────────────────────────────────────
 class Metrics:
@@ -712,11 +930,15 @@ class Metrics:
 
     def reduce(self, accelerator) -> dict:
         keys, max_keys = sorted(self.sums), sorted(self.maxes)  # one tensor for all, [0.0] so it is never empty
-        values = [self.sums[k] for k in keys] + [self.counts[k] for k in keys] + [self.maxes[k] for k in max_keys] + [0.0]
-        values = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(accelerator.device).reshape(()) for v in values])
+        values = (
+            [self.sums[k] for k in keys] + [self.counts[k] for k in keys] + [self.maxes[k] for k in max_keys] + [0.0]
+        )
+        values = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64).to(accelerator.device).reshape(()) for v in values]
+        )
         values = accelerator.gather(values[None]) if accelerator.num_processes > 1 else values[None]  # [world, n]
-        totals, maxes = values[:, : 2 * len(keys)].sum(0).tolist(), values[:, 2 * len(keys):].amax(0).tolist()
-        out = {k: s / c if c > 0 else float("nan") for k, s, c in zip(keys, totals, totals[len(keys):])}
+        totals, maxes = values[:, : 2 * len(keys)].sum(0).tolist(), values[:, 2 * len(keys) :].amax(0).tolist()
+        out = {k: s / c if c > 0 else float("nan") for k, s, c in zip(keys, totals, totals[len(keys) :])}
         return {**out, **{k: -v if k.endswith("_min") else v for k, v in zip(max_keys, maxes)}}
 
 
@@ -729,18 +951,28 @@ def resolve_model(model: str) -> str:
     path = os.path.expanduser(model)
     if not os.path.exists(path) and os.path.isdir(os.path.join(REPO_DIR, path)):
         path = os.path.join(REPO_DIR, path)
-    found = [os.path.join(c, "hf") for c in [*checkpoints(path), path] if os.path.isfile(os.path.join(c, "hf", "config.json"))]
+    found = [
+        os.path.join(c, "hf")
+        for c in [*checkpoints(path), path]
+        if os.path.isfile(os.path.join(c, "hf", "config.json"))
+    ]
     if found:  # a checkpoint folder: its hf/; a run folder: its newest checkpoint's
         return found[-1]
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"--model {model}: a folder without config.json, hf/ or checkpoints/step_*/hf/")
     parts = model.split("/")  # a hub id is `owner/name`; `runs/x` or `./x` is a folder
-    if not os.path.exists(path) and (model.startswith((".", "/", "~")) or len(parts) > 2 or
-                                     (len(parts) == 2 and (parts[0] == "runs" or os.path.exists(parts[0])))):
+    if not os.path.exists(path) and (
+        model.startswith((".", "/", "~"))
+        or len(parts) > 2
+        or (len(parts) == 2 and (parts[0] == "runs" or os.path.exists(parts[0])))
+    ):
         parent, base = os.path.split(os.path.normpath(path))
-        near = sorted(d for d in os.listdir(parent or ".") if d.startswith(base)) if os.path.isdir(parent or ".") else []
-        raise UsageError(f"--model {model}: no such directory" + (f"; did you mean {os.path.join(parent, near[0])}?"
-                                                                    if near else ""))
+        near = (
+            sorted(d for d in os.listdir(parent or ".") if d.startswith(base)) if os.path.isdir(parent or ".") else []
+        )
+        raise UsageError(
+            f"--model {model}: no such directory" + (f"; did you mean {os.path.join(parent, near[0])}?" if near else "")
+        )
     return path if os.path.exists(path) else model
 
 
@@ -759,8 +991,11 @@ def load_pretrained(path: str, what: str = "tokenizer", dtype=torch.float32):
 def checkpoints(run_dir: str) -> list[str]:
     """Finished checkpoints of a run, oldest first (`step_N.tmp` is one that was being written)."""
     root = os.path.join(run_dir, "checkpoints")
-    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if re.fullmatch(r"step_\d+", d)] \
-        if os.path.isdir(root) else []
+    return (
+        [os.path.join(root, d) for d in sorted(os.listdir(root)) if re.fullmatch(r"step_\d+", d)]
+        if os.path.isdir(root)
+        else []
+    )
 
 
 def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, args, first_step: int) -> None:
@@ -783,12 +1018,16 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, ar
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in [c for c in checkpoints(run_dir) if first_step < int(c[-6:]) <= state["step"]][:-args.keep_checkpoints]:
+            for old in [c for c in checkpoints(run_dir) if first_step < int(c[-6:]) <= state["step"]][
+                : -args.keep_checkpoints
+            ]:
                 shutil.rmtree(old, ignore_errors=True)
     except Exception as error:  # a full disk: OSError, torch's "enforce fail", safetensors' I/O error
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RunError(f"could not write checkpoint {final} ({one_line(error)}); free disk space under {root}, then "
-                       f"continue from {(checkpoints(run_dir) or ['the start'])[-1]}: {rerun_command(run_dir)}") from None
+        raise RunError(
+            f"could not write checkpoint {final} ({one_line(error)}); free disk space under {root}, then "
+            f"continue from {(checkpoints(run_dir) or ['the start'])[-1]}: {rerun_command(run_dir)}"
+        ) from None
     accelerator.wait_for_everyone()
 
 
@@ -808,14 +1047,25 @@ class RunLogger:
             path = os.path.join(run_dir, name)
             lines = open(path).readlines() if os.path.exists(path) else []
             with open(path, "w") as f:
-                f.writelines(x for x in lines if start_step and x.endswith("\n") and json.loads(x)["step"] <= start_step)
+                f.writelines(
+                    x for x in lines if start_step and x.endswith("\n") and json.loads(x)["step"] <= start_step
+                )
         if args.track:
             import wandb
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=flat_args(args), name=os.path.basename(run_dir), save_code=True, resume="allow")
+
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=flat_args(args),
+                name=os.path.basename(run_dir),
+                save_code=True,
+                resume="allow",
+            )
         self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)  # no step logged twice
-        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
-                                                                                    flat_args(args).items()))
+        self.writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat_args(args).items())
+        )
         with open(os.path.join(run_dir, "args.json"), "w") as f:
             json.dump({"script": SCRIPT, **flat_args(args)}, f, indent=1)
 
@@ -827,26 +1077,43 @@ class RunLogger:
                 with open(os.path.join(self.run_dir, name), "a") as f:
                     f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
 
+
 # ─── SHARED: main loop ─────────────────────────────────────────────────────────────────────────
 def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
     """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
     with accelerator.autocast():
-        return generate(accelerator.unwrap_model(model), llm, tokenizer, [p["prompt_ids"] for p in problems], n,
-                        temperature, args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size)
+        return generate(
+            accelerator.unwrap_model(model),
+            llm,
+            tokenizer,
+            [p["prompt_ids"] for p in problems],
+            n,
+            temperature,
+            args.max_new_tokens,
+            stop_ids,
+            args.top_p,
+            args.hf_generation_batch_size,
+        )
 
 
 def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
     """Rewards of the samples (n per problem, in order); `.no_answer` and `.timeouts` count the graded items."""
-    return score([s["text"] for s in samples], [p["answer"] for p in problems for _ in range(n)], mode=args.answer_mode,
-                 timeout_s=args.grader_timeout_s, num_workers=args.grader_workers, reward_range=args.reward_range,
-                 multi_box=args.multi_box)
+    return score(
+        [s["text"] for s in samples],
+        [p["answer"] for p in problems for _ in range(n)],
+        mode=args.answer_mode,
+        timeout_s=args.grader_timeout_s,
+        num_workers=args.grader_workers,
+        reward_range=args.reward_range,
+        multi_box=args.multi_box,
+    )
 
 
 def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
     """avg@eval_n accuracy, length and no-answer rate, sharded over processes (equal shards: padding not graded)."""
     world, rank, n = accelerator.num_processes, accelerator.process_index, args.eval_n
     per_rank = math.ceil(len(problems) / world)
-    shard, real = (problems * world)[rank * per_rank: (rank + 1) * per_rank], problems[rank * per_rank:][:per_rank]
+    shard, real = (problems * world)[rank * per_rank : (rank + 1) * per_rank], problems[rank * per_rank :][:per_rank]
     if llm is not None:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
@@ -878,20 +1145,27 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
         once = float(gen_batches == 1)  # the last five: totals over the step's generation batches, counted once
         for name, total, count in [
-                ("rollout/accuracy", correct.sum(), correct.numel()), ("rollout/reward", sum(rewards), len(rewards)),
-                ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
-                ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
-                ("rollout/all_correct_group_frac", (correct == 1).all(1).sum(), per_rank),
-                ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank),
-                ("rollout/gen_batches", 1, once), ("time/rollout_s", t2 - t1, once), ("time/grading_s", t3 - t2, once),
-                ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s
-                ("rollout/grader_timeouts", rewards.timeouts, once / world)]:  # summed over processes
+            ("rollout/accuracy", correct.sum(), correct.numel()),
+            ("rollout/reward", sum(rewards), len(rewards)),
+            ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
+            ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
+            ("rollout/all_correct_group_frac", (correct == 1).all(1).sum(), per_rank),
+            ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank),
+            ("rollout/gen_batches", 1, once),
+            ("time/rollout_s", t2 - t1, once),
+            ("time/grading_s", t3 - t2, once),
+            ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s
+            ("rollout/grader_timeouts", rewards.timeouts, once / world),
+        ]:  # summed over processes
             metrics.add(name, total, count)
         for g, problem in enumerate(problems):
             group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
             (kept if informative[g] or not args.filter_groups else dropped).append(group)
-        if not args.filter_groups or gen_batches >= args.max_gen_batches or \
-                accelerator.gather(torch.tensor([len(kept)], device=accelerator.device)).min() >= per_rank:
+        if (
+            not args.filter_groups
+            or gen_batches >= args.max_gen_batches
+            or accelerator.gather(torch.tensor([len(kept)], device=accelerator.device)).min() >= per_rank
+        ):
             break
     if llm is not None and args.vllm_sleep_mode:
         llm.sleep(level=1)  # free the KV cache for training
@@ -907,8 +1181,11 @@ def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
     batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
     lengths = batch["response_mask"].sum(-1)
     rewards = torch.tensor([s["reward"] for s in samples], device=device) + overlong_penalty(
-        lengths, args.max_new_tokens, args.overlong_buffer, args.overlong_penalty_factor)
-    advantages = group_advantages(accelerator.gather(rewards), args.group_size, args.scale_rewards).view(world, -1)[rank]
+        lengths, args.max_new_tokens, args.overlong_buffer, args.overlong_penalty_factor
+    )
+    advantages = group_advantages(accelerator.gather(rewards), args.group_size, args.scale_rewards).view(world, -1)[
+        rank
+    ]
     excluded = torch.tensor([s["is_padding"] for s in samples], device=device)
     excluded |= batch["truncated"] & args.mask_truncated
     batch["loss_mask"] = batch["response_mask"] * ~excluded[:, None]
@@ -930,8 +1207,9 @@ def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
-def update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool,
-                  reduce_sum) -> int:
+def update_policy(
+    model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool, reduce_sum
+) -> int:
     """The optimizer steps on a rollout batch, logging entropy flows and the batch's entropy; returns those skipped."""
     world, n_rows, skipped_updates = accelerator.num_processes, len(batch["adv"]), 0
     model.train()
@@ -946,8 +1224,11 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                 with accelerator.accumulate(model), accelerator.autocast():
                     logp, entropy, g = micro_batch_stats(model, batch, rows, args.entropy_chunk_size, args.temperature)
                     if fill_old:  # no old-policy pass: the batch's old-policy ℓ, H, G are this forward's
-                        batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = \
-                            logp.detach(), entropy.detach(), g
+                        batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = (
+                            logp.detach(),
+                            entropy.detach(),
+                            g,
+                        )
                     mb = {key: value[rows] for key, value in batch.items()}
                     if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
                         mb["logp_old"] = logp.detach()
@@ -959,12 +1240,18 @@ def update_policy(model, optimizer, batch, args, algo_state, accelerator, metric
                 delta = entropy_change(-grad_logp[0] * totals["tokens"] / world, logp.detach(), entropy.detach(), g)
                 delta = delta * mb["loss_mask"]
                 for name, values in [
-                        ("entropy/flow_increase", delta.clamp(min=0)), ("entropy/flow_decrease", (-delta).clamp(min=0)),
-                        ("entropy/flow_net", delta), ("entropy/increase_frac", delta > 0),
-                        ("train/policy_loss", info["token_loss"]), ("train/ppo_kl", mb["logp_old"] - logp.detach()),
-                        ("train/clip_frac_low", info["clipped_low"]), ("train/clip_frac_high", info["clipped_high"]),
-                        ("train/kl_ref", info.get("kl_ref")), ("rollout/is_weight_mean", info.get("is_weight")),
-                        ("rollout/is_capped_frac", info.get("is_capped"))]:
+                    ("entropy/flow_increase", delta.clamp(min=0)),
+                    ("entropy/flow_decrease", (-delta).clamp(min=0)),
+                    ("entropy/flow_net", delta),
+                    ("entropy/increase_frac", delta > 0),
+                    ("train/policy_loss", info["token_loss"]),
+                    ("train/ppo_kl", mb["logp_old"] - logp.detach()),
+                    ("train/clip_frac_low", info["clipped_low"]),
+                    ("train/clip_frac_high", info["clipped_high"]),
+                    ("train/kl_ref", info.get("kl_ref")),
+                    ("rollout/is_weight_mean", info.get("is_weight")),
+                    ("rollout/is_capped_frac", info.get("is_capped")),
+                ]:
                     if values is not None:  # boolean values are fractions (the mask is float)
                         metrics.mean(name, values.detach(), mb["loss_mask"])
                 for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min
@@ -1006,17 +1293,27 @@ def build_policy(args, accelerator, model_path: str, use_bf16: bool):
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    accelerator.gradient_accumulation_steps = math.ceil(args.prompts_per_step // accelerator.num_processes *
-                                                        args.group_size // args.num_minibatches / args.micro_batch_size)
+    accelerator.gradient_accumulation_steps = math.ceil(
+        args.prompts_per_step
+        // accelerator.num_processes
+        * args.group_size
+        // args.num_minibatches
+        / args.micro_batch_size
+    )
     if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates, clips, then steps
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            gradient_accumulation_steps=accelerator.gradient_accumulation_steps, gradient_clipping=args.max_grad_norm,
-            train_micro_batch_size_per_gpu=args.micro_batch_size)
+            gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
+            gradient_clipping=args.max_grad_norm,
+            train_micro_batch_size_per_gpu=args.micro_batch_size,
+        )
     model, optimizer = accelerator.prepare(model, optimizer)
     if args.kl_coef == 0:  # else a plain (unsharded) frozen copy, also under ZeRO-3
         return model, optimizer, None
-    with accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False) \
-            if accelerator.distributed_type == DistributedType.DEEPSPEED else nullcontext():
+    with (
+        accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED
+        else nullcontext()
+    ):
         ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
     return model, optimizer, ref_model.to(accelerator.device).eval().requires_grad_(False)
 
@@ -1056,16 +1353,27 @@ def main(args: Args) -> str:
     engine = "vllm" if args.rollout_engine in ("vllm", "auto") and vllm_available() else "hf"
     if args.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds the variance
         args.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
-    check_args(args, world, engine, accelerator.distributed_type == DistributedType.FSDP and
-               not getattr(accelerator, "is_fsdp2", False))
+    check_args(
+        args,
+        world,
+        engine,
+        accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False),
+    )
     check_algorithm_args(args)
     if args.threads and accelerator.device.type == "cpu":
         torch.set_num_threads(args.threads)
     if args.torch_deterministic:  # vLLM sampling stays non-deterministic
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    run_dir = args.resume or os.path.join(args.output_dir, broadcast_object_list([args.run_name or "__".join(
-        [os.path.basename(args.train_data), args.exp_name, str(args.seed), str(int(time.time()))])])[0])
+    run_dir = args.resume or os.path.join(
+        args.output_dir,
+        broadcast_object_list(
+            [
+                args.run_name
+                or "__".join([os.path.basename(args.train_data), args.exp_name, str(args.seed), str(int(time.time()))])
+            ]
+        )[0],
+    )
 
     # ── data first: its errors come before anything is loaded or written
     model_path = resolve_model(args.model)
@@ -1073,23 +1381,55 @@ def main(args: Args) -> str:
         accelerator.print(f"model: {model_path}")
     tokenizer = load_pretrained(model_path, "tokenizer")
     stop_ids = stop_token_ids(tokenizer, model_path, args.template)
-    train_problems = load_prompts(args.train_data, args.train_split, tokenizer, args.template, args.max_prompt_length,
-                                  args.data_dir, args.skip_invalid, per_step=args.prompts_per_step)
-    eval_problems = load_prompts(args.eval_data, args.eval_split, tokenizer, args.template, args.max_prompt_length,
-                                 args.data_dir, args.skip_invalid, args.num_eval_problems) if args.eval_every else []
+    train_problems = load_prompts(
+        args.train_data,
+        args.train_split,
+        tokenizer,
+        args.template,
+        args.max_prompt_length,
+        args.data_dir,
+        args.skip_invalid,
+        per_step=args.prompts_per_step,
+    )
+    eval_problems = (
+        load_prompts(
+            args.eval_data,
+            args.eval_split,
+            tokenizer,
+            args.template,
+            args.max_prompt_length,
+            args.data_dir,
+            args.skip_invalid,
+            args.num_eval_problems,
+        )
+        if args.eval_every
+        else []
+    )
     found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
     done = saved_args(found[-1], "trainer_state.json").get("step", 0) if found else 0  # damaged: not finished
     if done >= args.total_steps:  # a finished run: nothing changes
-        accelerator.print(f"run {run_dir} is finished ({done} of {args.total_steps} steps); "
-                          f"to extend it: {rerun_command(run_dir)} --total-steps N")
+        accelerator.print(
+            f"run {run_dir} is finished ({done} of {args.total_steps} steps); "
+            f"to extend it: {rerun_command(run_dir)} --total-steps N"
+        )
         return run_dir
     lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
     if broadcast_object_list([accelerator.is_main_process and lock is None])[0]:  # every process stops, not only one
         raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)")
 
     # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
-    llm = build_vllm_engine(model_path, args.seed + rank, args.vllm_gpu_memory_utilization, args.vllm_max_model_len,
-                            args.vllm_sleep_mode, accelerator) if engine == "vllm" else None
+    llm = (
+        build_vllm_engine(
+            model_path,
+            args.seed + rank,
+            args.vllm_gpu_memory_utilization,
+            args.vllm_max_model_len,
+            args.vllm_sleep_mode,
+            accelerator,
+        )
+        if engine == "vllm"
+        else None
+    )
     set_seed(args.seed)  # after vLLM, which re-seeds the global RNGs in its worker
     model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
     state = load_checkpoint(accelerator, found)
@@ -1115,53 +1455,98 @@ def main(args: Args) -> str:
                 group["lr"] = learning_rate(args, step)
             metrics = Metrics()
             # 1. rollout and grading; 2. advantages and loss mask
-            samples, data_pos = rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer,
-                                                  stop_ids, metrics)
+            samples, data_pos = rollout_and_grade(
+                model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics
+            )
             batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)
             # 3. old-policy ℓ_old, H, G (no grad), or filled in by the single on-policy update
             t0 = time.time()
-            batch["logp_old"], batch["entropy_old"], batch["g_old"] = stats_pass(model, batch, args, accelerator) \
-                if old_policy_pass else torch.zeros((3, *batch["adv"].shape), device=accelerator.device)
+            batch["logp_old"], batch["entropy_old"], batch["g_old"] = (
+                stats_pass(model, batch, args, accelerator)
+                if old_policy_pass
+                else torch.zeros((3, *batch["adv"].shape), device=accelerator.device)
+            )
             if ref_model is not None:
                 batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)[0]
             algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
             # 4. policy update
-            skipped = update_policy(model, optimizer, batch, args, algo_state, accelerator, metrics, step,
-                                    not old_policy_pass, reduce_sum)
+            skipped = update_policy(
+                model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass, reduce_sum
+            )
             skipped_streak = skipped_streak + 1 if skipped == args.update_epochs * args.num_minibatches else 0
             metrics.add("train/skipped_updates", skipped)
             if args.measure_entropy_change:  # realised entropy change of the same batch
-                metrics.mean("entropy/realised_change", stats_pass(model, batch, args, accelerator)[1] -
-                             batch["entropy_old"], batch["response_mask"])
+                metrics.mean(
+                    "entropy/realised_change",
+                    stats_pass(model, batch, args, accelerator)[1] - batch["entropy_old"],
+                    batch["response_mask"],
+                )
             metrics.add("time/training_s", time.time() - t0)
             # 5. metrics, evaluation, checkpoints
             metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate(args, step)}
-            metrics.update({"time/step_s": time.time() - step_start,
-                            "time/tokens_per_s": metrics["time/tokens_per_s"] / (time.time() - step_start)})
+            metrics.update(
+                {
+                    "time/step_s": time.time() - step_start,
+                    "time/tokens_per_s": metrics["time/tokens_per_s"] / (time.time() - step_start),
+                }
+            )
             algorithm_step_end(algo_state, args, metrics)
             if args.eval_every and (step % args.eval_every == 0 or step == args.total_steps):
                 metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
-            logger.log(step, metrics, [{"prompt": s["problem"]["question"], "response": s["text"], "reward": s["reward"],
-                                        "gold": s["problem"]["answer"]} for s in samples[: args.num_completions_to_log]]
-                       if args.log_completions_every and step % args.log_completions_every == 0 else [])
+            logger.log(
+                step,
+                metrics,
+                [
+                    {
+                        "prompt": s["problem"]["question"],
+                        "response": s["text"],
+                        "reward": s["reward"],
+                        "gold": s["problem"]["answer"],
+                    }
+                    for s in samples[: args.num_completions_to_log]
+                ]
+                if args.log_completions_every and step % args.log_completions_every == 0
+                else [],
+            )
             if skipped_streak == 3:  # nothing is being learnt: stop rather than spin
-                raise RunError(f"every update of steps {step - 2}-{step} was skipped (non-finite loss or gradients); "
-                               f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}")
-            shown = {"reward": "rollout/reward", "entropy": "entropy/mean", "flow net": "entropy/flow_net",
-                     "len": "rollout/response_length_mean", "eval": "eval/accuracy", "s": "time/step_s"}
-            accelerator.print(f"step {step:4d} | " + " | ".join(f"{label} {metrics[key]:.4g}" for label, key in
-                                                              shown.items() if key in metrics))
+                raise RunError(
+                    f"every update of steps {step - 2}-{step} was skipped (non-finite loss or gradients); "
+                    f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}"
+                )
+            shown = {
+                "reward": "rollout/reward",
+                "entropy": "entropy/mean",
+                "flow net": "entropy/flow_net",
+                "len": "rollout/response_length_mean",
+                "eval": "eval/accuracy",
+                "s": "time/step_s",
+            }
+            accelerator.print(
+                f"step {step:4d} | "
+                + " | ".join(f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics)
+            )
             if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
-                save_checkpoint(accelerator, model, tokenizer, run_dir, {"step": step, "data_pos": data_pos,
-                                "algo_state": algo_state}, args, start_step)
+                save_checkpoint(
+                    accelerator,
+                    model,
+                    tokenizer,
+                    run_dir,
+                    {"step": step, "data_pos": data_pos, "algo_state": algo_state},
+                    args,
+                    start_step,
+                )
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"run {run_dir} stopped at step {step}; its last checkpoint is "
-                                f"{(checkpoints(run_dir) or ['none yet'])[-1]}; continue with: {rerun_command(run_dir)}")
+        raise KeyboardInterrupt(
+            f"run {run_dir} stopped at step {step}; its last checkpoint is "
+            f"{(checkpoints(run_dir) or ['none yet'])[-1]}; continue with: {rerun_command(run_dir)}"
+        )
     logger.writer and logger.writer.close()
     model_dir = os.path.join(checkpoints(run_dir)[-1] if accelerator.is_main_process else "", "hf")
-    accelerator.print(f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model "
-                      f"{shlex.quote(run_dir)}\n  plot:      python plot.py {shlex.quote(run_dir)}\n"
-                      f"  continue:  {rerun_command(run_dir)} --total-steps N")
+    accelerator.print(
+        f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model "
+        f"{shlex.quote(run_dir)}\n  plot:      python plot.py {shlex.quote(run_dir)}\n"
+        f"  continue:  {rerun_command(run_dir)} --total-steps N"
+    )
     accelerator.end_training()
     return run_dir
 

@@ -46,9 +46,9 @@ from typing import Literal
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tyro  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import tyro
 
 DEFAULT_PANELS = [  # (title, candidate metrics: the first one that any run logged is drawn)
     ("entropy/mean", ["entropy/mean"]),
@@ -132,7 +132,12 @@ def load_run(path: str) -> dict:
         if not isinstance(step, (int, float)):
             raise PlotError(f"{metrics_path}:{line_no}: no numeric 'step'")
         for key, value in row.items():
-            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if (
+                key == "step"
+                or isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 continue
             steps, values = series.setdefault(key, ([], []))
             steps.append(step)
@@ -151,9 +156,16 @@ def load_run(path: str) -> dict:
     seed = args.get("seed") if args else None
     if seed is None and m:
         seed = int(m.group("seed"))
-    return {"name": name, "dir": run_dir, "metrics_path": metrics_path, "rows": len(lines), "args": args, "seed": seed,
-            "processes": process_count(run_dir, args),
-            "metrics": {k: (np.asarray(s, dtype=float), np.asarray(v)) for k, (s, v) in series.items()}}
+    return {
+        "name": name,
+        "dir": run_dir,
+        "metrics_path": metrics_path,
+        "rows": len(lines),
+        "args": args,
+        "seed": seed,
+        "processes": process_count(run_dir, args),
+        "metrics": {k: (np.asarray(s, dtype=float), np.asarray(v)) for k, (s, v) in series.items()},
+    }
 
 
 def process_count(run_dir: str, args: dict | None) -> int | None:
@@ -200,7 +212,9 @@ def run_config(run: dict) -> dict | None:
     count when known. None without args.json."""
     if run["args"] is None:
         return None
-    config = {k: v for k, v in run["args"].items() if k != "seed" and k not in BOOKKEEPING_ARGS and k not in PROCESS_ARGS}
+    config = {
+        k: v for k, v in run["args"].items() if k != "seed" and k not in BOOKKEEPING_ARGS and k not in PROCESS_ARGS
+    }
     if run["processes"] is not None:
         config["processes"] = run["processes"]
     return config
@@ -214,21 +228,32 @@ def group_runs(runs: list[dict], group: bool = True) -> list[dict]:
         key = json.dumps(config, sort_keys=True) if config is not None else "name:" + base_name(run)
         target = None
         if group:
-            target = next((g for g in groups if g["key"] == key and run["seed"] is not None
-                           and run["seed"] not in {r["seed"] for r in g["runs"]}), None)
+            target = next(
+                (
+                    g
+                    for g in groups
+                    if g["key"] == key and run["seed"] is not None and run["seed"] not in {r["seed"] for r in g["runs"]}
+                ),
+                None,
+            )
         if target is None:
             groups.append({"key": key, "config": config, "runs": [run]})
         else:
             target["runs"].append(run)
     with_config = [g for g in groups if g["config"] is not None]
     keys = sorted(set().union(*(g["config"] for g in with_config))) if with_config else []
-    differing = [k for k in keys if len({json.dumps(g["config"][k], sort_keys=True) if k in g["config"] else "<unset>"
-                                         for g in with_config}) > 1]
+    differing = [
+        k
+        for k in keys
+        if len({json.dumps(g["config"][k], sort_keys=True) if k in g["config"] else "<unset>" for g in with_config}) > 1
+    ]
     repeated = [key for key in dict.fromkeys(g["key"] for g in groups) if sum(g["key"] == key for g in groups) > 1]
     for key in repeated:
         names = ", ".join(g["runs"][0]["name"] for g in groups if g["key"] == key)
-        print(f"note: {names}: same arguments and seed, so drawn separately, not averaged as seeds (repeats, or "
-              "they differ in something not recorded)")
+        print(
+            f"note: {names}: same arguments and seed, so drawn separately, not averaged as seeds (repeats, or "
+            "they differ in something not recorded)"
+        )
     for g in groups:
         if not group:
             g["label"] = g["runs"][0]["name"]
@@ -240,12 +265,16 @@ def group_runs(runs: list[dict], group: bool = True) -> list[dict]:
             g["label"] = ", ".join(shown) + (f", … ({len(differing) - 4} more)" if len(differing) > 4 else "")
         else:
             g["label"] = base_name(g["runs"][0])
-        if len(differing) > 4 and "exp_name" not in differing:  # too many differences to list (e.g. different scripts): the runs' own name is clearer
+        if (
+            len(differing) > 4 and "exp_name" not in differing
+        ):  # too many differences to list (e.g. different scripts): the runs' own name is clearer
             g["label"] = base_name(g["runs"][0])
         if g["key"] in repeated:  # same arguments and seed as another run: name the run, do not call them seeds
             g["label"] += f" (run {g['runs'][0]['name']})"
         seeds = [r["seed"] for r in g["runs"]]
-        g["label"] += f" [{len(seeds)} seeds]" if len(seeds) > 1 else (f" [seed {seeds[0]}]" if seeds[0] is not None else "")
+        g["label"] += (
+            f" [{len(seeds)} seeds]" if len(seeds) > 1 else (f" [seed {seeds[0]}]" if seeds[0] is not None else "")
+        )
     labels = [g["label"] for g in groups]
     for g in groups:  # two groups must never share a legend entry
         if labels.count(g["label"]) > 1:
@@ -319,8 +348,10 @@ def select_panels(runs: list[dict], metrics: tuple[str, ...]) -> list[tuple[str,
     if metrics:
         missing = [m for m in metrics if m not in available]
         if missing:
-            raise PlotError(f"metric(s) {', '.join(missing)} not logged by any run ({', '.join(r['dir'] for r in runs)}); "
-                            f"available: {', '.join(sorted(available)) or 'none'}")
+            raise PlotError(
+                f"metric(s) {', '.join(missing)} not logged by any run ({', '.join(r['dir'] for r in runs)}); "
+                f"available: {', '.join(sorted(available)) or 'none'}"
+            )
         return [(m, m) for m in metrics]
     panels, missing = [], []
     for title, candidates in DEFAULT_PANELS:
@@ -332,15 +363,20 @@ def select_panels(runs: list[dict], metrics: tuple[str, ...]) -> list[tuple[str,
     if missing and panels:
         print(f"note: no run logged {', '.join(missing)}; panel{'s' if len(missing) > 1 else ''} left out")
     if not panels:
-        raise PlotError(f"none of the default metrics is logged by any run ({', '.join(r['dir'] for r in runs)}); "
-                        f"available: {', '.join(sorted(available)) or 'none'}; choose some with --metric")
+        raise PlotError(
+            f"none of the default metrics is logged by any run ({', '.join(r['dir'] for r in runs)}); "
+            f"available: {', '.join(sorted(available)) or 'none'}; choose some with --metric"
+        )
     return panels
 
 
 def _is_output_folder(path: str) -> bool:
     """plot.py's own figure folder (`runs/plots`), which `runs/*` also matches."""
-    return (os.path.isdir(path) and os.path.basename(os.path.normpath(path)) == OUTPUT_FOLDER
-            and not os.path.isfile(os.path.join(path, "metrics.jsonl")))
+    return (
+        os.path.isdir(path)
+        and os.path.basename(os.path.normpath(path)) == OUTPUT_FOLDER
+        and not os.path.isfile(os.path.join(path, "metrics.jsonl"))
+    )
 
 
 def make_figure(args: Args, runs: list[dict]):
@@ -352,7 +388,9 @@ def make_figure(args: Args, runs: list[dict]):
     ncols = min(4, len(panels) + 1) if legend_slot else len(panels)
     nrows = math.ceil((len(panels) + legend_slot) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
-    colors = [plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(i) for i in range(10 if len(groups) <= 10 else 20)]
+    colors = [
+        plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(i) for i in range(10 if len(groups) <= 10 else 20)
+    ]
     styles = ["-", "--", ":", "-."]  # past 20 groups the colours repeat with another line style
     handles = {}
     for ax, (title, metric) in zip(axes.flat, panels):
@@ -365,8 +403,16 @@ def make_figure(args: Args, runs: list[dict]):
             if dropped:
                 print(f"note: {g['label']}: {metric}: {dropped} step(s) not logged by every seed are left out")
             color = colors[gi % len(colors)]
-            (line,) = ax.plot(steps, mean, color=color, ls=styles[gi // len(colors) % len(styles)], lw=1.5, marker="o" if sparse or len(steps) == 1 else None,
-                              ms=3, label=g["label"])
+            (line,) = ax.plot(
+                steps,
+                mean,
+                color=color,
+                ls=styles[gi // len(colors) % len(styles)],
+                lw=1.5,
+                marker="o" if sparse or len(steps) == 1 else None,
+                ms=3,
+                label=g["label"],
+            )
             if len(g["runs"]) > 1:
                 ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
             handles.setdefault(g["label"], line)
@@ -376,17 +422,33 @@ def make_figure(args: Args, runs: list[dict]):
         ax.grid(alpha=0.3)
         if metric.startswith("entropy/flow"):
             ax.axhline(0.0, color="grey", lw=0.8)
-    spare = list(axes.flat)[len(panels):]
+    spare = list(axes.flat)[len(panels) :]
     for ax in spare:
         ax.axis("off")
     band_note = "band: min–max over seeds" if args.band == "minmax" else "band: ± 1 std over seeds"
     legend_title = band_note if any(len(g["runs"]) > 1 for g in groups) else None
     if spare:
-        spare[0].legend(handles.values(), handles.keys(), loc="center", fontsize=8, title=legend_title,
-                        title_fontsize=8, frameon=False)
+        spare[0].legend(
+            handles.values(),
+            handles.keys(),
+            loc="center",
+            fontsize=8,
+            title=legend_title,
+            title_fontsize=8,
+            frameon=False,
+        )
     else:
-        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
-                   title=legend_title, title_fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="lower center",
+            ncol=min(3, len(handles)),
+            fontsize=8,
+            title=legend_title,
+            title_fontsize=8,
+            frameon=False,
+            bbox_to_anchor=(0.5, 0.0),
+        )
         fig.subplots_adjust(bottom=0.25)
     fig.suptitle(args.title or default_title(runs, groups))
     fig.tight_layout()
@@ -406,11 +468,15 @@ def plot(args: Args) -> str:
     loaded = [load_run(p) for p in paths]
     runs = [r for r in loaded if r["metrics"]]
     if not runs:  # one line, whatever the number of panels
-        raise PlotError("nothing to draw: no metrics logged yet in " + ", ".join(
-            f"{r['metrics_path']}" + (" (empty)" if r["rows"] == 0 else "") for r in loaded))
+        raise PlotError(
+            "nothing to draw: no metrics logged yet in "
+            + ", ".join(f"{r['metrics_path']}" + (" (empty)" if r["rows"] == 0 else "") for r in loaded)
+        )
     for r in loaded:
         if not r["metrics"]:
-            print(f"note: {r['metrics_path']}: no metrics logged yet{' (empty)' if r['rows'] == 0 else ''}; run left out")
+            print(
+                f"note: {r['metrics_path']}: no metrics logged yet{' (empty)' if r['rows'] == 0 else ''}; run left out"
+            )
     fig, groups = make_figure(args, runs)
     out = args.out or default_output(runs)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

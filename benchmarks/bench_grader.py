@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import reward  # noqa: E402
+from common import reward
 
 KINDS = {"same": 30, "equiv": 20, "format": 10, "other": 15, "near": 15, "truncated": 9, "patho": 1}
 
@@ -188,11 +188,17 @@ def build_mix(rows: list[dict], group_size: int, seed: int = 0) -> list[tuple[st
             elif kind == "equiv":
                 text = reasoning + f"\\boxed{{{rng.choice(equivalent_forms(g))}}}$."
             elif kind == "format":
-                text = reasoning.rstrip(" $\\[") + "\n\n" + rng.choice([
-                    f"Final Answer: The final answer is ${g}$. I hope it is correct.",
-                    f"The answer is ${g}$.",
-                    f"**Answer:** ${g}$",
-                ])
+                text = (
+                    reasoning.rstrip(" $\\[")
+                    + "\n\n"
+                    + rng.choice(
+                        [
+                            f"Final Answer: The final answer is ${g}$. I hope it is correct.",
+                            f"The answer is ${g}$.",
+                            f"**Answer:** ${g}$",
+                        ]
+                    )
+                )
             elif kind == "other":
                 text = reasoning + f"\\boxed{{{golds[j]}}}$."
             elif kind == "near":
@@ -250,9 +256,11 @@ def report(name, kinds, scores, seconds, parent_cpu):
     n = len(kinds)
     right = Counter(k for k, s in zip(kinds, scores) if s == 1.0)
     total = Counter(kinds)
-    print(f"  {name:46s} {n / seconds:7.1f} items/s ({seconds:6.2f} s; parent CPU {parent_cpu:5.2f} s); "
-          f"timeouts {scores.timeouts}, crashes {scores.crashes}, no_answer {scores.no_answer}; scored 1: "
-          + ", ".join(f"{k} {right[k]}/{total[k]}" for k in KINDS))
+    print(
+        f"  {name:46s} {n / seconds:7.1f} items/s ({seconds:6.2f} s; parent CPU {parent_cpu:5.2f} s); "
+        f"timeouts {scores.timeouts}, crashes {scores.crashes}, no_answer {scores.no_answer}; scored 1: "
+        + ", ".join(f"{k} {right[k]}/{total[k]}" for k in KINDS)
+    )
 
 
 def compare(rev: str, warm_items, items, kinds, w: int, limit: float) -> None:
@@ -262,8 +270,9 @@ def compare(rev: str, warm_items, items, kinds, w: int, limit: float) -> None:
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
-    source = subprocess.run(["git", "-C", str(root), "show", f"{rev}:common/reward.py"],
-                            capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(root), "show", f"{rev}:common/reward.py"], capture_output=True, text=True, check=True
+    ).stdout
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "reward_at_rev.py"
         path.write_text(source)
@@ -291,8 +300,11 @@ def main() -> None:
     ap.add_argument("--load-procs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-reference", action="store_true")
-    ap.add_argument("--compare-rev", default=None,
-                    help="also grade the mix (warm pool, idle) with common/reward.py as of this git revision")
+    ap.add_argument(
+        "--compare-rev",
+        default=None,
+        help="also grade the mix (warm pool, idle) with common/reward.py as of this git revision",
+    )
     args = ap.parse_args()
     w, limit = args.num_workers, args.timeout_s
 
@@ -305,14 +317,19 @@ def main() -> None:
     kinds = [k for k, _, _ in items]
     responses = [r for _, r, _ in items]
     golds = [g for _, _, g in items]
-    print(f"grader benchmark: {w} workers, os.cpu_count()={os.cpu_count()}, timeout_s={limit}, "
-          f"time limit clock {reward.TIME_LIMIT_CLOCK!r}")
-    print(f"mix: {len(items)} responses ({len(rows) - half} problems x {args.group_size}), "
-          f"mean length {sum(map(len, responses)) / len(items):.0f} chars; kinds "
-          + ", ".join(f"{k} {c}" for k, c in sorted(Counter(kinds).items())))
+    print(
+        f"grader benchmark: {w} workers, os.cpu_count()={os.cpu_count()}, timeout_s={limit}, "
+        f"time limit clock {reward.TIME_LIMIT_CLOCK!r}"
+    )
+    print(
+        f"mix: {len(items)} responses ({len(rows) - half} problems x {args.group_size}), "
+        f"mean length {sum(map(len, responses)) / len(items):.0f} chars; kinds "
+        + ", ".join(f"{k} {c}" for k, c in sorted(Counter(kinds).items()))
+    )
     parser_items = sum(
         reward._fast_equiv(p, g) is None
-        for p, g in ((reward.extract_answer(r), g) for r, g in zip(responses, golds)) if p is not None
+        for p, g in ((reward.extract_answer(r), g) for r, g in zip(responses, golds))
+        if p is not None
     )
     print(f"  items left to the parser after the fast path: {parser_items}/{len(items)}")
 
@@ -329,10 +346,12 @@ def main() -> None:
     report("warm (pool warmed on the other half)", kinds, warm, t, c)
     cpu = sorted(reward._POOL.item_cpu, key=lambda x: x[1])
     if cpu:
-        print(f"  worker CPU per item sent to the parser ({len(cpu)} distinct pairs): median "
-              f"{cpu[len(cpu) // 2][1] * 1e3:.1f} ms, max {cpu[-1][1] * 1e3:.0f} ms, max of those scored correct "
-              f"{max((x[1] for x in cpu if x[0]), default=0) * 1e3:.0f} ms, total {sum(x[1] for x in cpu):.2f} s "
-              f"(limit {limit:g} s)")
+        print(
+            f"  worker CPU per item sent to the parser ({len(cpu)} distinct pairs): median "
+            f"{cpu[len(cpu) // 2][1] * 1e3:.1f} ms, max {cpu[-1][1] * 1e3:.0f} ms, max of those scored correct "
+            f"{max((x[1] for x in cpu if x[0]), default=0) * 1e3:.0f} ms, total {sum(x[1] for x in cpu):.2f} s "
+            f"(limit {limit:g} s)"
+        )
     print(f"  after: {uptime()}")
 
     if not args.skip_load:
@@ -347,8 +366,10 @@ def main() -> None:
                 print(f"  end of pass: {uptime()}")
             lost = sum(a == 1.0 and b != 1.0 for a, b in zip(warm, loaded))
             gained = sum(a != 1.0 and b == 1.0 for a, b in zip(warm, loaded))
-            print(f"  correct items lost to the time limit under load: {lost} (idle 1 -> loaded 0); "
-                  f"the other way: {gained}")
+            print(
+                f"  correct items lost to the time limit under load: {lost} (idle 1 -> loaded 0); "
+                f"the other way: {gained}"
+            )
         reward.TIME_LIMIT_CLOCK = "cpu"
 
     if args.compare_rev:

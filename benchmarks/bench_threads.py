@@ -18,9 +18,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 def median_step(threads: int, steps: int, out: str) -> float:
     name = f"t{threads}_{len(os.listdir(out))}"
-    subprocess.run([sys.executable, "grpo.py", "--threads", str(threads), "--total-steps", str(steps), "--eval-every",
-                    "0", "--checkpoint-every", "0", "--output-dir", out, "--run-name", name], cwd=REPO, check=True,
-                   env={**os.environ, "OMP_NUM_THREADS": str(threads)}, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "grpo.py",
+            "--threads",
+            str(threads),
+            "--total-steps",
+            str(steps),
+            "--eval-every",
+            "0",
+            "--checkpoint-every",
+            "0",
+            "--output-dir",
+            out,
+            "--run-name",
+            name,
+        ],
+        cwd=REPO,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        capture_output=True,
+    )
     rows = [json.loads(line) for line in (Path(out) / name / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["time/step_s"] for r in rows[1:])  # step 1 warms up
 
@@ -39,8 +58,11 @@ def main() -> None:
                 load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.split("load average:")[1]
                 t = median_step(threads, args.steps, out)
                 results.setdefault((busy, threads), []).append(t)
-                print(f"rep {rep} {'1 competing job' if busy else 'idle':>15} threads {threads}: {t:.2f} s/step"
-                      f"  (load{load.strip()})", flush=True)
+                print(
+                    f"rep {rep} {'1 competing job' if busy else 'idle':>15} threads {threads}: {t:.2f} s/step"
+                    f"  (load{load.strip()})",
+                    flush=True,
+                )
             if competitor:
                 competitor.kill()
     print("\n| machine | 1 thread | 2 threads | 2 ÷ 1 |\n|---|---:|---:|---:|")

@@ -46,11 +46,11 @@ def reference(logits, tokens, chunk=128):
     """fp64 ground truth, computed in small chunks."""
     outs = [[], [], []]
     for start in range(0, len(logits), chunk):
-        logp_all = torch.log_softmax(logits[start: start + chunk].double(), dim=-1)
+        logp_all = torch.log_softmax(logits[start : start + chunk].double(), dim=-1)
         p = logp_all.exp()
         entropy = -(p * logp_all).sum(-1)
         g = (p.square() * (logp_all + entropy[:, None])).sum(-1)
-        for o, x in zip(outs, (logp_all.gather(1, tokens[start: start + chunk, None]).squeeze(1), entropy, g)):
+        for o, x in zip(outs, (logp_all.gather(1, tokens[start : start + chunk, None]).squeeze(1), entropy, g)):
             o.append(x)
     return [torch.cat(o) for o in outs]
 
@@ -83,19 +83,33 @@ def child(method, n, vocab, dtype, device, chunk, repeats):
             peak = None
     ref = reference(logits.cpu(), tokens.cpu())
     err = max((a.double().cpu() - b).abs().max().item() for a, b in zip(out, ref))
-    print(json.dumps({"method": method, "time_s": min(times), "peak_cuda_bytes": peak, "err": err,
-                      "rss_after_warmup_kb": base_rss}))
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "time_s": min(times),
+                "peak_cuda_bytes": peak,
+                "err": err,
+                "rss_after_warmup_kb": base_rss,
+            }
+        )
+    )
 
 
 def measure_cpu_peak(method, args):
     """Peak RSS of a child that only allocates the inputs, versus one that also runs the method once."""
-    code = (f"import sys, resource, torch; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
-            f"from benchmarks.bench_token_stats import make_inputs, naive; import grpo;"
-            f"l, t = make_inputs({args.tokens}, {args.vocab}, torch.{args.dtype}, 'cpu');"
-            f"r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-            + ("" if method == "none" else
-               ("naive(l, t);" if method == "naive" else f"grpo.token_stats(l, t, {args.chunk});"))
-            + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)")
+    code = (
+        f"import sys, resource, torch; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
+        f"from benchmarks.bench_token_stats import make_inputs, naive; import grpo;"
+        f"l, t = make_inputs({args.tokens}, {args.vocab}, torch.{args.dtype}, 'cpu');"
+        f"r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        + (
+            ""
+            if method == "none"
+            else ("naive(l, t);" if method == "naive" else f"grpo.token_stats(l, t, {args.chunk});")
+        )
+        + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
@@ -115,8 +129,24 @@ def main():
         return
     results = {}
     for method in ("naive", "chunked"):
-        cmd = [sys.executable, __file__, "--child", method, "--tokens", str(args.tokens), "--vocab", str(args.vocab),
-               "--dtype", args.dtype, "--device", args.device, "--chunk", str(args.chunk), "--repeats", str(args.repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            method,
+            "--tokens",
+            str(args.tokens),
+            "--vocab",
+            str(args.vocab),
+            "--dtype",
+            args.dtype,
+            "--device",
+            args.device,
+            "--chunk",
+            str(args.chunk),
+            "--repeats",
+            str(args.repeats),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[method] = json.loads(out.stdout.strip().splitlines()[-1])
         if args.device == "cpu":
@@ -124,16 +154,22 @@ def main():
         else:
             results[method]["peak_bytes"] = results[method]["peak_cuda_bytes"]
     logits_bytes = args.tokens * args.vocab * torch.tensor([], dtype=getattr(torch, args.dtype)).element_size()
-    print(f"token stats (logp, entropy, G): {args.tokens} tokens x vocab {args.vocab}, {args.dtype} logits "
-          f"({logits_bytes / 2**20:.0f} MiB) on {args.device}, chunk {args.chunk}")
+    print(
+        f"token stats (logp, entropy, G): {args.tokens} tokens x vocab {args.vocab}, {args.dtype} logits "
+        f"({logits_bytes / 2**20:.0f} MiB) on {args.device}, chunk {args.chunk}"
+    )
     for method in ("naive", "chunked"):
         r = results[method]
-        print(f"  {method:8s} time {r['time_s'] * 1e3:9.1f} ms   peak extra memory {r['peak_bytes'] / 2**20:8.1f} MiB   "
-              f"max |err| vs fp64 {r['err']:.2e}")
+        print(
+            f"  {method:8s} time {r['time_s'] * 1e3:9.1f} ms   peak extra memory {r['peak_bytes'] / 2**20:8.1f} MiB   "
+            f"max |err| vs fp64 {r['err']:.2e}"
+        )
     n, c = results["naive"], results["chunked"]
-    print(f"  chunked/naive: time {c['time_s'] / n['time_s']:.2f}x (target <= 1.2x), "
-          f"peak memory {c['peak_bytes'] / max(n['peak_bytes'], 1):.1%} (target <= 25%), "
-          f"error {c['err']:.1e} (target <= 1e-4)")
+    print(
+        f"  chunked/naive: time {c['time_s'] / n['time_s']:.2f}x (target <= 1.2x), "
+        f"peak memory {c['peak_bytes'] / max(n['peak_bytes'], 1):.1%} (target <= 25%), "
+        f"error {c['err']:.1e} (target <= 1e-4)"
+    )
 
 
 if __name__ == "__main__":

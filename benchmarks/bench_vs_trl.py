@@ -138,8 +138,12 @@ def trl_child(a: argparse.Namespace) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     problems = load_problems("paths")
     order = grpo_prompt_order(len(problems), a.seed, a.steps * PROMPTS_PER_STEP)
-    dataset = Dataset.from_list([{"prompt": build_prompt(problems[i]["question"], "plain", tokenizer),
-                                  "answer": problems[i]["answer"]} for i in order])
+    dataset = Dataset.from_list(
+        [
+            {"prompt": build_prompt(problems[i]["question"], "plain", tokenizer), "answer": problems[i]["answer"]}
+            for i in order
+        ]
+    )
 
     def arith_reward(completions, answer, **_):
         return list(score(completions, answer, num_workers=GRADER_WORKERS))
@@ -147,16 +151,42 @@ def trl_child(a: argparse.Namespace) -> None:
     seqs = PROMPTS_PER_STEP * GROUP_SIZE
     accumulation = seqs // a.micro_batch_size
     config = GRPOConfig(
-        output_dir=a.out, seed=a.seed, max_steps=a.steps,
-        per_device_train_batch_size=a.micro_batch_size, gradient_accumulation_steps=accumulation,
-        steps_per_generation=accumulation, num_generations=GROUP_SIZE, num_iterations=1,
-        max_completion_length=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_p=1.0, top_k=0,
-        learning_rate=LEARNING_RATE, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch", max_grad_norm=1.0,
-        beta=0.0, loss_type="dapo", epsilon=CLIP_LOW, epsilon_high=CLIP_HIGH, scale_rewards="group",
-        bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
-        shuffle_dataset=False, use_vllm=False, log_completions=False,
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        output_dir=a.out,
+        seed=a.seed,
+        max_steps=a.steps,
+        per_device_train_batch_size=a.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation,
+        num_generations=GROUP_SIZE,
+        num_iterations=1,
+        max_completion_length=MAX_NEW_TOKENS,
+        temperature=TEMPERATURE,
+        top_p=1.0,
+        top_k=0,
+        learning_rate=LEARNING_RATE,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        beta=0.0,
+        loss_type="dapo",
+        epsilon=CLIP_LOW,
+        epsilon_high=CLIP_HIGH,
+        scale_rewards="group",
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        disable_dropout=True,
+        shuffle_dataset=False,
+        use_vllm=False,
+        log_completions=False,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
     assert config.generation_batch_size == seqs and config.steps_per_generation * a.micro_batch_size == seqs
@@ -183,13 +213,25 @@ def trl_child(a: argparse.Namespace) -> None:
                 self.out.flush()
 
     with open(os.path.join(a.out, "steps.jsonl"), "w") as out:
-        trainer = GRPOTrainer(model=model, reward_funcs=arith_reward, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[StepTimer(out)])
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=arith_reward,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[StepTimer(out)],
+        )
         with open(os.path.join(a.out, "info.json"), "w") as f:
-            json.dump({"trl": trl.__version__, "torch_threads": torch.get_num_threads(),
-                       "generation_batch_size": config.generation_batch_size,
-                       "steps_per_generation": config.steps_per_generation,
-                       "gradient_accumulation_steps": config.gradient_accumulation_steps}, f)
+            json.dump(
+                {
+                    "trl": trl.__version__,
+                    "torch_threads": torch.get_num_threads(),
+                    "generation_batch_size": config.generation_batch_size,
+                    "steps_per_generation": config.steps_per_generation,
+                    "gradient_accumulation_steps": config.gradient_accumulation_steps,
+                },
+                f,
+            )
         trainer.train()
 
 
@@ -208,32 +250,106 @@ def child_env(a: argparse.Namespace, with_trl: bool) -> dict:
 
 
 def trl_version(a: argparse.Namespace) -> str | None:
-    probe = subprocess.run([sys.executable, "-c", "import trl; from trl import GRPOTrainer; print(trl.__version__)"],
-                           check=False, capture_output=True, text=True, env=child_env(a, True), cwd=REPO)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import trl; from trl import GRPOTrainer; print(trl.__version__)"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=child_env(a, True),
+        cwd=REPO,
+    )
     return probe.stdout.strip() if probe.returncode == 0 else None
 
 
 def grpo_command(a: argparse.Namespace, out_dir: str, name: str, seed: int) -> list[str]:
     """grpo.py with every setting of the comparison spelled out (its defaults, except no evaluation,
     no periodic checkpoints and no completion logging)."""
-    return [sys.executable, str(REPO / "grpo.py"),
-            "--total-steps", str(a.steps), "--eval-every", "0", "--checkpoint-every", "0",
-            "--log-completions-every", "0", "--output-dir", out_dir, "--run-name", name, "--seed", str(seed),
-            "--model", str(REPO / "testbed" / "model"), "--train-data", "paths", "--template", "plain",
-            "--rollout-engine", "hf", "--precision", "fp32",
-            "--prompts-per-step", str(PROMPTS_PER_STEP), "--group-size", str(GROUP_SIZE),
-            "--max-new-tokens", str(MAX_NEW_TOKENS), "--temperature", str(TEMPERATURE), "--top-p", "1.0",
-            "--learning-rate", str(LEARNING_RATE), "--lr-schedule", "constant", "--lr-warmup-steps", "0",
-            "--weight-decay", "0.0", "--max-grad-norm", "1.0",
-            "--update-epochs", "1", "--num-minibatches", "1", "--micro-batch-size", str(a.micro_batch_size),
-            "--loss-agg-mode", "token-mean", "--kl-coef", "0", "--ent-coef", "0",
-            "--clip-low", str(CLIP_LOW), "--clip-high", str(CLIP_HIGH), "--scale-rewards", "group",
-            "--grader-workers", str(GRADER_WORKERS)]
+    return [
+        sys.executable,
+        str(REPO / "grpo.py"),
+        "--total-steps",
+        str(a.steps),
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--log-completions-every",
+        "0",
+        "--output-dir",
+        out_dir,
+        "--run-name",
+        name,
+        "--seed",
+        str(seed),
+        "--model",
+        str(REPO / "testbed" / "model"),
+        "--train-data",
+        "paths",
+        "--template",
+        "plain",
+        "--rollout-engine",
+        "hf",
+        "--precision",
+        "fp32",
+        "--prompts-per-step",
+        str(PROMPTS_PER_STEP),
+        "--group-size",
+        str(GROUP_SIZE),
+        "--max-new-tokens",
+        str(MAX_NEW_TOKENS),
+        "--temperature",
+        str(TEMPERATURE),
+        "--top-p",
+        "1.0",
+        "--learning-rate",
+        str(LEARNING_RATE),
+        "--lr-schedule",
+        "constant",
+        "--lr-warmup-steps",
+        "0",
+        "--weight-decay",
+        "0.0",
+        "--max-grad-norm",
+        "1.0",
+        "--update-epochs",
+        "1",
+        "--num-minibatches",
+        "1",
+        "--micro-batch-size",
+        str(a.micro_batch_size),
+        "--loss-agg-mode",
+        "token-mean",
+        "--kl-coef",
+        "0",
+        "--ent-coef",
+        "0",
+        "--clip-low",
+        str(CLIP_LOW),
+        "--clip-high",
+        str(CLIP_HIGH),
+        "--scale-rewards",
+        "group",
+        "--grader-workers",
+        str(GRADER_WORKERS),
+    ]
 
 
 def trl_command(a: argparse.Namespace, out_dir: str, seed: int) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--child-trl", "--out", out_dir, "--steps", str(a.steps),
-            "--seed", str(seed), "--threads", str(a.threads), "--micro-batch-size", str(a.micro_batch_size)]
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-trl",
+        "--out",
+        out_dir,
+        "--steps",
+        str(a.steps),
+        "--seed",
+        str(seed),
+        "--threads",
+        str(a.threads),
+        "--micro-batch-size",
+        str(a.micro_batch_size),
+    ]
 
 
 class Monitor(threading.Thread):
@@ -302,9 +418,15 @@ def run_child(cmd: list[str], env: dict, log_path: str, watch: str) -> dict:
         with open(log_path) as f:
             tail = f.read()[-4000:]
         raise RuntimeError(f"{' '.join(cmd[:3])} ... exited with {proc.returncode}; end of its log {log_path}:\n{tail}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_mib": usage.ru_maxrss / 1024,
-            "tree_rss_mib": sampler.peak / 2**20, "cpu_at_step": sampler.cpu_at_line,
-            "load_before": before, "load_after": load()}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "maxrss_mib": usage.ru_maxrss / 1024,
+        "tree_rss_mib": sampler.peak / 2**20,
+        "cpu_at_step": sampler.cpu_at_line,
+        "load_before": before,
+        "load_after": load(),
+    }
 
 
 def read_jsonl(path: str) -> list[dict]:
@@ -319,23 +441,46 @@ def rep_seed(a: argparse.Namespace, rep: int) -> int:
 
 def run_grpo(a, work: str, rep: int) -> dict:
     name = f"grpo_rep{rep}"
-    res = run_child(grpo_command(a, work, name, rep_seed(a, rep)), child_env(a, False), os.path.join(work, name + ".log"),
-                    os.path.join(work, name, "metrics.jsonl"))
+    res = run_child(
+        grpo_command(a, work, name, rep_seed(a, rep)),
+        child_env(a, False),
+        os.path.join(work, name + ".log"),
+        os.path.join(work, name, "metrics.jsonl"),
+    )
     rows = [r for r in read_jsonl(os.path.join(work, name, "metrics.jsonl")) if r["step"] >= 1]
-    res["steps"] = [{"step": r["step"], "step_s": r["time/step_s"], "reward": r["rollout/reward"],
-                     "entropy": r["entropy/mean"], "length": r["rollout/response_length_mean"],
-                     "rollout_s": r["time/rollout_s"], "grading_s": r["time/grading_s"],
-                     "training_s": r["time/training_s"]} for r in rows]
+    res["steps"] = [
+        {
+            "step": r["step"],
+            "step_s": r["time/step_s"],
+            "reward": r["rollout/reward"],
+            "entropy": r["entropy/mean"],
+            "length": r["rollout/response_length_mean"],
+            "rollout_s": r["time/rollout_s"],
+            "grading_s": r["time/grading_s"],
+            "training_s": r["time/training_s"],
+        }
+        for r in rows
+    ]
     return res
 
 
 def run_trl(a, work: str, rep: int) -> dict:
     out = os.path.join(work, f"trl_rep{rep}")
     os.makedirs(out, exist_ok=True)
-    res = run_child(trl_command(a, out, rep_seed(a, rep)), child_env(a, True), out + ".log", os.path.join(out, "steps.jsonl"))
-    res["steps"] = [{"step": r["step"], "step_s": r["step_s"], "reward": r["reward"], "entropy": r.get("entropy"),
-                     "length": r.get("completions/mean_length"), "trl_step_time": r.get("step_time")}
-                    for r in read_jsonl(os.path.join(out, "steps.jsonl"))]
+    res = run_child(
+        trl_command(a, out, rep_seed(a, rep)), child_env(a, True), out + ".log", os.path.join(out, "steps.jsonl")
+    )
+    res["steps"] = [
+        {
+            "step": r["step"],
+            "step_s": r["step_s"],
+            "reward": r["reward"],
+            "entropy": r.get("entropy"),
+            "length": r.get("completions/mean_length"),
+            "trl_step_time": r.get("step_time"),
+        }
+        for r in read_jsonl(os.path.join(out, "steps.jsonl"))
+    ]
     with open(os.path.join(out, "info.json")) as f:
         res["info"] = json.load(f)
     return res
@@ -358,51 +503,74 @@ def cpu_per_step(run: dict) -> list[float]:
 
 
 def loads(run: dict) -> str:
-    return (f"{run['load_before'].split('load average:')[-1].strip()} -> "
-            f"{run['load_after'].split('load average:')[-1].strip()}")
+    return (
+        f"{run['load_before'].split('load average:')[-1].strip()} -> "
+        f"{run['load_after'].split('load average:')[-1].strip()}"
+    )
 
 
 def report(a, runs: dict[str, list[dict]], version: str, threads_seen: str) -> dict:
-    print("\n== per run (seconds; step time: median over steps, mean over steps 2..N, step 1; CPU/step: median "
-          "CPU s of steps 2..N; wall and CPU: whole process incl. start-up; RSS in MiB)")
-    print(f"{'trainer':7} {'rep':>3} {'steps':>5} {'median':>7} {'mean>1':>7} {'first':>6} {'CPU/st':>7} {'wall':>7} "
-          f"{'CPU':>7} {'maxRSS':>7} {'treeRSS':>7}  load before -> after (1/5/15 min)")
+    print(
+        "\n== per run (seconds; step time: median over steps, mean over steps 2..N, step 1; CPU/step: median "
+        "CPU s of steps 2..N; wall and CPU: whole process incl. start-up; RSS in MiB)"
+    )
+    print(
+        f"{'trainer':7} {'rep':>3} {'steps':>5} {'median':>7} {'mean>1':>7} {'first':>6} {'CPU/st':>7} {'wall':>7} "
+        f"{'CPU':>7} {'maxRSS':>7} {'treeRSS':>7}  load before -> after (1/5/15 min)"
+    )
     for rep in range(a.reps):
         for name in ("grpo", "trl"):
             r = runs[name][rep]
             ts = [s["step_s"] for s in r["steps"]]
-            print(f"{name:7} {rep:>3} {len(ts):>5} {med(ts):7.3f} {mean(ts[1:]):7.3f} {ts[0]:6.2f} "
-                  f"{med(cpu_per_step(r)):7.3f} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['maxrss_mib']:7.0f} "
-                  f"{r['tree_rss_mib']:7.0f}  {loads(r)}")
+            print(
+                f"{name:7} {rep:>3} {len(ts):>5} {med(ts):7.3f} {mean(ts[1:]):7.3f} {ts[0]:6.2f} "
+                f"{med(cpu_per_step(r)):7.3f} {r['wall_s']:7.1f} {r['cpu_s']:7.1f} {r['maxrss_mib']:7.0f} "
+                f"{r['tree_rss_mib']:7.0f}  {loads(r)}"
+            )
 
     all_times = {n: [s["step_s"] for r in runs[n] for s in r["steps"]] for n in runs}
     m_grpo, m_trl = med(all_times["grpo"]), med(all_times["trl"])
-    per_rep = [med([s["step_s"] for s in g["steps"]]) / med([s["step_s"] for s in t["steps"]])
-               for g, t in zip(runs["grpo"], runs["trl"])]
+    per_rep = [
+        med([s["step_s"] for s in g["steps"]]) / med([s["step_s"] for s in t["steps"]])
+        for g, t in zip(runs["grpo"], runs["trl"])
+    ]
     print("\n== summary")
-    print(f"TRL {version}, torch threads {threads_seen}, {a.steps} steps x {a.reps} repetitions, "
-          f"micro-batch {a.micro_batch_size}, seeds {[rep_seed(a, r) for r in range(a.reps)]} (each grpo/TRL pair "
-          f"shares its seed and its prompts)")
-    print(f"median step time: grpo.py {m_grpo:.3f} s, TRL {m_trl:.3f} s; ratio grpo/TRL {m_grpo / m_trl:.2f} "
-          f"(per repetition: {', '.join(f'{x:.2f}' for x in per_rep)})")
+    print(
+        f"TRL {version}, torch threads {threads_seen}, {a.steps} steps x {a.reps} repetitions, "
+        f"micro-batch {a.micro_batch_size}, seeds {[rep_seed(a, r) for r in range(a.reps)]} (each grpo/TRL pair "
+        f"shares its seed and its prompts)"
+    )
+    print(
+        f"median step time: grpo.py {m_grpo:.3f} s, TRL {m_trl:.3f} s; ratio grpo/TRL {m_grpo / m_trl:.2f} "
+        f"(per repetition: {', '.join(f'{x:.2f}' for x in per_rep)})"
+    )
     c_grpo, c_trl = (med([c for r in runs[n] for c in cpu_per_step(r)]) for n in ("grpo", "trl"))
-    print(f"median CPU time per step (steps 2..N; less sensitive to other processes' load): grpo.py {c_grpo:.3f} s, "
-          f"TRL {c_trl:.3f} s; ratio grpo/TRL {c_grpo / c_trl:.2f}")
-    print(f"peak RSS (trainer, wait4): grpo.py {max(r['maxrss_mib'] for r in runs['grpo']):.0f} MiB, "
-          f"TRL {max(r['maxrss_mib'] for r in runs['trl']):.0f} MiB; process tree incl. grader workers: "
-          f"grpo.py {max(r['tree_rss_mib'] for r in runs['grpo']):.0f} MiB, "
-          f"TRL {max(r['tree_rss_mib'] for r in runs['trl']):.0f} MiB")
+    print(
+        f"median CPU time per step (steps 2..N; less sensitive to other processes' load): grpo.py {c_grpo:.3f} s, "
+        f"TRL {c_trl:.3f} s; ratio grpo/TRL {c_grpo / c_trl:.2f}"
+    )
+    print(
+        f"peak RSS (trainer, wait4): grpo.py {max(r['maxrss_mib'] for r in runs['grpo']):.0f} MiB, "
+        f"TRL {max(r['maxrss_mib'] for r in runs['trl']):.0f} MiB; process tree incl. grader workers: "
+        f"grpo.py {max(r['tree_rss_mib'] for r in runs['grpo']):.0f} MiB, "
+        f"TRL {max(r['tree_rss_mib'] for r in runs['trl']):.0f} MiB"
+    )
     g_steps = [s for r in runs["grpo"] for s in r["steps"]]
-    print(f"grpo.py step breakdown (median s): rollout {med(s['rollout_s'] for s in g_steps):.3f}, "
-          f"grading {med(s['grading_s'] for s in g_steps):.3f}, old-policy pass + update "
-          f"{med(s['training_s'] for s in g_steps):.3f}; TRL's own `step_time` (training_step) median "
-          f"{med(s['trl_step_time'] for r in runs['trl'] for s in r['steps']):.3f} s")
+    print(
+        f"grpo.py step breakdown (median s): rollout {med(s['rollout_s'] for s in g_steps):.3f}, "
+        f"grading {med(s['grading_s'] for s in g_steps):.3f}, old-policy pass + update "
+        f"{med(s['training_s'] for s in g_steps):.3f}; TRL's own `step_time` (training_step) median "
+        f"{med(s['trl_step_time'] for r in runs['trl'] for s in r['steps']):.3f} s"
+    )
 
     window = a.window or max(1, a.steps // 10)
-    print(f"\n== learning curves: training reward (= accuracy) / entropy / response length, mean over "
-          f"{a.reps} repetition(s) and windows of {window} steps")
-    print(f"{'steps':>11} | {'reward grpo':>11} {'TRL':>6} | {'entropy grpo':>12} {'TRL':>7} | "
-          f"{'len grpo':>8} {'TRL':>5}")
+    print(
+        f"\n== learning curves: training reward (= accuracy) / entropy / response length, mean over "
+        f"{a.reps} repetition(s) and windows of {window} steps"
+    )
+    print(
+        f"{'steps':>11} | {'reward grpo':>11} {'TRL':>6} | {'entropy grpo':>12} {'TRL':>7} | {'len grpo':>8} {'TRL':>5}"
+    )
     curves = []
     for lo in range(1, a.steps + 1, window):
         hi = min(lo + window - 1, a.steps)
@@ -412,13 +580,21 @@ def report(a, runs: dict[str, list[dict]], version: str, threads_seen: str) -> d
             row[name] = {k: mean(s[k] for s in sel) for k in ("reward", "entropy", "length")}
         curves.append(row)
         g, t = row["grpo"], row["trl"]
-        print(f"{lo:>5}-{hi:<5} | {g['reward']:11.3f} {t['reward']:6.3f} | {g['entropy']:12.4f} {t['entropy']:7.4f} | "
-              f"{g['length']:8.1f} {t['length']:5.1f}")
-    print(f"reward first -> last window: grpo.py {curves[0]['grpo']['reward']:.3f} -> "
-          f"{curves[-1]['grpo']['reward']:.3f}, TRL {curves[0]['trl']['reward']:.3f} -> {curves[-1]['trl']['reward']:.3f}")
-    return {"median_step_s": {"grpo": m_grpo, "trl": m_trl}, "ratio_grpo_trl": m_grpo / m_trl,
-            "median_cpu_per_step_s": {"grpo": c_grpo, "trl": c_trl},
-            "ratio_per_rep": per_rep, "curves": curves}
+        print(
+            f"{lo:>5}-{hi:<5} | {g['reward']:11.3f} {t['reward']:6.3f} | {g['entropy']:12.4f} {t['entropy']:7.4f} | "
+            f"{g['length']:8.1f} {t['length']:5.1f}"
+        )
+    print(
+        f"reward first -> last window: grpo.py {curves[0]['grpo']['reward']:.3f} -> "
+        f"{curves[-1]['grpo']['reward']:.3f}, TRL {curves[0]['trl']['reward']:.3f} -> {curves[-1]['trl']['reward']:.3f}"
+    )
+    return {
+        "median_step_s": {"grpo": m_grpo, "trl": m_trl},
+        "ratio_grpo_trl": m_grpo / m_trl,
+        "median_cpu_per_step_s": {"grpo": c_grpo, "trl": c_trl},
+        "ratio_per_rep": per_rep,
+        "curves": curves,
+    }
 
 
 # ────────────────────────────────────────────────────────────────────────────────────────────────
@@ -446,8 +622,12 @@ GRPO_PARTS = [
 TRL_PARTS = [
     ("rollout: generate (_generate_single_turn)", "grpo_trainer.py", "_generate_single_turn", None),
     ("grading: reward function", "grpo_trainer.py", "_calculate_rewards", None),
-    ("old-policy no-grad pass", "grpo_trainer.py", "_get_per_token_logps_and_entropies",
-     "_generate_and_score_completions"),
+    (
+        "old-policy no-grad pass",
+        "grpo_trainer.py",
+        "_get_per_token_logps_and_entropies",
+        "_generate_and_score_completions",
+    ),
     ("training forward (_compute_loss)", "grpo_trainer.py", "_compute_loss", None),
     ("backward (accelerator.backward)", "accelerator.py", "backward", None),
     ("grad clip (clip_grad_norm_)", "accelerator.py", "clip_grad_norm_", None),
@@ -503,8 +683,12 @@ def run_profile(a, work: str, version: str | None) -> None:
     results = {}
     prof = os.path.join(work, "grpo.prof")
     cmd = profiled(grpo_command(a, work, "grpo_profile", a.seed), prof)
-    res = run_child(cmd, child_env(a, False), os.path.join(work, "grpo_profile.log"),
-                    os.path.join(work, "grpo_profile", "metrics.jsonl"))
+    res = run_child(
+        cmd,
+        child_env(a, False),
+        os.path.join(work, "grpo_profile.log"),
+        os.path.join(work, "grpo_profile", "metrics.jsonl"),
+    )
     steps = read_jsonl(os.path.join(work, "grpo_profile", "metrics.jsonl"))
     results["grpo"] = (res, sum(r["time/step_s"] for r in steps if r["step"] >= 1), profile_parts(prof, GRPO_PARTS))
     if version is not None:
@@ -516,8 +700,10 @@ def run_profile(a, work: str, version: str | None) -> None:
         steps = read_jsonl(os.path.join(out, "steps.jsonl"))
         results["trl"] = (res, sum(r["step_s"] for r in steps), profile_parts(prof, TRL_PARTS))
     for name, (res, step_total, parts) in results.items():
-        print(f"\n{name}: {a.steps} steps, sum of step times {step_total:.2f} s ({step_total / a.steps:.3f} s/step) "
-              f"under the profiler; load {loads(res)}")
+        print(
+            f"\n{name}: {a.steps} steps, sum of step times {step_total:.2f} s ({step_total / a.steps:.3f} s/step) "
+            f"under the profiler; load {loads(res)}"
+        )
         print(f"  {'part':44} {'total s':>8} {'s/step':>7} {'% of steps':>10} {'calls':>6}")
         for label, total, calls in parts:
             print(f"  {label:44} {total:8.2f} {total / a.steps:7.3f} {100 * total / step_total:9.1f}% {calls:>6}")
@@ -528,15 +714,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20, help="training steps of each run (README table: 200)")
     ap.add_argument("--reps", type=int, default=2, help="repetitions; runs are interleaved grpo, TRL, grpo, TRL, ...")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads of both trainers (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads); "
-                         "1 by default: on a busy 2-core machine two OpenMP threads stall whenever one is descheduled")
-    ap.add_argument("--micro-batch-size", type=int, default=64, choices=(8, 16, 32, 64, 128),
-                    help="sequences per forward/backward (grpo.py --micro-batch-size; TRL per_device_train_batch_size)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of both trainers (OMP_NUM_THREADS, MKL_NUM_THREADS, torch.set_num_threads); "
+        "1 by default: on a busy 2-core machine two OpenMP threads stall whenever one is descheduled",
+    )
+    ap.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=64,
+        choices=(8, 16, 32, 64, 128),
+        help="sequences per forward/backward (grpo.py --micro-batch-size; TRL per_device_train_batch_size)",
+    )
     ap.add_argument("--seed", type=int, default=1, help="seed of repetition 0; repetition r uses seed + r")
     ap.add_argument("--same-seed", action="store_true", help="every repetition uses --seed")
-    ap.add_argument("--trl-path", default=os.environ.get("TRL_PATH"),
-                    help="directory TRL was installed into with pip --target (put on the TRL process's PYTHONPATH)")
+    ap.add_argument(
+        "--trl-path",
+        default=os.environ.get("TRL_PATH"),
+        help="directory TRL was installed into with pip --target (put on the TRL process's PYTHONPATH)",
+    )
     ap.add_argument("--window", type=int, default=0, help="steps per learning-curve row (default: steps / 10)")
     ap.add_argument("--work-dir", default=None, help="keep run directories and logs here (default: a temporary one)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
@@ -556,8 +754,10 @@ def main() -> None:
         print(f"note: TRL {version} found; this benchmark was written against {TRL_TESTED}")
     work = a.work_dir or tempfile.mkdtemp(prefix="bench_vs_trl_")
     os.makedirs(work, exist_ok=True)
-    print(f"bench_vs_trl: {os.cpu_count()} CPUs, torch threads {a.threads}, TRL {version} "
-          f"({'PYTHONPATH ' + a.trl_path if a.trl_path else 'installed'}), work dir {work}")
+    print(
+        f"bench_vs_trl: {os.cpu_count()} CPUs, torch threads {a.threads}, TRL {version} "
+        f"({'PYTHONPATH ' + a.trl_path if a.trl_path else 'installed'}), work dir {work}"
+    )
     print(f"load at start: {load()}")
     t_start = time.perf_counter()
     if a.profile:
@@ -573,8 +773,11 @@ def main() -> None:
             r = fn(a, work, rep)
             runs[name].append(r)
             ts = [s["step_s"] for s in r["steps"]]
-            print(f"[rep {rep}] {name:4}: median step {med(ts):.3f} s over {len(ts)} steps, "
-                  f"CPU/step {med(cpu_per_step(r)):.3f} s, wall {r['wall_s']:.1f} s; load {loads(r)}", flush=True)
+            print(
+                f"[rep {rep}] {name:4}: median step {med(ts):.3f} s over {len(ts)} steps, "
+                f"CPU/step {med(cpu_per_step(r)):.3f} s, wall {r['wall_s']:.1f} s; load {loads(r)}",
+                flush=True,
+            )
     threads_seen = f"{a.threads} (TRL process reports {sorted({r['info']['torch_threads'] for r in runs['trl']})})"
     figures = report(a, runs, version, threads_seen)
     print(f"\nload at end: {load()}  (total {time.perf_counter() - t_start:.0f} s)")

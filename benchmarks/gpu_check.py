@@ -51,21 +51,33 @@ MIN_RUN_S = 30.0  # a run is not started with less of the budget left
 
 # Qwen2 shapes: ~150M parameters for the GPU check, ~1M for --tiny (vocabulary: the testbed tokenizer's, padded)
 RANDOM_MODELS = {
-    "qwen2-random-150m": dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=4,
-                              intermediate_size=3072),
-    "qwen2-random-1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                            intermediate_size=512),
+    "qwen2-random-150m": {
+        "hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16, "num_key_value_heads": 4, "intermediate_size": 3072
+    },
+    "qwen2-random-1m": {
+        "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512
+    },
 }
 
 # (flags of every training run, eval_math.py flags) per mode
 GPU_RUN = ["--prompts-per-step", "8", "--group-size", "8", "--max-new-tokens", "64", "--micro-batch-size", "64"]
-TINY_RUN = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--micro-batch-size", "4",
-            "--threads", "1"]
+TINY_RUN = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "8",
+    "--micro-batch-size",
+    "4",
+    "--threads",
+    "1",
+]
 GPU_EVAL = ["--n", "2", "--limit", "100"]
 TINY_EVAL = ["--n", "1", "--limit", "4", "--max-new-tokens", "8", "--grader-workers", "1"]
 
 # Runs one script in this subprocess: argv[1] script path, argv[2] JSON list of its flags, argv[3] result file.
-WRAPPER = textwrap.dedent('''
+WRAPPER = textwrap.dedent("""
     import importlib.util, json, os, sys, time
     script, argv, result_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -106,10 +118,10 @@ WRAPPER = textwrap.dedent('''
         out["error"] = type(e).__name__ + (": " + message[0] if message else "")
     with open(result_path, "w") as f:
         json.dump(out, f)
-''')
+""")
 
 # The kernel alone: grpo.token_stats (compile=None: compiled on CUDA) forward and backward on a small tensor.
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, sys.argv[1])
     out = {"cuda": None, "device": None, "compiled": "unknown", "error": None}
@@ -136,7 +148,7 @@ PROBE = textwrap.dedent('''
         out["error"] = type(e).__name__ + (": " + message[0] if message else "")
         out["compiled"] = "no (failed)"
     print("GPU_CHECK_PROBE " + json.dumps(out))
-''')
+""")
 
 
 def build_random_qwen2(out_dir: str, shape: dict, tokenizer_dir: str = TESTBED, seed: int = 0) -> int:
@@ -147,9 +159,16 @@ def build_random_qwen2(out_dir: str, shape: dict, tokenizer_dir: str = TESTBED, 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     vocab = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     eos = tokenizer.eos_token_id
-    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=1024, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
-                         eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_sliding_window=False, **shape)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos,
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        use_sliding_window=False,
+        **shape,
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(out_dir)
@@ -176,6 +195,7 @@ def read_metrics(path: str) -> list[dict]:
 
 def summarise(rows: list[dict]) -> dict:
     """Step count, median step time (steps 2 on), first step time, entropy first/last, max |ppo_kl|, max logp diff."""
+
     def series(key):
         return [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
 
@@ -214,9 +234,14 @@ def run_script(script: str, flags: list[str], work: str, tag: str, env: dict, ti
     error = None
     try:
         with open(log_path, "w") as log:
-            proc = subprocess.run([sys.executable, "-c", WRAPPER, os.path.join(REPO, script), json.dumps(flags),
-                                   result_path], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=timeout_s)
+            proc = subprocess.run(
+                [sys.executable, "-c", WRAPPER, os.path.join(REPO, script), json.dumps(flags), result_path],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+            )
         if proc.returncode != 0 and not os.path.exists(result_path):
             error = f"exit status {proc.returncode}: {last_line(log_path)}"
     except subprocess.TimeoutExpired:
@@ -232,16 +257,32 @@ def run_script(script: str, flags: list[str], work: str, tag: str, env: dict, ti
     summary = summarise(read_metrics(os.path.join(run_dir, "metrics.jsonl")))
     if error is None and summary["steps"] == 0:
         error = f"no steps in {os.path.join(run_dir, 'metrics.jsonl')}"
-    return {**summary, "run_dir": run_dir if os.path.isdir(run_dir) else None, "peak_gib": out.get("peak_gib"),
-            "compiled": out.get("compiled", "unknown"), "cuda": out.get("cuda"), "error": error,
-            "wall_s": time.time() - start, "log": log_path}
+    return {
+        **summary,
+        "run_dir": run_dir if os.path.isdir(run_dir) else None,
+        "peak_gib": out.get("peak_gib"),
+        "compiled": out.get("compiled", "unknown"),
+        "cuda": out.get("cuda"),
+        "error": error,
+        "wall_s": time.time() - start,
+        "log": log_path,
+    }
 
 
 def run_eval(run_dir: str, flags: list[str], work: str, env: dict, timeout_s: float) -> dict:
     out_dir = os.path.join(work, "eval")
     log_path = os.path.join(work, "logs", "eval_math.log")
-    cmd = [sys.executable, os.path.join(REPO, "eval_math.py"), "--model", run_dir, "--engine", "hf",
-           "--output-dir", out_dir, *flags]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "eval_math.py"),
+        "--model",
+        run_dir,
+        "--engine",
+        "hf",
+        "--output-dir",
+        out_dir,
+        *flags,
+    ]
     start = time.time()
     try:
         with open(log_path, "w") as log:
@@ -256,16 +297,28 @@ def run_eval(run_dir: str, flags: list[str], work: str, env: dict, timeout_s: fl
             results = json.load(f)
         benches = results["benchmarks"]
         name, metrics = next(iter(benches.items()))
-        return {"error": None, "wall_s": wall, "benchmark": name, "avg": metrics.get("avg@n"),
-                "n": results["settings"].get("n"), "length": metrics.get("response_length_mean")}
+        return {
+            "error": None,
+            "wall_s": wall,
+            "benchmark": name,
+            "avg": metrics.get("avg@n"),
+            "n": results["settings"].get("n"),
+            "length": metrics.get("response_length_mean"),
+        }
     except (OSError, ValueError, KeyError, StopIteration) as e:
         return {"error": f"results.json unreadable: {type(e).__name__}: {e}", "wall_s": wall}
 
 
 def start_probe(env: dict) -> subprocess.Popen:
     """The kernel probe, started in the background (it compiles while the random model is built)."""
-    return subprocess.Popen([sys.executable, "-c", PROBE, REPO], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBE, REPO],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish_probe(proc: subprocess.Popen, timeout_s: float) -> dict:
@@ -274,7 +327,12 @@ def finish_probe(proc: subprocess.Popen, timeout_s: float) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return {"cuda": None, "device": None, "compiled": "unknown", "error": f"the probe timed out after {timeout_s:.0f} s"}
+        return {
+            "cuda": None,
+            "device": None,
+            "compiled": "unknown",
+            "error": f"the probe timed out after {timeout_s:.0f} s",
+        }
     for line in stdout.splitlines():
         if line.startswith("GPU_CHECK_PROBE "):
             return json.loads(line.split(" ", 1)[1])
@@ -287,31 +345,45 @@ def fmt(value, spec: str = ".3g", none: str = "–") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| script | model | steps | run wall (s) | step time (s, median) | first step (s) | peak GPU memory (GiB) "
-            "| entropy/mean first → last | max \\|train/ppo_kl\\| | max rollout/logp_diff_max | kernel compiled | error |")
+    head = (
+        "| script | model | steps | run wall (s) | step time (s, median) | first step (s) | peak GPU memory (GiB) "
+        "| entropy/mean first → last | max \\|train/ppo_kl\\| | max rollout/logp_diff_max | kernel compiled | error |"
+    )
     lines = [head, "|" + "---|" * 2 + "---:|" * 8 + "---|" * 2]
     for r in rows:
         entropy = "–" if r.get("entropy") is None else f"{r['entropy'][0]:.3f} → {r['entropy'][1]:.3f}"
         peak = fmt(r.get("peak_gib"), ".2f", "n/a (CPU)" if r.get("cuda") is False else "–")
         error = (r.get("error") or "").replace("|", "\\|")
-        lines.append(f"| {r['script']} | {r['model']} | {r.get('steps', 0)} | {fmt(r.get('wall_s'), '.0f')} | "
-                     f"{fmt(r.get('step_s'))} | "
-                     f"{fmt(r.get('first_step_s'))} | {peak} | {entropy} | {fmt(r.get('ppo_kl'), '.2g')} | "
-                     f"{fmt(r.get('logp_diff_max'), '.2g')} | {r.get('compiled', 'unknown')} | {error or 'none'} |")
+        lines.append(
+            f"| {r['script']} | {r['model']} | {r.get('steps', 0)} | {fmt(r.get('wall_s'), '.0f')} | "
+            f"{fmt(r.get('step_s'))} | "
+            f"{fmt(r.get('first_step_s'))} | {peak} | {entropy} | {fmt(r.get('ppo_kl'), '.2g')} | "
+            f"{fmt(r.get('logp_diff_max'), '.2g')} | {r.get('compiled', 'unknown')} | {error or 'none'} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: 2 steps, small batch, ~1M random Qwen2, fp32")
+    parser.add_argument(
+        "--tiny", action="store_true", help="CPU smoke test: 2 steps, small batch, ~1M random Qwen2, fp32"
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps per run (default 20; 2 with --tiny)")
     parser.add_argument("--scripts", default=",".join(SCRIPTS), help="comma-separated training scripts")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="wall-clock budget of the whole check: each run is cut at what is left of it, and no run "
-                             f"starts with less than {MIN_RUN_S:.0f} s left (default 480; 600 with --tiny)")
-    parser.add_argument("--run-timeout-s", type=float, default=None, help="limit per run (default 240; 180 with --tiny)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock budget of the whole check: each run is cut at what is left of it, and no run "
+        f"starts with less than {MIN_RUN_S:.0f} s left (default 480; 600 with --tiny)",
+    )
+    parser.add_argument(
+        "--run-timeout-s", type=float, default=None, help="limit per run (default 240; 180 with --tiny)"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the eval_math.py run")
-    parser.add_argument("--keep", default=None, help="work folder to keep (runs, logs, models); default: a temp folder, removed")
+    parser.add_argument(
+        "--keep", default=None, help="work folder to keep (runs, logs, models); default: a temp folder, removed"
+    )
     parser.add_argument("--out", default=None, help="also write the report (Markdown) to this file")
     args = parser.parse_args(argv)
 
@@ -346,10 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the other model's runs still go ahead
         models.append((name, None, f"building the random model failed: {type(e).__name__}: {e}"))
     probe = finish_probe(probe_proc, min(300.0, budget - (time.time() - t_start)))
-    header = [f"torch {torch.__version__}, transformers {transformers.__version__}, "
-              f"torch.cuda.is_available(): {probe.get('cuda')}, device: {probe.get('device')}",
-              f"chunked entropy kernel (grpo.token_stats, compile=None) on a small tensor: compiled: "
-              f"{probe.get('compiled')}" + (f"; error: {probe['error']}" if probe.get("error") else "")]
+    header = [
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"torch.cuda.is_available(): {probe.get('cuda')}, device: {probe.get('device')}",
+        f"chunked entropy kernel (grpo.token_stats, compile=None) on a small tensor: compiled: "
+        f"{probe.get('compiled')}" + (f"; error: {probe['error']}" if probe.get("error") else ""),
+    ]
 
     run_flags = TINY_RUN if args.tiny else GPU_RUN
     rows, evaluation = [], None
@@ -362,40 +436,85 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             left = budget - (time.time() - t_start)
             if left < MIN_RUN_S:
-                rows.append({**row, "error": f"skipped: {max(left, 0):.0f} s of the time budget (--budget-s {budget:.0f}) left"})
+                rows.append(
+                    {**row, "error": f"skipped: {max(left, 0):.0f} s of the time budget (--budget-s {budget:.0f}) left"}
+                )
                 continue
-            flags = ["--total-steps", str(steps), "--rollout-engine", "hf", "--precision", precision,
-                     "--output-dir", os.path.join(work, "runs"), "--run-name", tag, "--eval-every", "0",
-                     "--checkpoint-every", "0", "--model", model_path, *run_flags]
+            flags = [
+                "--total-steps",
+                str(steps),
+                "--rollout-engine",
+                "hf",
+                "--precision",
+                precision,
+                "--output-dir",
+                os.path.join(work, "runs"),
+                "--run-name",
+                tag,
+                "--eval-every",
+                "0",
+                "--checkpoint-every",
+                "0",
+                "--model",
+                model_path,
+                *run_flags,
+            ]
             result = run_script(script, flags, work, tag, env, min(run_timeout, left))
             rows.append({**row, **result})
-            print(f"  {script} on {model_label}: {result['steps']} steps in {result['wall_s']:.0f} s"
-                  + (f"; error: {result['error']}" if result["error"] else ""), flush=True)
+            print(
+                f"  {script} on {model_label}: {result['steps']} steps in {result['wall_s']:.0f} s"
+                + (f"; error: {result['error']}" if result["error"] else ""),
+                flush=True,
+            )
             left = budget - (time.time() - t_start)
             if evaluation is None and not args.no_eval and result["error"] is None and result["run_dir"]:
                 if left < MIN_RUN_S:
-                    evaluation = {"run": tag, "wall_s": 0.0, "error": f"skipped: {max(left, 0):.0f} s of the budget left"}
+                    evaluation = {
+                        "run": tag,
+                        "wall_s": 0.0,
+                        "error": f"skipped: {max(left, 0):.0f} s of the budget left",
+                    }
                 else:
-                    evaluation = {"run": tag, **run_eval(result["run_dir"], TINY_EVAL if args.tiny else GPU_EVAL,
-                                                         work, env, min(run_timeout, left))}
-                print(f"  eval_math.py --model {tag}: {evaluation['wall_s']:.0f} s"
-                      + (f"; error: {evaluation['error']}" if evaluation["error"] else ""), flush=True)
+                    evaluation = {
+                        "run": tag,
+                        **run_eval(
+                            result["run_dir"], TINY_EVAL if args.tiny else GPU_EVAL, work, env, min(run_timeout, left)
+                        ),
+                    }
+                print(
+                    f"  eval_math.py --model {tag}: {evaluation['wall_s']:.0f} s"
+                    + (f"; error: {evaluation['error']}" if evaluation["error"] else ""),
+                    flush=True,
+                )
 
-    report = ["## GPU check" + (" (--tiny, CPU)" if args.tiny else ""), "",
-              f"{steps} steps per run, `--rollout-engine hf --precision {precision} {' '.join(run_flags)}`, "
-              f"`--eval-every 0 --checkpoint-every 0`.", "", *[f"- {line}" for line in header], "", table(rows), ""]
+    report = [
+        "## GPU check" + (" (--tiny, CPU)" if args.tiny else ""),
+        "",
+        f"{steps} steps per run, `--rollout-engine hf --precision {precision} {' '.join(run_flags)}`, "
+        f"`--eval-every 0 --checkpoint-every 0`.",
+        "",
+        *[f"- {line}" for line in header],
+        "",
+        table(rows),
+        "",
+    ]
     if evaluation is None:
         report.append("eval_math.py: not run" + (" (--no-eval)" if args.no_eval else " (no run finished)"))
     elif evaluation["error"]:
         report.append(f"eval_math.py --model <{evaluation['run']}>: error: {evaluation['error']}")
     else:
-        report.append(f"eval_math.py --model <{evaluation['run']}> --engine hf "
-                      f"{' '.join(TINY_EVAL if args.tiny else GPU_EVAL)}: {evaluation['benchmark']} "
-                      f"avg@{evaluation['n']} {fmt(evaluation['avg'])}, mean response length "
-                      f"{fmt(evaluation['length'])} tokens, {evaluation['wall_s']:.0f} s")
+        report.append(
+            f"eval_math.py --model <{evaluation['run']}> --engine hf "
+            f"{' '.join(TINY_EVAL if args.tiny else GPU_EVAL)}: {evaluation['benchmark']} "
+            f"avg@{evaluation['n']} {fmt(evaluation['avg'])}, mean response length "
+            f"{fmt(evaluation['length'])} tokens, {evaluation['wall_s']:.0f} s"
+        )
     failed = sum(1 for r in rows if r.get("error"))
-    report += ["", f"{len(rows) - failed}/{len(rows)} runs without error; total {time.time() - t_start:.0f} s"
-               + (f"; work folder {work}" if args.keep else "")]
+    report += [
+        "",
+        f"{len(rows) - failed}/{len(rows)} runs without error; total {time.time() - t_start:.0f} s"
+        + (f"; work folder {work}" if args.keep else ""),
+    ]
     text = "\n".join(report)
     print(text)
     if args.out:

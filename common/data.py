@@ -111,8 +111,13 @@ def make_arith_problems(
             continue
         seen.add(question)
         records.append(
-            {"id": f"arith-{split}-{len(records)}", "question": question, "answer": gold,
-             "source": "arith", "solution": solution}
+            {
+                "id": f"arith-{split}-{len(records)}",
+                "question": question,
+                "answer": gold,
+                "source": "arith",
+                "solution": solution,
+            }
         )
     return records
 
@@ -203,8 +208,16 @@ def make_paths_problems(num: int, split: str = "train", seed: int = 0, careful_s
         if _paths_is_test(question) != want_test or question in seen:
             continue
         seen.add(question)
-        records.append({"id": f"paths-{split}-{len(records)}", "question": question, "answer": str(sum(terms)),
-                        "source": "paths", "solution": solution, "terms": list(terms)})
+        records.append(
+            {
+                "id": f"paths-{split}-{len(records)}",
+                "question": question,
+                "answer": str(sum(terms)),
+                "source": "paths",
+                "solution": solution,
+                "terms": list(terms),
+            }
+        )
     return records
 
 
@@ -268,34 +281,64 @@ _GSM8K = ("openai/grade-school-math", "3101c7d5072418e28b9008a6636bde82a006892c"
 # file under the data dir -> (upstream URL at a pinned commit, rows, sha256 of the file's bytes).
 # Sources and licences: README, "Getting the data". The data dir mirrors these paths.
 DATA_FILES = {
-    "aime24/test.jsonl": (_github(*_QWEN, "evaluation/data/aime24/test.jsonl"), 30,
-                          "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac"),
+    "aime24/test.jsonl": (
+        _github(*_QWEN, "evaluation/data/aime24/test.jsonl"),
+        30,
+        "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac",
+    ),
     # removed from AReaL's main branch later; this commit still has it
-    "aime25/test.jsonl": (_github("inclusionAI/AReaL", "f55fe685c661b0117d888fcae47d6f46e9a85087",
-                                  "evaluation/data/aime25/test.jsonl"), 30,
-                          "b4e273c02d3e7fe1b74b59eae768fc8230bfb0f79539890cb56f4361caac0331"),
-    "amc23/test.jsonl": (_github(*_QWEN, "evaluation/data/amc23/test.jsonl"), 40,
-                         "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4"),
+    "aime25/test.jsonl": (
+        _github("inclusionAI/AReaL", "f55fe685c661b0117d888fcae47d6f46e9a85087", "evaluation/data/aime25/test.jsonl"),
+        30,
+        "b4e273c02d3e7fe1b74b59eae768fc8230bfb0f79539890cb56f4361caac0331",
+    ),
+    "amc23/test.jsonl": (
+        _github(*_QWEN, "evaluation/data/amc23/test.jsonl"),
+        40,
+        "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4",
+    ),
     # byte-identical to OpenAI's MATH-500 split (openai/prm800k, prm800k/math_splits/test.jsonl)
-    "math500/test.jsonl": (_github("hkust-nlp/simpleRL-reason", "cf1c7858bfc145a27aa733e75d930d34f0d318a6",
-                                   "examples/simplelr_math_eval/data/math500/test.jsonl"), 500,
-                           "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132"),
-    "minerva_math/test.jsonl": (_github(*_QWEN, "evaluation/data/minerva_math/test.jsonl"), 272,
-                                "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2"),
-    "olympiadbench/test.jsonl": (_github(*_QWEN, "evaluation/data/olympiadbench/test.jsonl"), 675,
-                                 "bb8c1e38a16ea9eacb77530315a674d883f267fbff79183effc53681b4fcc416"),
-    "gsm8k/train.jsonl": (_github(*_GSM8K, "grade_school_math/data/train.jsonl"), 7473,
-                          "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465"),
-    "gsm8k/test.jsonl": (_github(*_GSM8K, "grade_school_math/data/test.jsonl"), 1319,
-                         "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14"),
+    "math500/test.jsonl": (
+        _github(
+            "hkust-nlp/simpleRL-reason",
+            "cf1c7858bfc145a27aa733e75d930d34f0d318a6",
+            "examples/simplelr_math_eval/data/math500/test.jsonl",
+        ),
+        500,
+        "35dc41080a3680858b27fa7e0533d2d547825316fc5dafe5d316f4ccc5a06132",
+    ),
+    "minerva_math/test.jsonl": (
+        _github(*_QWEN, "evaluation/data/minerva_math/test.jsonl"),
+        272,
+        "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2",
+    ),
+    "olympiadbench/test.jsonl": (
+        _github(*_QWEN, "evaluation/data/olympiadbench/test.jsonl"),
+        675,
+        "bb8c1e38a16ea9eacb77530315a674d883f267fbff79183effc53681b4fcc416",
+    ),
+    "gsm8k/train.jsonl": (
+        _github(*_GSM8K, "grade_school_math/data/train.jsonl"),
+        7473,
+        "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+    ),
+    "gsm8k/test.jsonl": (
+        _github(*_GSM8K, "grade_school_math/data/test.jsonl"),
+        1319,
+        "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+    ),
     # a deduplicated, re-templated copy of BytedTsinghua-SIA/DAPO-Math-17k (17,398 rows, not ~1.79M)
-    "dapo_math_17k/DAPO-Math-17k.parquet": (_github("zz-haooo/STEER", "b31df71652cd103ddc3512656a430c39ba15dd13",
-                                                    "datasets/DAPO-Math-17k.parquet"), 17398,
-                                            "8a8347311181c89f2316b88363ab9f3a05d0f62b1b19cb4197bd08e435129b34"),
+    "dapo_math_17k/DAPO-Math-17k.parquet": (
+        _github("zz-haooo/STEER", "b31df71652cd103ddc3512656a430c39ba15dd13", "datasets/DAPO-Math-17k.parquet"),
+        17398,
+        "8a8347311181c89f2316b88363ab9f3a05d0f62b1b19cb4197bd08e435129b34",
+    ),
     # the MATH train split (DigitalLearningGmbH/MATH-lighteval) in verl's format
-    "math_train/train.parquet": (_github("tmlr-group/RePO", "c2f026fadadb17fb749e7d876fc8b5d4fd66b64f",
-                                         "data/math/train.parquet"), 7500,
-                                 "7aadb17b2f8a6a96e73dfbe74b381d80c7a692b80fc7c17301b2c21b8c17a5a3"),
+    "math_train/train.parquet": (
+        _github("tmlr-group/RePO", "c2f026fadadb17fb749e7d876fc8b5d4fd66b64f", "data/math/train.parquet"),
+        7500,
+        "7aadb17b2f8a6a96e73dfbe74b381d80c7a692b80fc7c17301b2c21b8c17a5a3",
+    ),
 }
 
 
@@ -368,8 +411,13 @@ def verify_file(path: Path, rel: str, what: str | None = None) -> None:
     if (got_rows, got_sha256) != (rows, sha256):
         raise DataError(
             f"{what or path}: not the pinned {rel} (expected {rows} rows, sha256 {sha256}; got {got_rows} rows, "
-            f"sha256 {got_sha256})" + ("" if what else "; delete it to download it again, or pass the file's "
-                                           "path instead of the data set's name to load a modified copy")
+            f"sha256 {got_sha256})"
+            + (
+                ""
+                if what
+                else "; delete it to download it again, or pass the file's "
+                "path instead of the data set's name to load a modified copy"
+            )
         )
 
 
@@ -452,7 +500,7 @@ def _fix_escape(m: re.Match) -> str:
 def _fix_ligature(m: re.Match) -> str:
     if len(m.group(0)) > 1:
         return ""  # a run of control characters is debris, not text
-    before, after = m.string[: m.start()], m.string[m.end():]
+    before, after = m.string[: m.start()], m.string[m.end() :]
     ligature = _LIGATURES[m.group(0)]
     if before.endswith(ligature) or after.startswith(ligature):
         return ""  # "fi\x0cve", "\x0cfirst": the letters are there already
@@ -668,7 +716,9 @@ def _generic_record(question_field: str | None, answer_field: str | None):
             elif "solution" in row:
                 gold = _boxed_gold(row)
             else:
-                raise _BadRow("answer", "missing (looked for answer, final_answer, reward_model.ground_truth, solution)")
+                raise _BadRow(
+                    "answer", "missing (looked for answer, final_answer, reward_model.ground_truth, solution)"
+                )
         return _text(row, q_field), gold, {}
 
     return record
@@ -721,7 +771,9 @@ def _read_file_rows(path: Path):
         try:
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+            raise DataError(
+                f"{path}: not a readable parquet file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            ) from None
         for i, row in enumerate(table.to_pylist()):
             yield f"{path}:row {i} (0-based)", row, None
     else:
@@ -753,8 +805,10 @@ def _collect(rows, record_fn, source: str, skip_invalid: bool, limit: int | None
             seen.add((question, gold))
         problems.append({"id": _row_id(row, index), "question": question, "answer": gold, "source": source, **extra})
     if problems.duplicates:
-        print(f"note: {source}: dropped {problems.duplicates} duplicate rows (same question and gold answer), "
-              f"kept {len(problems)} problems")
+        print(
+            f"note: {source}: dropped {problems.duplicates} duplicate rows (same question and gold answer), "
+            f"kept {len(problems)} problems"
+        )
     return problems
 
 
@@ -762,7 +816,11 @@ def _benchmark_for_path(path: Path) -> str | None:
     """The benchmark whose rules apply to a local file: by its directory name (``<data dir>/aime25/...``)
     or by a distinctive file name (``DAPO-Math-17k.parquet``, also the hub original's ``dapo-math-17k.parquet``)."""
     for name, (_, files) in _BENCHMARK_SPECS.items():
-        distinctive = {Path(rel).name.lower() for rel in files.values()} - {"test.jsonl", "train.jsonl", "train.parquet"}
+        distinctive = {Path(rel).name.lower() for rel in files.values()} - {
+            "test.jsonl",
+            "train.jsonl",
+            "train.parquet",
+        }
         if path.parent.name == name or path.name.lower() in distinctive:
             return name
     return None
@@ -789,7 +847,7 @@ def check_source(source: str) -> None:
         raise DataNotFoundError(f"{source}: a directory, not a data file (.jsonl, .json or .parquet)")
     if path.suffix.lower() in (".jsonl", ".json", ".parquet") or source.startswith((".", "/", "~")):
         raise DataNotFoundError(f"{source}: no such file")
-    if not (_HUB_ID_RE.match(source) and not path.parts[0] in (".", "..")):
+    if not (_HUB_ID_RE.match(source) and path.parts[0] not in (".", "..")):
         raise DataError(
             f"unknown data set {source!r}: use one of {', '.join((*DATASETS, *SYNTHETIC_TASKS))}, a local .jsonl/.json/.parquet "
             f"file, or a Hugging Face dataset id (owner/name)"
@@ -842,8 +900,9 @@ def load_problems(
     if not (builder in ("json", "parquet", "csv") and data_files) and path.is_file():
         benchmark = None if fields_given else _benchmark_for_path(path)
         record_fn = _BENCHMARK_SPECS[benchmark][0] if benchmark else _generic_record(question_field, answer_field)
-        return _collect(_read_rows(path), record_fn, benchmark or str(path), skip_invalid, limit,
-                        dedupe=benchmark in _DEDUPLICATE)
+        return _collect(
+            _read_rows(path), record_fn, benchmark or str(path), skip_invalid, limit, dedupe=benchmark in _DEDUPLICATE
+        )
 
     # Hugging Face datasets: "json:<path>" / "parquet:<path>" / "csv:<path>" (local, offline) or a hub id.
     import datasets
@@ -858,9 +917,17 @@ def load_problems(
     return _collect(rows, record_fn, source, skip_invalid, limit, dedupe=benchmark in _DEDUPLICATE)
 
 
-def load_prompts(source: str, split: str | None, tokenizer, template: str, max_prompt_length: int,
-                 data_dir: str | None = None, skip_invalid: bool = False, limit: int | None = None,
-                 per_step: int = 0) -> list[dict]:
+def load_prompts(
+    source: str,
+    split: str | None,
+    tokenizer,
+    template: str,
+    max_prompt_length: int,
+    data_dir: str | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    per_step: int = 0,
+) -> list[dict]:
     """The training scripts' loader: ``load_problems`` records with ``prompt_ids`` (``build_prompt``, tokenized).
     Prompts over ``max_prompt_length`` tokens are skipped and counted; a data error of any source is a ``DataError``;
     a training set (no ``limit``) smaller than one step's ``per_step`` prompts is said."""
@@ -870,17 +937,28 @@ def load_prompts(source: str, split: str | None, tokenizer, template: str, max_p
         raise DataError(str(error)) from None
     if problems.skipped:
         print(f"{source}: skipped {problems.skipped} invalid rows (--skip-invalid), first: {problems.skipped_rows[0]}")
-    encoded = [{**p, "prompt_ids": tokenizer(build_prompt(p["question"], template, tokenizer),
-                                             add_special_tokens=False)["input_ids"]} for p in problems]
+    encoded = [
+        {
+            **p,
+            "prompt_ids": tokenizer(build_prompt(p["question"], template, tokenizer), add_special_tokens=False)[
+                "input_ids"
+            ],
+        }
+        for p in problems
+    ]
     kept = [p for p in encoded if len(p["prompt_ids"]) <= max_prompt_length]
     if len(kept) < len(encoded):
-        print(f"{source}: skipped {len(encoded) - len(kept)} of {len(encoded)} prompts over --max-prompt-length "
-              f"{max_prompt_length} tokens")
+        print(
+            f"{source}: skipped {len(encoded) - len(kept)} of {len(encoded)} prompts over --max-prompt-length "
+            f"{max_prompt_length} tokens"
+        )
     if not kept:
         raise DataError(f"{source}: no problem to train or evaluate on ({len(encoded)} loaded)")
     if limit is None and len(kept) < per_step:
-        print(f"note: {len(kept)} training problems, fewer than --prompts-per-step {per_step}: every step repeats "
-              "problems (reshuffled each pass)")
+        print(
+            f"note: {len(kept)} training problems, fewer than --prompts-per-step {per_step}: every step repeats "
+            "problems (reshuffled each pass)"
+        )
     return kept
 
 
@@ -891,8 +969,10 @@ def take_prompts(problems: list, pos: int, count: int, seed: int) -> list:
     import torch  # only the training scripts need it
 
     n = len(problems)
-    orders = {epoch: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-              for epoch in range(pos // n, (pos + count - 1) // n + 1)}
+    orders = {
+        epoch: torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        for epoch in range(pos // n, (pos + count - 1) // n + 1)
+    }
     return [problems[int(orders[i // n][i % n])] for i in range(pos, pos + count)]
 
 
@@ -904,8 +984,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.data", description=main.__doc__.split(": ", 1)[1])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"data sets (default: all): {', '.join(DATASETS)}")
     parser.add_argument("--data-dir", help=f"where the files go (default: ${DATA_DIR_ENV}, else {default_data_dir()})")
-    parser.add_argument("--source", help="a base URL or local folder with the data dir's layout, used instead of "
-                                         f"the pinned upstream URLs (default: ${MIRROR_ENV} if set)")
+    parser.add_argument(
+        "--source",
+        help="a base URL or local folder with the data dir's layout, used instead of "
+        f"the pinned upstream URLs (default: ${MIRROR_ENV} if set)",
+    )
     args = parser.parse_args(argv)
     names = [_ALIASES.get(n.lower(), n.lower()) for n in args.names] or list(DATASETS)
     unknown = [n for n in names if n not in _BENCHMARK_SPECS]

@@ -301,9 +301,13 @@ def _tidy(ans: str) -> str | None:
         ans = re.sub(r"(?<!\.)\.$", "", ans).strip()
         for left, right in _DELIMS:
             inner = ans[len(left) : -len(right)]
-            if (len(ans) > len(left) + len(right) and ans.startswith(left) and ans.endswith(right)
-                    and not inner.endswith("\\")  # "\\$" is a dollar sign, not a delimiter
-                    and _find_unescaped(inner, right, 0) < 0):  # one formula, not "$5$ or $7$"
+            if (
+                len(ans) > len(left) + len(right)
+                and ans.startswith(left)
+                and ans.endswith(right)
+                and not inner.endswith("\\")  # "\\$" is a dollar sign, not a delimiter
+                and _find_unescaped(inner, right, 0) < 0
+            ):  # one formula, not "$5$ or $7$"
                 ans = inner
                 break
     ans = ans.strip()
@@ -425,8 +429,10 @@ _LEFT_RIGHT_RE = re.compile(_ROW_BREAK + r"|\\(?:left|right)(?:\.|(?![A-Za-z]))|
 _THIN_THOUSANDS_RE = re.compile(r"(?<=\d),(?:\s*\\!)+\s*(?=\d)")  # "10,\!080", "11,\! 111": LaTeX thousands
 # inequalities in one variable with constant bounds -> intervals: "-2 \le x \le 7" -> "[-2, 7]"
 # (ASCII "<=" / ">=" before "<" / ">": "x >= 3" is not "x > (= 3)")
-_REL = (r"(<=|>=|<|\\lt(?![A-Za-z])|\\leq?(?:slant|q)?(?![A-Za-z])|≤|⩽|>|\\gt(?![A-Za-z])"
-        r"|\\geq?(?:slant|q)?(?![A-Za-z])|≥|⩾)")
+_REL = (
+    r"(<=|>=|<|\\lt(?![A-Za-z])|\\leq?(?:slant|q)?(?![A-Za-z])|≤|⩽|>|\\gt(?![A-Za-z])"
+    r"|\\geq?(?:slant|q)?(?![A-Za-z])|≥|⩾)"
+)
 _REL_RE = re.compile(_REL)
 _CHAIN_RE = re.compile(r"^(.+?)\s*" + _REL + r"\s*([A-Za-z])\s*" + _REL + r"\s*(.+)$")
 _ONE_SIDED_RE = re.compile(r"^(?:([A-Za-z])\s*" + _REL + r"\s*(.+)|(.+?)\s*" + _REL + r"\s*([A-Za-z]))$")
@@ -445,7 +451,9 @@ _FRAC_SHORT_RE = re.compile(r"\\frac\s*(\d|\{[^{}]*\})\s*(\d|\{[^{}]*\})")
 _SQRT_SHORT_RE = re.compile(r"\\sqrt\s*(\d)")
 _MC_RE = re.compile(r"^\(([A-Z])\)$|^([A-Z])\)$")
 _VAR_EQ_RE = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?=(?!=)")
-_PLAIN_NUM_RE = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,6})|(?:\\times|\\cdot|\*)10\^\{?([+-]?\d{1,6})\}?)?")
+_PLAIN_NUM_RE = re.compile(
+    r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,6})|(?:\\times|\\cdot|\*)10\^\{?([+-]?\d{1,6})\}?)?"
+)
 
 
 def _unwrap_outer(s: str) -> str:
@@ -479,8 +487,12 @@ _STRICT = ("<", ">", "\\lt", "\\gt")
 def _constant_bound(b: str) -> bool:
     """A bound without variables: no letters outside LaTeX command names (``\\infty``, ``\\frac``, ``\\pi``)."""
     b = b.strip()
-    return bool(b) and "," not in b and not _REL_RE.search(b) and "=" not in b and not re.search(
-        r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", b)
+    return (
+        bool(b)
+        and "," not in b
+        and not _REL_RE.search(b)
+        and "=" not in b
+        and not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", b))
     )
 
 
@@ -489,15 +501,14 @@ def _one_interval(s: str) -> tuple[str, str] | None:
     ``x \\in S`` (an interval or set ``S``); None for anything else."""
     m = _VAR_IN_RE.match(s)
     if m:
-        return s[0], s[m.end():]
+        return s[0], s[m.end() :]
     m = _CHAIN_RE.match(s)
     if m:
         a, r1, var, r2, b = m.groups()
         if _constant_bound(a) and _constant_bound(b) and (r1 in _LESS) == (r2 in _LESS):
             if r1 not in _LESS:  # "b > x > a"
                 a, r1, b, r2 = b, r2, a, r1
-            return var, ("(" if r1 in _STRICT else "[") + f"{a.strip()}, {b.strip()}" + (
-                ")" if r2 in _STRICT else "]")
+            return var, ("(" if r1 in _STRICT else "[") + f"{a.strip()}, {b.strip()}" + (")" if r2 in _STRICT else "]")
         return None
     m = _ONE_SIDED_RE.match(s)
     if m:
@@ -571,8 +582,8 @@ def _canon(s: str) -> str:
     s = re.sub(r"\s+|~", "", s)
     if s.count("=") == 1 and "<" not in s and ">" not in s:
         m = _VAR_EQ_RE.match(s)
-        if m and s[m.end():]:
-            s = s[m.end():]
+        if m and s[m.end() :]:
+            s = s[m.end() :]
     m = _MC_RE.match(s)
     if m:
         s = m.group(1) or m.group(2)
@@ -897,7 +908,7 @@ def is_equiv(pred: str, gold: str) -> bool:
         if not _slow_path_allowed(pred, gold):
             return False
         return _grade_soft(pred, gold, IS_EQUIV_TIMEOUT_S)[0]
-    except BaseException as e:  # noqa: BLE001 - TimeoutException / _SoftTimeout are BaseExceptions
+    except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         return False

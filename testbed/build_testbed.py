@@ -42,8 +42,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.data import build_prompt, load_problems, make_arith_problems, make_paths_problems  # noqa: E402
-from testbed.measure import measure  # noqa: E402
+from common.data import build_prompt, load_problems, make_arith_problems, make_paths_problems
+from testbed.measure import measure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -100,8 +100,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<pad>", unk_token="<unk>",
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=core,
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )
 
 
@@ -126,24 +130,33 @@ def encode_sft_batch(tokenizer, problems: list[dict]) -> tuple[torch.Tensor, tor
 
 
 @torch.no_grad()
-def sampled_accuracy(model, tokenizer, problems: list[dict], seed: int, max_new_tokens: int = 64) -> tuple[float, float, float]:
+def sampled_accuracy(
+    model, tokenizer, problems: list[dict], seed: int, max_new_tokens: int = 64
+) -> tuple[float, float, float]:
     """(accuracy, mean sampled-token entropy, share of careful-format responses) at temperature 1.0, top-p 1, top-k off."""
     model.eval()
     prompts = [build_prompt(p["question"], "plain") for p in problems]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
     out = model.generate(
-        **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        output_scores=True, return_dict_in_generate=True,
+        **enc,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        output_scores=True,
+        return_dict_in_generate=True,
     )
-    completions = tokenizer.batch_decode(out.sequences[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    completions = tokenizer.batch_decode(out.sequences[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     correct = 0
     for text, p in zip(completions, problems):
         boxed = re.findall(r"\\boxed\{(-?\d+)\}", text)
         correct += bool(boxed) and boxed[-1] == p["answer"]
     # entropy of the sampling distribution at each generated position, over positions not yet finished
-    gen = out.sequences[:, enc["input_ids"].shape[1]:]
+    gen = out.sequences[:, enc["input_ids"].shape[1] :]
     alive = torch.ones(gen.shape[0], dtype=torch.bool)
     ent_sum, ent_n = 0.0, 0
     for t, scores in enumerate(out.scores):
@@ -168,19 +181,27 @@ def main(args: Args) -> None:
     # Llama architecture: AutoTokenizer maps model_type "qwen2" to Qwen2's byte-level BPE tokenizer,
     # which would not load this character-level tokenizer faithfully.
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads, num_key_value_heads=args.num_kv_heads,
-        intermediate_size=args.intermediate_size, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_layers,
+        num_attention_heads=args.num_heads,
+        num_key_value_heads=args.num_kv_heads,
+        intermediate_size=args.intermediate_size,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
     )
     model = LlamaForCausalLM(config)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"testbed model: {num_params / 1e6:.3f}M parameters, vocab {len(tokenizer)}")
 
     if args.task == "paths":
-        train = make_paths_problems(args.batch_size * args.max_steps, "train", seed=args.seed,
-                                    careful_share=args.careful_share)
+        train = make_paths_problems(
+            args.batch_size * args.max_steps, "train", seed=args.seed, careful_share=args.careful_share
+        )
         # keep the first-token loss of a fraction k of careful solutions: k*c / ((1-c) + k*c) = careful_choice
         c, f = args.careful_share, args.careful_choice
         keep = min(1.0, f * (1 - c) / (c * (1 - f))) if c > 0 else 1.0
@@ -199,7 +220,7 @@ def main(args: Args) -> None:
     start, history = time.time(), []
     model.train()
     for step in range(1, args.max_steps + 1):
-        batch = train[(step - 1) * args.batch_size: step * args.batch_size]
+        batch = train[(step - 1) * args.batch_size : step * args.batch_size]
         ids, mask, labels = encode_sft_batch(tokenizer, batch)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -209,32 +230,66 @@ def main(args: Args) -> None:
         optimizer.zero_grad(set_to_none=True)
         if step % args.eval_every == 0:
             acc, ent, careful = sampled_accuracy(model, tokenizer, val, seed=args.seed)
-            history.append({"step": step, "loss": loss.item(), "val_accuracy": acc, "val_entropy": ent,
-                            "val_careful_share": careful})
-            print(f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  careful {careful:.3f}  "
-                  f"({time.time() - start:.0f}s)", flush=True)
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "val_accuracy": acc,
+                    "val_entropy": ent,
+                    "val_careful_share": careful,
+                }
+            )
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  careful {careful:.3f}  "
+                f"({time.time() - start:.0f}s)",
+                flush=True,
+            )
             if acc >= args.target_accuracy:
                 break
 
     sft_seconds = time.time() - start
     model.eval()
     figures = measure(model, tokenizer, load_problems(args.task, split="test", limit=args.num_measure), seed=0)
-    print("measured at T=1 on", args.num_measure, f"{args.task} test problems:",
-          ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()), flush=True)
+    print(
+        "measured at T=1 on",
+        args.num_measure,
+        f"{args.task} test problems:",
+        ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()),
+        flush=True,
+    )
     model.generation_config = GenerationConfig(
-        do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.eos_token_id,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=64,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
     )
     os.makedirs(args.out_dir, exist_ok=True)
     model.save_pretrained(args.out_dir)
     tokenizer.save_pretrained(args.out_dir)
     with open(os.path.join(args.out_dir, "build_info.json"), "w") as f:
-        json.dump({"args": {k: v for k, v in vars(args).items() if k != "out_dir"}, "num_params": num_params,
-                   "steps": step, "sft_seconds": round(sft_seconds, 1), "seconds": round(time.time() - start, 1),
-                   "torch": torch.__version__, "measured": figures, "history": history}, f, indent=1)
+        json.dump(
+            {
+                "args": {k: v for k, v in vars(args).items() if k != "out_dir"},
+                "num_params": num_params,
+                "steps": step,
+                "sft_seconds": round(sft_seconds, 1),
+                "seconds": round(time.time() - start, 1),
+                "torch": torch.__version__,
+                "measured": figures,
+                "history": history,
+            },
+            f,
+            indent=1,
+        )
     reloaded = AutoTokenizer.from_pretrained(args.out_dir)
     probe = build_prompt(val[0]["question"], "plain") + val[0]["solution"]
-    assert reloaded.decode(reloaded(probe, add_special_tokens=False)["input_ids"]) == probe, "tokenizer round trip failed"
+    assert reloaded.decode(reloaded(probe, add_special_tokens=False)["input_ids"]) == probe, (
+        "tokenizer round trip failed"
+    )
     print(f"wrote {args.out_dir} after {step} steps in {time.time() - start:.0f}s")
 
 

@@ -28,14 +28,15 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.data import DEFAULT_TASK, build_prompt, load_problems, paths_format  # noqa: E402
+from common.data import DEFAULT_TASK, build_prompt, load_problems, paths_format
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @torch.no_grad()
-def sample(model, tokenizer, problems: list[dict], seed: int, prefix: str = "", max_new_tokens: int = 64,
-           batch_size: int = 256) -> tuple[list[str], list[torch.Tensor]]:
+def sample(
+    model, tokenizer, problems: list[dict], seed: int, prefix: str = "", max_new_tokens: int = 64, batch_size: int = 256
+) -> tuple[list[str], list[torch.Tensor]]:
     """One response per problem at temperature 1: (texts, entropies of the sampling distribution at each
     generated position up to and including the one that produced EOS). ``prefix`` is appended to every
     prompt (it is part of the returned text, not of the entropies)."""
@@ -45,19 +46,30 @@ def sample(model, tokenizer, problems: list[dict], seed: int, prefix: str = "", 
     torch.manual_seed(seed)
     texts, entropies = [], []
     for start in range(0, len(problems), batch_size):
-        chunk = problems[start: start + batch_size]
+        chunk = problems[start : start + batch_size]
         prompts = [build_prompt(p["question"], "plain") + prefix for p in chunk]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(
-            **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            output_scores=True, return_dict_in_generate=True,
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            output_scores=True,
+            return_dict_in_generate=True,
         )
-        gen = out.sequences[:, enc["input_ids"].shape[1]:]
+        gen = out.sequences[:, enc["input_ids"].shape[1] :]
         texts += [prefix + t for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
-        ent = torch.stack([
-            -(torch.log_softmax(s.float(), -1).exp() * torch.log_softmax(s.float(), -1)).nan_to_num().sum(-1)
-            for s in out.scores], 1)  # [batch, steps]
+        ent = torch.stack(
+            [
+                -(torch.log_softmax(s.float(), -1).exp() * torch.log_softmax(s.float(), -1)).nan_to_num().sum(-1)
+                for s in out.scores
+            ],
+            1,
+        )  # [batch, steps]
         finished = (gen == tokenizer.eos_token_id).long().cumsum(1)
         alive = torch.cat([torch.zeros_like(finished[:, :1]), finished[:, :-1]], 1) == 0
         entropies += [row[mask] for row, mask in zip(ent, alive)]
@@ -77,16 +89,22 @@ def entropy_figures(entropies: list[torch.Tensor]) -> dict:
     pooled = torch.cat(entropies).double() if entropies else torch.zeros(0, dtype=torch.double)
     total = pooled.sum().item()
     top = torch.sort(pooled, descending=True).values[: max(1, round(0.2 * len(pooled)))].sum().item()
-    return {"entropy": total / max(len(pooled), 1), "top20_share": top / total if total > 0 else 0.0,
-            "tokens_per_response": len(pooled) / max(len(entropies), 1)}
+    return {
+        "entropy": total / max(len(pooled), 1),
+        "top20_share": top / total if total > 0 else 0.0,
+        "tokens_per_response": len(pooled) / max(len(entropies), 1),
+    }
 
 
 def measure(model, tokenizer, problems: list[dict], seed: int = 0, forced: bool = True) -> dict:
     """The starting-point figures of ``model`` on ``problems`` (see the module docstring)."""
     texts, entropies = sample(model, tokenizer, problems, seed)
     rewards = grade(texts, problems)
-    figures = {"num_problems": len(problems), **entropy_figures(entropies),
-               "accuracy": sum(rewards) / max(len(rewards), 1)}
+    figures = {
+        "num_problems": len(problems),
+        **entropy_figures(entropies),
+        "accuracy": sum(rewards) / max(len(rewards), 1),
+    }
     if problems and problems[0].get("source") == "paths":
         formats = [paths_format(t) for t in texts]
         for fmt in ("careful", "pairwise", "other"):
@@ -105,12 +123,14 @@ def summarise_run(run_dir: str) -> dict:
     rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     train = [r for r in rows if "entropy/mean" in r]
     evals = [r for r in rows if "eval/accuracy" in r]
-    out = {"steps": train[-1].get("step") if train else None,
-           "entropy_start": train[0]["entropy/mean"] if train else None,
-           "entropy_end": train[-1]["entropy/mean"] if train else None,
-           "eval_start": evals[0]["eval/accuracy"] if evals else None,
-           "eval_end": evals[-1]["eval/accuracy"] if evals else None,
-           "eval_curve": [(r.get("step"), round(r["eval/accuracy"], 3)) for r in evals]}
+    out = {
+        "steps": train[-1].get("step") if train else None,
+        "entropy_start": train[0]["entropy/mean"] if train else None,
+        "entropy_end": train[-1]["entropy/mean"] if train else None,
+        "eval_start": evals[0]["eval/accuracy"] if evals else None,
+        "eval_end": evals[-1]["eval/accuracy"] if evals else None,
+        "eval_curve": [(r.get("step"), round(r["eval/accuracy"], 3)) for r in evals],
+    }
     if train:
         out["entropy_drop"] = 1 - out["entropy_end"] / out["entropy_start"]
         k = max(1, len(train) // 10)
@@ -125,7 +145,8 @@ def summarise_run(run_dir: str) -> dict:
             for name, chosen in (("first", set(steps[:k])), ("last", set(steps[-k:]))):
                 texts = [c.get("completion", c.get("response", "")) for c in logged if c.get("step") in chosen]
                 out[f"careful_share_logged_{name}"] = (
-                    sum(paths_format(t) == "careful" for t in texts) / len(texts) if texts else None)
+                    sum(paths_format(t) == "careful" for t in texts) / len(texts) if texts else None
+                )
     return out
 
 

@@ -23,7 +23,10 @@ def _benchmark_data_dir() -> tuple[Path | None, str]:
         return None, f"{DATA_DIR_ENV} is not set: the benchmark-file tests need a local copy of the data"
     path = Path(value).expanduser()
     if not path.is_dir():
-        return None, f"{DATA_DIR_ENV}={value} is not a directory: the benchmark-file tests need a local copy of the data"
+        return (
+            None,
+            f"{DATA_DIR_ENV}={value} is not a directory: the benchmark-file tests need a local copy of the data",
+        )
     return path, ""
 
 
@@ -51,4 +54,5 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(
             f"fault suite: {count(passed, FAULTS)} fault-injection tests passed, {count(passed, BAD_INPUT)} bad-input "
             f"tests passed, {count(passed, RESUMED)} resume tests passed; work lost: "
-            f"{count(failed, RESUMED)} resumed runs differed from their uninterrupted runs")
+            f"{count(failed, RESUMED)} resumed runs differed from their uninterrupted runs"
+        )

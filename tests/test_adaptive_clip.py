@@ -16,17 +16,20 @@ import adaptive_clip as fec
 import grpo
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = dict(alpha_h=-0.25, beta_h=0.35, alpha_l=-0.2, beta_l=0.3)
-SHIPPED_BEFORE = dict(alpha_h=-0.25, beta_h=0.5, alpha_l=-0.13, beta_l=0.3)  # never tighter than ε_std = 0.2
+DEFAULTS = {"alpha_h": -0.25, "beta_h": 0.35, "alpha_l": -0.2, "beta_l": 0.3}
+SHIPPED_BEFORE = {"alpha_h": -0.25, "beta_h": 0.5, "alpha_l": -0.13, "beta_l": 0.3}  # never tighter than ε_std = 0.2
 SCHEDULE_POINTS = [0, 25, 50, 75, 100]  # k = 0, T/4, T/2, 3T/4, T for T = 100
 
 
 # ── probability-dependent bounds ──────────────────────────────────────────────────────────────────────
-@pytest.mark.parametrize("p, r_min, r_max", [
-    (0.0, 0.7, 1.35),
-    (0.5, 0.7 / (1 - 0.2 * 0.5), 1.35 / (1 + 0.25 * 0.5)),
-    (1.0, 0.875, 1.08),
-])
+@pytest.mark.parametrize(
+    "p, r_min, r_max",
+    [
+        (0.0, 0.7, 1.35),
+        (0.5, 0.7 / (1 - 0.2 * 0.5), 1.35 / (1 + 0.25 * 0.5)),
+        (1.0, 0.875, 1.08),
+    ],
+)
 def test_ratio_bounds_closed_form_at_0_half_1(p, r_min, r_max):
     got_min, got_max = fec.ratio_bounds(p, **DEFAULTS)
     assert got_min == pytest.approx(r_min, abs=1e-12) and got_max == pytest.approx(r_max, abs=1e-12)
@@ -69,15 +72,18 @@ def test_blend_weight_0_is_standard_clipping_and_1_the_dynamic_bound(prob):
 
 
 # ── schedules ─────────────────────────────────────────────────────────────────────────────────────────
-@pytest.mark.parametrize("schedule, upper, lower", [
-    ("constant", [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]),
-    ("boost", [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]),
-    ("suppress", [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]),
-    # ID: k ≤ T/2: (λ_k, 0); k > T/2: (0, 1 + λ_k), λ_k = 1 − 2k/T
-    ("increase-decrease", [1, 0.5, 0, 0, 0], [0, 0, 0, 0.5, 0]),
-    # DID: k ≤ T/2: (1 − λ_k, 0); k > T/2: (1, 1 + λ_k)
-    ("decrease-increase-decrease", [0, 0.5, 1, 1, 1], [0, 0, 0, 0.5, 0]),
-])
+@pytest.mark.parametrize(
+    "schedule, upper, lower",
+    [
+        ("constant", [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]),
+        ("boost", [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]),
+        ("suppress", [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]),
+        # ID: k ≤ T/2: (λ_k, 0); k > T/2: (0, 1 + λ_k), λ_k = 1 − 2k/T
+        ("increase-decrease", [1, 0.5, 0, 0, 0], [0, 0, 0, 0.5, 0]),
+        # DID: k ≤ T/2: (1 − λ_k, 0); k > T/2: (1, 1 + λ_k)
+        ("decrease-increase-decrease", [0, 0.5, 1, 1, 1], [0, 0, 0, 0.5, 0]),
+    ],
+)
 def test_schedule_weights_at_quarters(schedule, upper, lower):
     for k, u, low in zip(SCHEDULE_POINTS, upper, lower):
         got_u, got_l, _ = fec.schedule_bounds(k, 100, 0.5, {"od_boost": False}, schedule)
@@ -107,16 +113,16 @@ def test_oscillatory_decay_hysteresis_on_a_hand_made_entropy_sequence():
     """T = 10, H_init = 1, H_min = τ_low = 0.2, τ_high(k) = 0.2 + 0.8 (1 − k/10)."""
     T, state = 10, {"od_boost": False, "entropy_init": None}
     sequence = [  # (k, latest entropy, τ_high(k), expected state: 1 boost, 0 suppress)
-        (0, None, None, 0),   # nothing measured yet: the initial suppress state
-        (1, 1.0, 0.92, 0),    # H_init = 1.0 is set; H > τ_high → suppress
-        (2, 0.5, 0.84, 0),    # between the thresholds: keep suppress
-        (3, 0.2, 0.76, 1),    # H ≤ τ_low → boost
-        (4, 0.5, 0.68, 1),    # back above τ_low but below τ_high: keep boost (hysteresis)
-        (5, 0.7, 0.60, 0),    # H > τ_high → suppress
-        (6, 0.5, 0.52, 0),    # between: keep suppress (hysteresis)
-        (7, 0.15, 0.44, 1),   # H ≤ τ_low → boost
-        (8, 0.3, 0.36, 1),    # between: keep boost
-        (9, 0.4, 0.28, 0),    # the decayed τ_high is now below 0.4 → suppress
+        (0, None, None, 0),  # nothing measured yet: the initial suppress state
+        (1, 1.0, 0.92, 0),  # H_init = 1.0 is set; H > τ_high → suppress
+        (2, 0.5, 0.84, 0),  # between the thresholds: keep suppress
+        (3, 0.2, 0.76, 1),  # H ≤ τ_low → boost
+        (4, 0.5, 0.68, 1),  # back above τ_low but below τ_high: keep boost (hysteresis)
+        (5, 0.7, 0.60, 0),  # H > τ_high → suppress
+        (6, 0.5, 0.52, 0),  # between: keep suppress (hysteresis)
+        (7, 0.15, 0.44, 1),  # H ≤ τ_low → boost
+        (8, 0.3, 0.36, 1),  # between: keep boost
+        (9, 0.4, 0.28, 0),  # the decayed τ_high is now below 0.4 → suppress
         (10, 0.25, 0.20, 0),  # k = T: τ_high = τ_low = H_min
     ]
     for k, entropy, tau_high, expected in sequence:
@@ -154,8 +160,9 @@ def test_regions_follow_the_sign_of_the_token_specific_entropy_change():
 
 
 # ── token loss ────────────────────────────────────────────────────────────────────────────────────────
-CASES = dict(  # A > 0 above r_max, inside, A < 0 below r_min, inside, A > 0 below r_min, A < 0 beyond c
-    adv=[1.0, 1.0, -1.0, -1.0, 1.0, -1.0], ratio=[1.6, 1.1, 0.6, 0.9, 0.5, 12.0])
+CASES = {  # A > 0 above r_max, inside, A < 0 below r_min, inside, A > 0 below r_min, A < 0 beyond c
+    "adv": [1.0, 1.0, -1.0, -1.0, 1.0, -1.0], "ratio": [1.6, 1.1, 0.6, 0.9, 0.5, 12.0]
+}
 
 
 def loss_and_grad(preserve=None, c=10.0):
@@ -286,10 +293,15 @@ def test_micro_batch_mean_weights_give_token_means_over_processes_and_epochs():
     epochs, micro_size = 2, 3
     n_micro = epochs * math.ceil(10 / micro_size)
     stacks = [torch.stack([torch.tensor(float(n_micro)), m.sum()]) for m in masks]
-    weights = [fec.micro_batch_mean_weights(m, n_micro, epochs, lambda s, i=i: s + stacks[1 - i])
-               for i, m in enumerate(masks)]
-    values = [(w[rows] * x[rows]).sum() for w, x in zip(weights, xs) for _ in range(epochs)
-              for rows in torch.arange(10).split(micro_size)]
+    weights = [
+        fec.micro_batch_mean_weights(m, n_micro, epochs, lambda s, i=i: s + stacks[1 - i]) for i, m in enumerate(masks)
+    ]
+    values = [
+        (w[rows] * x[rows]).sum()
+        for w, x in zip(weights, xs)
+        for _ in range(epochs)
+        for rows in torch.arange(10).split(micro_size)
+    ]
     assert len(values) == 2 * n_micro
     want = sum((m * x).sum() for m, x in zip(masks, xs)) / sum(m.sum() for m in masks)
     torch.testing.assert_close(torch.stack(values).mean(), want)
@@ -308,8 +320,12 @@ def test_policy_token_loss_bounds_and_region_metrics():
     torch.manual_seed(7)
     b, R = 3, 5
     logp_old = -torch.rand(b, R) * 3
-    mb = {"adv": torch.tensor([[1.0] * R, [-1.0] * R, [0.0] * R]), "logp_old": logp_old,
-          "entropy_old": torch.rand(b, R) * 2, "loss_mask": torch.ones(b, R)}
+    mb = {
+        "adv": torch.tensor([[1.0] * R, [-1.0] * R, [0.0] * R]),
+        "logp_old": logp_old,
+        "entropy_old": torch.rand(b, R) * 2,
+        "loss_mask": torch.ones(b, R),
+    }
     mb["algo_token_weight"] = mb["loss_mask"] / mb["loss_mask"].sum()  # one micro-batch
     logp = (logp_old + torch.randn(b, R) * 0.3).requires_grad_()
     args = make_args(schedule="constant")
@@ -360,19 +376,23 @@ def test_step_hooks_advance_the_schedule_and_keep_json_state():
 # ── command line ──────────────────────────────────────────────────────────────────────────────────────
 def cli(args, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "adaptive_clip.py", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "adaptive_clip.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--alpha-high", "-0.6"], "--alpha-high -0.6, --beta-high 0.35"),
-    (["--beta-low", "1.0"], "--alpha-low -0.2, --beta-low 1.0"),
-    (["--alpha-low", "1.0"], "--alpha-low 1.0"),
-    (["--eps-std", "1.0"], "--eps-std"),
-    (["--phase-split", "1"], "--phase-split"),
-    (["--od-min-entropy-frac", "0"], "--od-min-entropy-frac"),
-    (["--gp-beta1", "-1"], "--gp-beta1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--alpha-high", "-0.6"], "--alpha-high -0.6, --beta-high 0.35"),
+        (["--beta-low", "1.0"], "--alpha-low -0.2, --beta-low 1.0"),
+        (["--alpha-low", "1.0"], "--alpha-low 1.0"),
+        (["--eps-std", "1.0"], "--eps-std"),
+        (["--phase-split", "1"], "--phase-split"),
+        (["--od-min-entropy-frac", "0"], "--od-min-entropy-frac"),
+        (["--gp-beta1", "-1"], "--gp-beta1"),
+    ],
+)
 def test_invalid_flags_are_refused_with_one_error_line(tmp_path, flags, message):
     proc = cli([*flags, "--output-dir", str(tmp_path)], timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -381,8 +401,20 @@ def test_invalid_flags_are_refused_with_one_error_line(tmp_path, flags, message)
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
 
 
-TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--eval-every", "0",
-        "--grader-workers", "1", "--micro-batch-size", "8"]
+TINY = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "40",
+    "--eval-every",
+    "0",
+    "--grader-workers",
+    "1",
+    "--micro-batch-size",
+    "8",
+]
 REGION_METRICS = {f"algo/region_E{k}_{kind}" for k in (1, 2, 3, 4) for kind in ("frac", "clip_frac")}
 
 
@@ -393,14 +425,41 @@ def metrics(run_dir: Path) -> list[dict]:
 def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
     """Off-policy (2 epochs × 2 minibatches, micro-batches of unequal token counts, a high learning rate) so that
     tokens get clipped; dynamic sampling so that both steps have tokens with A ≠ 0."""
-    proc = cli([*TINY, "--total-steps", "2", "--update-epochs", "2", "--num-minibatches", "2", "--micro-batch-size",
-                "3", "--schedule", "constant", "--learning-rate", "1e-3", "--filter-groups", "--max-gen-batches", "4",
-                "--output-dir", str(tmp_path), "--run-name", "e2e"])
+    proc = cli(
+        [
+            *TINY,
+            "--total-steps",
+            "2",
+            "--update-epochs",
+            "2",
+            "--num-minibatches",
+            "2",
+            "--micro-batch-size",
+            "3",
+            "--schedule",
+            "constant",
+            "--learning-rate",
+            "1e-3",
+            "--filter-groups",
+            "--max-gen-batches",
+            "4",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "e2e",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = metrics(tmp_path / "e2e")
     assert [r["step"] for r in rows] == [1, 2]
-    expected = REGION_METRICS | {"algo/ratio_max_mean", "algo/ratio_min_mean", "algo/schedule_upper_weight",
-                                 "algo/schedule_lower_weight", "entropy/mean", "entropy/flow_net"}
+    expected = REGION_METRICS | {
+        "algo/ratio_max_mean",
+        "algo/ratio_min_mean",
+        "algo/schedule_upper_weight",
+        "algo/schedule_lower_weight",
+        "entropy/mean",
+        "entropy/flow_net",
+    }
     for row in rows:
         assert expected <= set(row), expected - set(row)
         assert all(math.isfinite(v) for k, v in row.items() if k.startswith("algo/"))
@@ -411,7 +470,8 @@ def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
             assert 0 <= row[f"algo/region_E{k}_clip_frac"] <= row[f"algo/region_E{k}_frac"] + 1e-6
         # the upper-side clips are exactly the E1 and E2 tokens beyond r_max (token-weighted, like the shared metric)
         assert row["algo/region_E1_clip_frac"] + row["algo/region_E2_clip_frac"] == pytest.approx(
-            row["train/clip_frac_high"], abs=1e-6)
+            row["train/clip_frac_high"], abs=1e-6
+        )
         # the lower-side clips are the E3 and E4 tokens below r_min, plus any beyond the dual-clip bound c
         assert row["algo/region_E3_clip_frac"] + row["algo/region_E4_clip_frac"] <= row["train/clip_frac_low"] + 1e-6
     assert sum(r["train/clip_frac_high"] + r["train/clip_frac_low"] for r in rows) > 0, "nothing was clipped"
@@ -425,8 +485,20 @@ def test_defaults_take_16_updates_per_rollout_and_the_bounds_act(tmp_path):
     """`python adaptive_clip.py` as shipped (16 prompts × 8, 16 minibatch updates, schedule ID): the bounds clip
     tokens, and in the first step (upper weight 1) the mean upper bound is below the standard 1.2."""
     assert fec.Args().num_minibatches == 16 and grpo.Args().num_minibatches == 1
-    proc = cli(["--total-steps", "2", "--eval-every", "0", "--grader-workers", "1", "--output-dir", str(tmp_path),
-                "--run-name", "defaults"])
+    proc = cli(
+        [
+            "--total-steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--grader-workers",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "defaults",
+        ]
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "note: one update per rollout" not in proc.stderr
     rows = metrics(tmp_path / "defaults")
@@ -437,9 +509,24 @@ def test_defaults_take_16_updates_per_rollout_and_the_bounds_act(tmp_path):
 
 def test_oscillatory_decay_with_gradient_preserving_resumes_exactly(tmp_path):
     """OD keeps its step counter, last entropy, H_init and state in the checkpoint: a resumed run matches."""
-    common = [*TINY, "--total-steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--schedule",
-              "oscillatory-decay", "--gradient-preserving", "--gp-beta1", "0.5", "--num-minibatches", "2",
-              "--output-dir", str(tmp_path)]
+    common = [
+        *TINY,
+        "--total-steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--keep-checkpoints",
+        "5",
+        "--schedule",
+        "oscillatory-decay",
+        "--gradient-preserving",
+        "--gp-beta1",
+        "0.5",
+        "--num-minibatches",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    ]
     proc = cli([*common, "--run-name", "full"])
     assert proc.returncode == 0, proc.stderr[-5000:]
     full = metrics(tmp_path / "full")

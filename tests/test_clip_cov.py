@@ -19,8 +19,20 @@ import torch.multiprocessing as mp
 import clip_cov as cc
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--eval-every", "0",
-        "--micro-batch-size", "8", "--grader-workers", "1"]
+TINY = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "40",
+    "--eval-every",
+    "0",
+    "--micro-batch-size",
+    "8",
+    "--grader-workers",
+    "1",
+]
 ALGO_METRICS = ("algo/cov_mean", "algo/cov_selected_mean", "algo/selected_frac")
 
 
@@ -74,8 +86,18 @@ def _distributed_worker(rank, world, init_file, queue):
         selected = cc.kl_cov_select(cov[rows], mask[rows], 0.25, reduce_sum, rank, world)
         adv = torch.arange(20.0).view(4, 5)[rows]
         local_cov = cc.token_covariance(adv, cov[rows], mask[rows], reduce_sum)
-        keep = cc.clip_cov_mask(cov[rows], torch.zeros(2, 5, dtype=torch.bool), mask[rows], 0.2, -0.45, 0.55,
-                                cc.selection_generator(1, 1, 0, rank), reduce_sum, rank, world)
+        keep = cc.clip_cov_mask(
+            cov[rows],
+            torch.zeros(2, 5, dtype=torch.bool),
+            mask[rows],
+            0.2,
+            -0.45,
+            0.55,
+            cc.selection_generator(1, 1, 0, rank),
+            reduce_sum,
+            rank,
+            world,
+        )
         queue.put((rank, *(t.numpy() for t in (selected, local_cov, keep))))  # plain bytes, not a shared fd the exiting
         # sender must keep alive
     finally:
@@ -125,8 +147,15 @@ def test_clip_cov_draws_exactly_n_candidates_strictly_inside_the_bounds():
     assert candidates.sum() == 9
     for frac, n in ((0.1, 3), (0.2, 6), (1e-4, 1), (0.5, 9)):  # ⌊frac·30⌋, at least 1, at most |C|
         for seed in range(5):
-            keep = cc.clip_cov_mask(cov, torch.zeros_like(mask, dtype=torch.bool), mask, frac, 1.0, 2.0,
-                                    cc.selection_generator(seed, 1, 0, 0))
+            keep = cc.clip_cov_mask(
+                cov,
+                torch.zeros_like(mask, dtype=torch.bool),
+                mask,
+                frac,
+                1.0,
+                2.0,
+                cc.selection_generator(seed, 1, 0, 0),
+            )
             drawn = keep == 0
             assert drawn.sum() == n, (frac, seed)
             assert not (drawn & ~candidates).any()
@@ -157,8 +186,10 @@ def test_clip_cov_draw_is_uniform_and_seeded():
     assert (p - 3 / 11).abs().max() < 0.04, p
     same = [cc.clip_cov_mask(cov, clipped, mask, 0.1, 0.95, 2.05, cc.selection_generator(7, 4, 2, 1)) for _ in range(2)]
     assert torch.equal(*same)
-    others = [cc.clip_cov_mask(cov, clipped, mask, 0.1, 0.95, 2.05, cc.selection_generator(*s))
-              for s in ((8, 4, 2, 1), (7, 5, 2, 1), (7, 4, 3, 1), (7, 4, 2, 0))]
+    others = [
+        cc.clip_cov_mask(cov, clipped, mask, 0.1, 0.95, 2.05, cc.selection_generator(*s))
+        for s in ((8, 4, 2, 1), (7, 5, 2, 1), (7, 4, 3, 1), (7, 4, 2, 0))
+    ]
     assert sum(torch.equal(same[0], o) for o in others) <= 1  # 165 possible draws: a repeat is rare
 
 
@@ -193,7 +224,9 @@ def test_kl_cov_penalty_value_and_gradient():
     # d/dℓ: −A r + β sign(ℓ − ℓ_old) on chosen tokens (sign(0) = 0: no penalty gradient at r = 1), −A r elsewhere
     torch.testing.assert_close(logp.grad, -adv * ratio + 0.7 * torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
     none = torch.zeros(1, 4, dtype=torch.bool)
-    torch.testing.assert_close(cc.kl_cov_loss(adv, logp.detach(), old, cov, mask, 0.5, 0.7, selected=none), -adv * ratio)
+    torch.testing.assert_close(
+        cc.kl_cov_loss(adv, logp.detach(), old, cov, mask, 0.5, 0.7, selected=none), -adv * ratio
+    )
     assert ratio[0, 1] > 2.5 and adv[0, 1] > 0  # PPO (and Clip-Cov's clip(r, 0, 2)) would clip it; KL-Cov does not
 
 
@@ -206,10 +239,15 @@ def toy_batch(seed=0, rows=4, width=6):
     g = torch.Generator().manual_seed(seed)
     adv = torch.tensor([1.5, -1.0, 0.8, 0.6, 1.1, -1.3, 0.4, -0.2])[:rows, None].expand(rows, width).contiguous()
     mask = torch.ones(rows, width)
-    mask[1, width // 2:] = 0  # padding
+    mask[1, width // 2 :] = 0  # padding
     logp_old = -torch.rand(rows, width, generator=g) * 4
-    return {"adv": adv, "loss_mask": mask, "response_mask": mask.clone(), "logp_old": logp_old,
-            "rollout_logp": logp_old.clone()}
+    return {
+        "adv": adv,
+        "loss_mask": mask,
+        "response_mask": mask.clone(),
+        "logp_old": logp_old,
+        "rollout_logp": logp_old.clone(),
+    }
 
 
 def test_clip_cov_loss_uses_its_own_ppo_clip_and_removes_the_drawn_tokens():
@@ -310,8 +348,9 @@ def test_draws_are_a_function_of_seed_step_and_call():
 # ── the command line ────────────────────────────────────────────────────────────────────────────
 def run(args, timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "clip_cov.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "clip_cov.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -320,26 +359,37 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--clip-cov-ratio", "0"], "--clip-cov-ratio"),
-    (["--kl-cov-ratio", "2"], "--kl-cov-ratio is a fraction"),  # 2 % written as a percent
-    (["--clip-cov-lb", "5", "--clip-cov-ub", "1"], "--clip-cov-lb"),
-    (["--cov-clip-low", "1.5"], "--cov-clip-low"),
-    (["--kl-cov-coef", "-1"], "--kl-cov-coef"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--clip-cov-ratio", "0"], "--clip-cov-ratio"),
+        (["--kl-cov-ratio", "2"], "--kl-cov-ratio is a fraction"),  # 2 % written as a percent
+        (["--clip-cov-lb", "5", "--clip-cov-ub", "1"], "--clip-cov-lb"),
+        (["--cov-clip-low", "1.5"], "--cov-clip-low"),
+        (["--kl-cov-coef", "-1"], "--kl-cov-coef"),
+    ],
+)
 def test_invalid_flags_are_one_error_line_and_exit_2(tmp_path, flags, message):
-    proc = subprocess.run([sys.executable, "clip_cov.py", *flags, "--output-dir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "clip_cov.py", *flags, "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: {message}") and "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("flags", [
-    ["--method", "clip-cov", "--clip-cov-lb", "0"],  # a low bound that leaves candidates on the testbed
-    ["--method", "kl-cov", "--cov-stats", "global", "--num-minibatches", "2"],
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--method", "clip-cov", "--clip-cov-lb", "0"],  # a low bound that leaves candidates on the testbed
+        ["--method", "kl-cov", "--cov-stats", "global", "--num-minibatches", "2"],
+    ],
+)
 def test_two_step_run_logs_finite_algorithm_metrics(tmp_path, flags):
     run([*TINY, "--total-steps", "2", *flags, "--output-dir", str(tmp_path), "--run-name", "e2e"])
     rows = metrics(tmp_path / "e2e")
@@ -360,8 +410,22 @@ def test_defaults_are_the_paper_recipe_structure_and_the_method_acts(tmp_path, m
     micro-batch. Both methods choose tokens every step (the floor of one per micro-batch, which the script notes at
     start), and the ratio leaves 1 (KL-Cov's penalty has a gradient only there)."""
     assert (cc.Args().num_minibatches, cc.Args().filter_groups, cc.Algorithm().cov_stats) == (8, True, "micro-batch")
-    proc = run(["--method", method, "--total-steps", "2", "--eval-every", "0", "--grader-workers", "1",
-                "--output-dir", str(tmp_path), "--run-name", "defaults"])
+    proc = run(
+        [
+            "--method",
+            method,
+            "--total-steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--grader-workers",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "defaults",
+        ]
+    )
     assert ("note: a micro-batch of 16 sequences" in proc.stderr) == (method == "clip-cov")
     saved = json.loads((tmp_path / "defaults" / "args.json").read_text())
     assert (saved["num_minibatches"], saved["filter_groups"]) == (8, True)
@@ -372,8 +436,23 @@ def test_defaults_are_the_paper_recipe_structure_and_the_method_acts(tmp_path, m
 
 def test_clip_cov_kill_and_resume_matches_uninterrupted_run(tmp_path):
     """The draw is seeded from the algorithm state: a run resumed from its step-2 checkpoint repeats steps 3-4."""
-    common = [*TINY, "--total-steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--clip-cov-lb", "0",
-              "--micro-batch-size", "4", "--num-minibatches", "2", "--output-dir", str(tmp_path)]
+    common = [
+        *TINY,
+        "--total-steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--keep-checkpoints",
+        "5",
+        "--clip-cov-lb",
+        "0",
+        "--micro-batch-size",
+        "4",
+        "--num-minibatches",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    ]
     run([*common, "--run-name", "full"])
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000004")

@@ -17,7 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.data import (  # noqa: E402
+from conftest import DATA_DIR, needs_data
+
+from common.data import (
     BENCHMARKS,
     DAPO_INSTRUCTION,
     DATA_FILES,
@@ -40,8 +42,6 @@ from common.data import (  # noqa: E402
     take_prompts,
 )
 
-from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
-
 REPO = Path(__file__).resolve().parents[1]
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # any control character except newline
 
@@ -61,9 +61,16 @@ def raw_jsonl(rel):
 # ---------------------------------------------------------------------------------------------
 
 COUNTS = [
-    ("aime24", None, 30), ("aime25", None, 30), ("amc23", None, 40), ("math500", None, 500),
-    ("minerva_math", None, 272), ("olympiadbench", None, 675), ("gsm8k", "train", 7473),
-    ("gsm8k", "test", 1319), ("dapo_math_17k", None, 17257), ("math_train", None, 7498),
+    ("aime24", None, 30),
+    ("aime25", None, 30),
+    ("amc23", None, 40),
+    ("math500", None, 500),
+    ("minerva_math", None, 272),
+    ("olympiadbench", None, 675),
+    ("gsm8k", "train", 7473),
+    ("gsm8k", "test", 1319),
+    ("dapo_math_17k", None, 17257),
+    ("math_train", None, 7498),
 ]  # DAPO: 17,398 rows, of which 141 repeat an earlier row's question and gold
 
 
@@ -121,7 +128,10 @@ def test_aime25_control_char_repair():
 def test_aime24_and_math500_golds_kept_verbatim():
     assert [p["answer"] for p in load("aime24")][7] == "025"  # zero-padded: compare as numbers downstream
     math500 = load("math500")
-    assert math500[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)" and math500[0]["id"] == "test/precalculus/807.json"
+    assert (
+        math500[0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+        and math500[0]["id"] == "test/precalculus/807.json"
+    )
     assert all(last_boxed(r["solution"]) == p["answer"] for r, p in zip(raw_jsonl("math500/test.jsonl"), math500))
 
 
@@ -172,8 +182,13 @@ def test_minerva_nested_brace_gold():
 @needs_data
 def test_dapo_templates_removed():
     problems = load("dapo_math_17k")
-    leftovers = ("Solve the following math problem step by step", "Remember to put your answer",
-                 "让我们一步一步地思考", "Answer: \\boxed{<final_answer>}", "不带任何标点或空格")
+    leftovers = (
+        "Solve the following math problem step by step",
+        "Remember to put your answer",
+        "让我们一步一步地思考",
+        "Answer: \\boxed{<final_answer>}",
+        "不带任何标点或空格",
+    )
     for p in problems:
         assert not any(s in p["question"] for s in leftovers), p["id"]
         assert re.fullmatch(r"-?\d+", p["answer"])
@@ -222,15 +237,28 @@ def test_skip_invalid_counts_all_bad_rows(tmp_path):
     problems = load_problems(str(path), skip_invalid=True)
     assert problems == [{"id": "0", "question": "ok", "answer": "5", "source": str(path)}]
     assert problems.skipped == len(BAD_JSONL)
-    assert [s.split(": ")[0].rsplit(":", 1)[1] for s in problems.skipped_rows] == ["line 3", "line 4", "line 5", "line 6", "line 7"]
+    assert [s.split(": ")[0].rsplit(":", 1)[1] for s in problems.skipped_rows] == [
+        "line 3",
+        "line 4",
+        "line 5",
+        "line 6",
+        "line 7",
+    ]
 
 
 def test_bad_parquet_rows(tmp_path):
     path = tmp_path / "probs.parquet"
-    table = pa.table({
-        "problem": ["a?", "b?", "c?", None],
-        "reward_model": [{"ground_truth": "1"}, {"ground_truth": ""}, {"ground_truth": None}, {"ground_truth": "4"}],
-    })
+    table = pa.table(
+        {
+            "problem": ["a?", "b?", "c?", None],
+            "reward_model": [
+                {"ground_truth": "1"},
+                {"ground_truth": ""},
+                {"ground_truth": None},
+                {"ground_truth": "4"},
+            ],
+        }
+    )
     pq.write_table(table, path)
     with pytest.raises(ValueError) as err:
         load_problems(str(path))
@@ -246,7 +274,9 @@ def test_generic_files_fields_and_formats(tmp_path):
     jsonl = write_jsonl(tmp_path / "custom.jsonl", rows)
     p = load_problems(str(jsonl), question_field="meta.q", answer_field="meta.gold")
     assert p == [{"id": "7", "question": "What is 2+2?", "answer": "4", "source": str(jsonl)}]
-    (tmp_path / "custom.json").write_text(json.dumps([{"question": "x?", "solution": "a \\boxed{1} b \\boxed{\\frac{1}{2}}"}]))
+    (tmp_path / "custom.json").write_text(
+        json.dumps([{"question": "x?", "solution": "a \\boxed{1} b \\boxed{\\frac{1}{2}}"}])
+    )
     assert load_problems(str(tmp_path / "custom.json"))[0]["answer"] == "\\frac{1}{2}"
     write_jsonl(tmp_path / "fa.jsonl", [{"question": "y?", "final_answer": ["$3$,$4$"]}])
     assert load_problems(str(tmp_path / "fa.jsonl"))[0]["answer"] == "3,4"
@@ -257,10 +287,17 @@ def test_generic_files_fields_and_formats(tmp_path):
         load_problems(str(tmp_path / "nope.jsonl"))
 
 
-@pytest.mark.parametrize("name,content", [
-    ("empty.jsonl", b""), ("blank.jsonl", b"\n  \n"), ("empty.json", b""), ("array.json", b"[]"),
-    ("empty.parquet", b""), ("no_rows.parquet", None),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("empty.jsonl", b""),
+        ("blank.jsonl", b"\n  \n"),
+        ("empty.json", b""),
+        ("array.json", b"[]"),
+        ("empty.parquet", b""),
+        ("no_rows.parquet", None),
+    ],
+)
 def test_empty_file_is_an_error_naming_it(tmp_path, name, content):
     """An empty training or evaluation file is said to be empty (not "no prompt fits in --max-prompt-length"
     later on), whatever the limit."""
@@ -289,8 +326,16 @@ def test_unreadable_json_and_parquet_files_name_the_file(tmp_path):
 def test_known_benchmark_file_path_gets_its_rules(tmp_path):
     bench = tmp_path / "olympiadbench"
     bench.mkdir()
-    row = {"id": 1, "question": "Q?", "final_answer": ["$69$,$84$"], "unit": None, "error": None,
-           "is_multiple_answer": True, "answer_type": "Numerical", "context": None}
+    row = {
+        "id": 1,
+        "question": "Q?",
+        "final_answer": ["$69$,$84$"],
+        "unit": None,
+        "error": None,
+        "is_multiple_answer": True,
+        "answer_type": "Numerical",
+        "context": None,
+    }
     write_jsonl(bench / "test.jsonl", [row])
     (p,) = load_problems(str(bench / "test.jsonl"))
     assert p["answer"] == "69,84" and p["source"] == "olympiadbench" and p["is_multiple_answer"] is True
@@ -351,7 +396,12 @@ def test_fetch_into_an_empty_data_dir_then_load(tmp_path, capsys, as_url):
         path = fetch_file(rel, cache, source=source)
         assert path == cache / rel and path.read_bytes() == (DATA_DIR / rel).read_bytes()
         assert f"downloaded {source if as_url else DATA_DIR.as_uri()}/{rel} -> {path}" in capsys.readouterr().err
-    assert sorted(p.name for p in cache.rglob("*")) == ["aime24", "math_train", "test.jsonl", "train.parquet"]  # no .part
+    assert sorted(p.name for p in cache.rglob("*")) == [
+        "aime24",
+        "math_train",
+        "test.jsonl",
+        "train.parquet",
+    ]  # no .part
     mtime = (cache / "aime24/test.jsonl").stat().st_mtime_ns
     problems = load_problems("aime24", data_dir=str(cache))  # present: checked, not downloaded again
     assert len(problems) == 30 and problems[0]["answer"] == "204" and capsys.readouterr().err == ""
@@ -424,9 +474,14 @@ def test_missing_and_not_downloadable_names_the_flag_env_var_and_file(tmp_path):
 def test_fetch_command_line(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "common.data", "aime25", "gsm8k", "--data-dir", str(tmp_path)]
-    proc = subprocess.run([*cmd, "--source", str(DATA_DIR)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*cmd, "--source", str(DATA_DIR)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ok: ") == 3 and f"ok: {tmp_path / 'gsm8k/train.jsonl'} (7473 rows, sha256 17f347dc" in proc.stdout
+    assert (
+        proc.stdout.count("ok: ") == 3
+        and f"ok: {tmp_path / 'gsm8k/train.jsonl'} (7473 rows, sha256 17f347dc" in proc.stdout
+    )
     (tmp_path / "aime25/test.jsonl").write_text("{}\n")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stdout.count("ok: ") == 2
@@ -454,7 +509,10 @@ def test_hub_layout_of_dapo_is_deduplicated(tmp_path, capsys):
     problems = load_problems(str(path))
     assert [(p["question"], p["answer"]) for p in problems] == [(p["question"], p["answer"]) for p in expected]
     assert problems.duplicates == 100 and problems[0]["source"] == "dapo_math_17k"
-    assert "note: dapo_math_17k: dropped 100 duplicate rows (same question and gold answer), kept 50 problems" in capsys.readouterr().out
+    assert (
+        "note: dapo_math_17k: dropped 100 duplicate rows (same question and gold answer), kept 50 problems"
+        in capsys.readouterr().out
+    )
     assert len(load_problems(str(path), limit=7)) == 7
 
 
@@ -472,9 +530,18 @@ def test_datasets_builder_source(tmp_path, monkeypatch):
 
 
 def test_repair_control_chars():
-    assert repair_control_chars("$\x0crac{m}{n}$ and $\triangle ABC$ and \x08eta") == "$\\frac{m}{n}$ and $\\triangle ABC$ and \\beta"
-    assert repair_control_chars("$\\left(x\right)$ $2\times 3$ $\nabla f$") == "$\\left(x\\right)$ $2\\times 3$ $\\nabla f$"
-    assert repair_control_chars("fi\x0cve, the \x0cfirst, \x0cnd, de\x0cne, di\x0bfference") == "five, the first, find, define, difference"
+    assert (
+        repair_control_chars("$\x0crac{m}{n}$ and $\triangle ABC$ and \x08eta")
+        == "$\\frac{m}{n}$ and $\\triangle ABC$ and \\beta"
+    )
+    assert (
+        repair_control_chars("$\\left(x\right)$ $2\times 3$ $\nabla f$")
+        == "$\\left(x\\right)$ $2\\times 3$ $\\nabla f$"
+    )
+    assert (
+        repair_control_chars("fi\x0cve, the \x0cfirst, \x0cnd, de\x0cne, di\x0bfference")
+        == "five, the first, find, define, difference"
+    )
     assert repair_control_chars("a\x0c\x0cand $x\x14 \\le$\x88") == "aand $x \\le$"
     untouched = "Line one.\nLet $u$ be\tequal\n\ni) for\nu=1; mid\nmid[i]\treturn"
     assert repair_control_chars(untouched) == untouched
@@ -502,8 +569,10 @@ def test_arith_splits_deterministic_and_disjoint():
 def test_templates():
     assert build_prompt("What is 1+1?", "plain") == "Q: What is 1+1?\nA: "
     chatml = build_prompt("What is 1+1?", "qwen-math")
-    assert chatml == (f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
-                      "<|im_start|>assistant\n")
+    assert chatml == (
+        f"<|im_start|>system\n{QWEN_MATH_SYSTEM}<|im_end|>\n<|im_start|>user\nWhat is 1+1?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     dapo = build_prompt("What is 1+1?", "dapo")
     assert DAPO_INSTRUCTION.format(question="What is 1+1?") in dapo and 'after "Answer:".' in dapo
     assert "Solve the following math problem step by step." in dapo and dapo.startswith("<|im_start|>user\n")
@@ -521,7 +590,9 @@ def test_templates_with_chat_template_tokenizer():
         from tokenizers import Tokenizer, models
         from transformers import PreTrainedTokenizerFast
 
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+        )
     tokenizer.chat_template = (
         "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}[assistant]{% endif %}"
@@ -558,7 +629,7 @@ def test_take_prompts_is_an_endless_reshuffled_stream_resumable_at_any_position(
     problems = list(range(10))
     stream = take_prompts(problems, 0, 35, seed=3)
     for epoch in range(3):  # every epoch is a permutation of the set, and the epochs differ
-        assert sorted(stream[10 * epoch: 10 * epoch + 10]) == problems
+        assert sorted(stream[10 * epoch : 10 * epoch + 10]) == problems
     assert stream[:10] != stream[10:20] != stream[20:30]
     assert take_prompts(problems, 7, 16, seed=3) == stream[7:23]  # from any position: the same problems
     assert take_prompts(problems, 0, 10, seed=4) != stream[:10]

@@ -16,9 +16,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
+
 import eval_math as em  # noqa: E402
 from common.data import BENCHMARKS  # noqa: E402
-from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
 
 TESTBED = REPO / "testbed" / "model"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -49,8 +50,15 @@ def test_pass_k_values_are_powers_of_two_and_n():
 
 
 def sample(answer, score, text=None, length=3):
-    return {"answer": answer, "score": score, "response": text or f"so \\boxed{{{answer}}}", "length": length,
-            "truncated": False, "entropy_sum": 0.3 * length, "entropy_count": length}
+    return {
+        "answer": answer,
+        "score": score,
+        "response": text or f"so \\boxed{{{answer}}}",
+        "length": length,
+        "truncated": False,
+        "entropy_sum": 0.3 * length,
+        "entropy_count": length,
+    }
 
 
 def test_majority_vote_clusters_equivalent_spellings():
@@ -91,8 +99,14 @@ def test_benchmark_metrics_aggregates():
 
 def test_parse_benchmarks_and_opefo_preset():
     assert em.parse_benchmarks(None, "none", 4) == [("paths", 4)]
-    assert em.parse_benchmarks(None, "opefo", 4) == [("aime24", 32), ("aime25", 32), ("amc23", 32), ("math500", 1),
-                                                     ("minerva_math", 1), ("olympiadbench", 1)]
+    assert em.parse_benchmarks(None, "opefo", 4) == [
+        ("aime24", 32),
+        ("aime25", 32),
+        ("amc23", 32),
+        ("math500", 1),
+        ("minerva_math", 1),
+        ("olympiadbench", 1),
+    ]
     assert em.parse_benchmarks("aime24@8, math500", "opefo", 4) == [("aime24", 8), ("math500", 1)]
     assert em.parse_benchmarks("json:/x/a@b.jsonl,arith@2", "none", 3) == [("json:/x/a@b.jsonl", 3), ("arith", 2)]
     with pytest.raises(ValueError):
@@ -119,14 +133,24 @@ def tiny_model():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=64, eos_token_id=1, pad_token_id=0, bos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=23,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        eos_token_id=1,
+        pad_token_id=0,
+        bos_token_id=1,
+    )
     return LlamaForCausalLM(config).eval()
 
 
 def teacher_forced(model, prompt, response, temperature):
     ids = torch.tensor([prompt + response])
-    logits = model(input_ids=ids).logits[0, len(prompt) - 1: len(prompt) + len(response) - 1].float() / temperature
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1 : len(prompt) + len(response) - 1].float() / temperature
     logp = torch.log_softmax(logits, -1)
     return logp.gather(1, torch.tensor(response)[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
 
@@ -144,7 +168,9 @@ def test_hf_generate_records_sampled_logprobs_and_full_entropy_matches(tiny_mode
     seqs = []
     for i, s in enumerate(out):
         prompt, r = prompts[i // 3], s["response_ids"]
-        assert 1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1) and 1 not in r[:-1]
+        assert (
+            1 <= len(r) <= 6 and s["truncated"] == (1 not in r) and (s["truncated"] or r[-1] == 1) and 1 not in r[:-1]
+        )
         logp, _ = teacher_forced(tiny_model, prompt, r, 0.7)
         assert s["rollout_logp"] == pytest.approx(logp.tolist(), abs=1e-4)  # left padding does not change them
         seqs.append((prompt, r))
@@ -170,14 +196,26 @@ def test_evaluation_generates_exactly_as_training(tmp_path):
     stop_ids = grpo.stop_token_ids(tokenizer, grpo.TESTBED_MODEL, "plain")
     prompts = list(dict.fromkeys(r["prompt"] for r in rows))
     torch.manual_seed(5)
-    samples = grpo.generate(model, None, tokenizer, [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
-                            3, 1.0, 29, stop_ids, batch_size=64)
+    samples = grpo.generate(
+        model,
+        None,
+        tokenizer,
+        [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts],
+        3,
+        1.0,
+        29,
+        stop_ids,
+        batch_size=64,
+    )
     assert [s["text"] for s in samples] == [r["response"] for r in rows]
     assert [s["truncated"] for s in samples] == [r["truncated"] for r in rows]
     assert [len(s["response_ids"]) for s in samples] == [r["length"] for r in rows]
     assert any(r["truncated"] for r in rows) and not all(r["truncated"] for r in rows)
     for s in samples:  # a response ends at its first stop token, or is truncated at the limit
-        assert s["truncated"] == (s["response_ids"][-1] not in stop_ids) and (len(s["response_ids"]) == 29) >= s["truncated"]
+        assert (
+            s["truncated"] == (s["response_ids"][-1] not in stop_ids)
+            and (len(s["response_ids"]) == 29) >= s["truncated"]
+        )
         assert not set(s["response_ids"][:-1]) & set(stop_ids)
 
 
@@ -185,8 +223,14 @@ def test_evaluation_generates_exactly_as_training(tmp_path):
 @pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model not built yet at {TESTBED}")
 def test_end_to_end_testbed_run_writes_outputs(tmp_path):
     out = tmp_path / "ev"
-    proc = subprocess.run([sys.executable, "eval_math.py", "--limit", "4", "--n", "2", "--output-dir", str(out),
-                           "--grader-workers", "1"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "eval_math.py", "--limit", "4", "--n", "2", "--output-dir", str(out), "--grader-workers", "1"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     m = results["benchmarks"]["paths"]
@@ -194,7 +238,14 @@ def test_end_to_end_testbed_run_writes_outputs(tmp_path):
     assert 0 <= m["avg@n"] <= m["pass@k"]["2"] <= 1 and m["pass@k"]["1"] == pytest.approx(m["avg@n"])
     assert 0 <= m["maj@n"] <= 1 and 0 < m["response_length_mean"] <= 64 and m["entropy_mean"] > 0
     s = results["settings"]
-    assert (s["template"], s["engine"], s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"]) == ("plain", "hf", 1.0, 1.0, 64, 0)
+    assert (s["template"], s["engine"], s["temperature"], s["top_p"], s["max_new_tokens"], s["seed"]) == (
+        "plain",
+        "hf",
+        1.0,
+        1.0,
+        64,
+        0,
+    )
     assert s["versions"]["torch"] and s["versions"]["transformers"] and "math-verify" in s["versions"]
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["sample_index"] for r in rows} == {0, 1}
@@ -207,11 +258,30 @@ def test_end_to_end_testbed_run_writes_outputs(tmp_path):
 
 
 @needs_data
-@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
+@pytest.mark.skipif(
+    not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}"
+)
 def test_dry_run_loads_all_six_benchmarks():
-    proc = subprocess.run([sys.executable, "eval_math.py", "--benchmarks", ",".join(BENCHMARKS), "--template", "qwen-math",
-                           "--data-dir", str(DATA_DIR), "--dry-run", "--grader-workers", "1"],
-                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "eval_math.py",
+            "--benchmarks",
+            ",".join(BENCHMARKS),
+            "--template",
+            "qwen-math",
+            "--data-dir",
+            str(DATA_DIR),
+            "--dry-run",
+            "--grader-workers",
+            "1",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     expected = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "minerva_math": 272, "olympiadbench": 675}
     for name, count in expected.items():
@@ -222,8 +292,14 @@ def test_dry_run_loads_all_six_benchmarks():
 
 # ─── argument and data mistakes: one line on stderr, exit status 2, before anything is loaded ──────
 def eval_cli(args, cwd=REPO, env=None, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / "eval_math.py"), *args], cwd=cwd, env={**ENV, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "eval_math.py"), *args],
+        cwd=cwd,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -267,17 +343,24 @@ def test_argument_mistakes_fail_at_once_with_one_line(args, fragments):
 def test_run_directory_typo_is_no_such_directory_with_a_hint(tmp_path):
     """`--model runs/<name>` that does not exist is a local path (runs/ exists), not a hub id to look up."""
     (tmp_path / "runs" / "arith__grpo__1__1795417367").mkdir(parents=True)
-    line = assert_one_line_error(eval_cli(["--model", "runs/arith__grpo__1"], cwd=tmp_path, timeout=120),
-                                 "--model runs/arith__grpo__1: no such directory")
+    line = assert_one_line_error(
+        eval_cli(["--model", "runs/arith__grpo__1"], cwd=tmp_path, timeout=120),
+        "--model runs/arith__grpo__1: no such directory",
+    )
     assert line.endswith("did you mean runs/arith__grpo__1__1795417367?")
 
 
-@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
+@pytest.mark.skipif(
+    not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}"
+)
 def test_bad_data_rows_name_file_row_field_and_skip_invalid(tmp_path):
     path = tmp_path / "probs.jsonl"
-    path.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": ""}\n{"problem": "3+3?", "answer": "6"}\n')
-    assert_one_line_error(eval_cli(["--benchmarks", str(path), "--dry-run"]),
-                          f"{path}:line 2: answer: empty gold", "--skip-invalid")
+    path.write_text(
+        '{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?", "answer": ""}\n{"problem": "3+3?", "answer": "6"}\n'
+    )
+    assert_one_line_error(
+        eval_cli(["--benchmarks", str(path), "--dry-run"]), f"{path}:line 2: answer: empty gold", "--skip-invalid"
+    )
     proc = eval_cli(["--benchmarks", str(path), "--dry-run", "--skip-invalid", "--grader-workers", "1"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"skipped 1 invalid rows (--skip-invalid), e.g. {path}:line 2: answer: empty gold" in proc.stdout
@@ -288,14 +371,21 @@ def test_missing_data_names_the_data_dir_flag_and_env_var(tmp_path):
     offline = tmp_path / "offline"  # stands in for an unreachable download source: nothing there
     offline.mkdir()
     line = assert_one_line_error(
-        eval_cli(["--benchmarks", "aime24", "--data-dir", str(tmp_path / "data")], env={"RLVR_DATA_MIRROR": str(offline)}),
-        "data set 'aime24' needs aime24/test.jsonl", f"not in the data dir {tmp_path / 'data'}", "--data-dir",
-        "RLVR_DATA_DIR")
+        eval_cli(
+            ["--benchmarks", "aime24", "--data-dir", str(tmp_path / "data")], env={"RLVR_DATA_MIRROR": str(offline)}
+        ),
+        "data set 'aime24' needs aime24/test.jsonl",
+        f"not in the data dir {tmp_path / 'data'}",
+        "--data-dir",
+        "RLVR_DATA_DIR",
+    )
     assert "data_dir=" not in line
 
 
 @needs_data
-@pytest.mark.skipif(not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}")
+@pytest.mark.skipif(
+    not (TESTBED / "config.json").exists(), reason=f"testbed model (its tokenizer) not built yet at {TESTBED}"
+)
 def test_benchmark_is_downloaded_into_the_data_dir_on_first_use(tmp_path):
     cache = tmp_path / "cache"
     args = ["--benchmarks", "amc23", "--template", "qwen-math", "--dry-run", "--grader-workers", "1"]
@@ -305,5 +395,8 @@ def test_benchmark_is_downloaded_into_the_data_dir_on_first_use(tmp_path):
     assert "amc23: 40 problems" in proc.stdout and "against themselves: 40/40" in proc.stdout
     assert (cache / "amc23/test.jsonl").read_bytes() == (DATA_DIR / "amc23/test.jsonl").read_bytes()
     (cache / "amc23/test.jsonl").write_bytes(b"{}\n")  # a damaged copy is not evaluated on
-    assert_one_line_error(eval_cli(args, env={"RLVR_DATA_DIR": str(cache)}),
-                          f"{cache / 'amc23/test.jsonl'}: not the pinned amc23/test.jsonl", "expected 40 rows")
+    assert_one_line_error(
+        eval_cli(args, env={"RLVR_DATA_DIR": str(cache)}),
+        f"{cache / 'amc23/test.jsonl'}: not the pinned amc23/test.jsonl",
+        "expected 40 rows",
+    )

@@ -15,14 +15,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = [s for s in ["grpo.py", "opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py"] if (REPO / s).exists()]
-TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--micro-batch-size", "8",
-        "--grader-workers", "1", "--eval-every", "0", "--log-completions-every", "0"]
+TINY = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "40",
+    "--micro-batch-size",
+    "8",
+    "--grader-workers",
+    "1",
+    "--eval-every",
+    "0",
+    "--log-completions-every",
+    "0",
+]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
 def run(script, args, expect=0, timeout=600):
-    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, script, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == expect, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -34,8 +49,17 @@ def metrics(run_dir: Path) -> list[dict]:
 
 @pytest.mark.parametrize("script", SCRIPTS[:1])  # the fallback is shared code
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, script):
-    common = [*TINY, "--total-steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "5",
-              "--output-dir", str(tmp_path)]
+    common = [
+        *TINY,
+        "--total-steps",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "5",
+        "--output-dir",
+        str(tmp_path),
+    ]
     run(script, [*common, "--run-name", "full"])
     # a damaged step-2 checkpoint (a truncated model file) and a step-3 checkpoint cut short while being written
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
@@ -53,8 +77,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_pat
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_resume_with_other_arguments_or_another_script_is_refused(tmp_path, script):
     run(script, [*TINY, "--total-steps", "1", "--output-dir", str(tmp_path), "--run-name", "r"])
-    proc = run(script, [*TINY, "--total-steps", "2", "--learning-rate", "1e-3", "--resume", str(tmp_path / "r")],
-               expect=2)
+    proc = run(
+        script, [*TINY, "--total-steps", "2", "--learning-rate", "1e-3", "--resume", str(tmp_path / "r")], expect=2
+    )
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --resume") and "--learning-rate 0.001" in proc.stderr
     other = next((s for s in SCRIPTS if s != script), None)
     if other:
@@ -69,8 +94,11 @@ def test_full_disk_while_checkpointing_says_what_happened_and_what_to_run(tmp_pa
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("needs permission to mount a small tmpfs (a real full disk)")
     try:
-        proc = run(script, [*TINY, "--total-steps", "2", "--checkpoint-every", "1", "--output-dir", str(mount),
-                            "--run-name", "full"], expect=1)
+        proc = run(
+            script,
+            [*TINY, "--total-steps", "2", "--checkpoint-every", "1", "--output-dir", str(mount), "--run-name", "full"],
+            expect=1,
+        )
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
     line = proc.stderr.strip().splitlines()[-1]
@@ -80,9 +108,26 @@ def test_full_disk_while_checkpointing_says_what_happened_and_what_to_run(tmp_pa
 
 @pytest.mark.parametrize("script", SCRIPTS[:1])
 def test_ctrl_c_names_the_run_and_how_to_continue(tmp_path, script):
-    proc = subprocess.Popen([sys.executable, script, *TINY, "--total-steps", "50", "--checkpoint-every", "1",
-                             "--output-dir", str(tmp_path), "--run-name", "int"], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            script,
+            *TINY,
+            "--total-steps",
+            "50",
+            "--checkpoint-every",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "int",
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not (tmp_path / "int" / "checkpoints" / "step_000002").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -98,11 +143,25 @@ def test_ctrl_c_names_the_run_and_how_to_continue(tmp_path, script):
 def test_kill_9_while_writing_a_checkpoint_then_resume_matches_the_uninterrupted_run(tmp_path, script):
     """SIGKILL the moment the step-3 checkpoint starts being written (its `.tmp` directory appears): the resumed run
     ignores the partial checkpoint, continues from step 2, and ends with the uninterrupted run's metrics."""
-    common = [*TINY, "--total-steps", "4", "--checkpoint-every", "1", "--keep-checkpoints", "5",
-              "--output-dir", str(tmp_path)]
+    common = [
+        *TINY,
+        "--total-steps",
+        "4",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "5",
+        "--output-dir",
+        str(tmp_path),
+    ]
     run(script, [*common, "--run-name", "full"])
-    proc = subprocess.Popen([sys.executable, script, *common, "--run-name", "killed"], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, script, *common, "--run-name", "killed"],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     partial = tmp_path / "killed" / "checkpoints" / "step_000003.tmp"
     deadline = time.time() + 300
     while not partial.exists() and proc.poll() is None and time.time() < deadline:
@@ -118,7 +177,9 @@ def test_kill_9_while_writing_a_checkpoint_then_resume_matches_the_uninterrupted
 def test_read_only_output_directory_fails_at_start(tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
         pytest.skip("needs permission to mount a read-only tmpfs (root ignores file permissions)")
     try:
         proc = run(SCRIPTS[0], [*TINY, "--output-dir", str(mount)], expect=2)

@@ -10,25 +10,64 @@ from pathlib import Path
 
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--num-eval-problems", "8",
-        "--micro-batch-size", "8", "--grader-workers", "1", "--log-completions-every", "1"]
+TINY = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "40",
+    "--num-eval-problems",
+    "8",
+    "--micro-batch-size",
+    "8",
+    "--grader-workers",
+    "1",
+    "--log-completions-every",
+    "1",
+]
 EXPECTED_METRICS = {
-    "rollout/reward", "rollout/accuracy", "rollout/no_answer_frac", "rollout/filtered_group_frac", "rollout/all_correct_group_frac",
+    "rollout/reward",
+    "rollout/accuracy",
+    "rollout/no_answer_frac",
+    "rollout/filtered_group_frac",
+    "rollout/all_correct_group_frac",
     "rollout/all_wrong_group_frac",
-    "rollout/response_length_mean", "rollout/response_length_max", "rollout/truncated_frac",
-    "rollout/logp_diff_mean", "rollout/logp_diff_max", "rollout/grader_timeouts", "rollout/gen_batches",
-    "rollout/advantage_abs_mean", "entropy/mean", "entropy/flow_increase", "entropy/flow_decrease", "entropy/flow_net",
-    "entropy/increase_frac", "entropy/cov_adv_logp", "train/policy_loss", "train/clip_frac_low", "train/clip_frac_high",
-    "train/ppo_kl", "train/grad_norm", "train/learning_rate", "train/skipped_updates", "time/rollout_s",
-    "time/grading_s", "time/training_s", "time/step_s", "time/tokens_per_s",
+    "rollout/response_length_mean",
+    "rollout/response_length_max",
+    "rollout/truncated_frac",
+    "rollout/logp_diff_mean",
+    "rollout/logp_diff_max",
+    "rollout/grader_timeouts",
+    "rollout/gen_batches",
+    "rollout/advantage_abs_mean",
+    "entropy/mean",
+    "entropy/flow_increase",
+    "entropy/flow_decrease",
+    "entropy/flow_net",
+    "entropy/increase_frac",
+    "entropy/cov_adv_logp",
+    "train/policy_loss",
+    "train/clip_frac_low",
+    "train/clip_frac_high",
+    "train/ppo_kl",
+    "train/grad_norm",
+    "train/learning_rate",
+    "train/skipped_updates",
+    "time/rollout_s",
+    "time/grading_s",
+    "time/training_s",
+    "time/step_s",
+    "time/tokens_per_s",
 }
 
 
 def run(args, cwd=REPO, launcher=(sys.executable,), timeout=600):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*launcher, "grpo.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [*launcher, "grpo.py", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
 
@@ -40,18 +79,41 @@ def metrics(run_dir: Path) -> list[dict]:
 def test_help_documents_every_flag():
     out = subprocess.run([sys.executable, "grpo.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    for flag in ["--total-steps", "--clip-high", "--loss-agg-mode", "--pos-weight-schedule", "--rollout-engine", "--resume"]:
+    for flag in [
+        "--total-steps",
+        "--clip-high",
+        "--loss-agg-mode",
+        "--pos-weight-schedule",
+        "--rollout-engine",
+        "--resume",
+    ]:
         assert flag in out.stdout
 
 
 def test_two_step_run_writes_metrics_and_a_checkpoint_with_its_model(tmp_path):
-    proc = run([*TINY, "--total-steps", "2", "--eval-every", "2", "--measure-entropy-change",
-                "--output-dir", str(tmp_path), "--run-name", "e2e"])
+    proc = run(
+        [
+            *TINY,
+            "--total-steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--measure-entropy-change",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "e2e",
+        ]
+    )
     run_dir = tmp_path / "e2e"
     assert f"run directory: {run_dir}" in proc.stdout
     initial, *rows = metrics(run_dir)
-    assert initial["step"] == 0 and set(initial) == {"step", "eval/accuracy", "eval/response_length_mean",
-                                                      "eval/no_answer_frac"}
+    assert initial["step"] == 0 and set(initial) == {
+        "step",
+        "eval/accuracy",
+        "eval/response_length_mean",
+        "eval/no_answer_frac",
+    }
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:
         assert EXPECTED_METRICS <= set(row), EXPECTED_METRICS - set(row)
@@ -60,7 +122,9 @@ def test_two_step_run_writes_metrics_and_a_checkpoint_with_its_model(tmp_path):
         assert row["train/ppo_kl"] == 0.0 and row["train/clip_frac_low"] == row["train/clip_frac_high"] == 0.0
         assert "entropy/realised_change" in row
     assert "eval/accuracy" in rows[1]
-    glossary = set(re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
+    glossary = set(
+        re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1])
+    )
     logged = {k for row in [initial, *rows] for k in row if k != "step"}
     assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
     assert (run_dir / "checkpoints" / "step_000002" / "trainer_state.json").exists()
@@ -73,8 +137,19 @@ def test_two_step_run_writes_metrics_and_a_checkpoint_with_its_model(tmp_path):
 
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     """A run stopped after its step-2 checkpoint and resumed ends with the same metrics as one that was not."""
-    common = [*TINY, "--total-steps", "4", "--checkpoint-every", "2", "--keep-checkpoints", "5", "--eval-every", "0",
-              "--output-dir", str(tmp_path)]
+    common = [
+        *TINY,
+        "--total-steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--keep-checkpoints",
+        "5",
+        "--eval-every",
+        "0",
+        "--output-dir",
+        str(tmp_path),
+    ]
     run([*common, "--run-name", "full"])
     full = metrics(tmp_path / "full")
     # the interrupted run: everything after the step-2 checkpoint is lost
@@ -90,10 +165,35 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
 def test_two_process_cpu_run_through_accelerate(tmp_path):
     # on a CPU-only machine `--multi_gpu` starts 2 processes (torchrun); grpo.py then uses gloo.
     # (`accelerate launch --cpu` always starts a single process.)
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    proc = run([*TINY, "--total-steps", "2", "--eval-every", "2", "--filter-groups", "--max-gen-batches", "2",
-                "--output-dir", str(tmp_path)], launcher=launcher)
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    )
+    proc = run(
+        [
+            *TINY,
+            "--total-steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--filter-groups",
+            "--max-gen-batches",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        launcher=launcher,
+    )
     (run_dir,) = list(tmp_path.iterdir())  # the default run name is shared by both processes
     assert (run_dir / "checkpoints" / "step_000002" / "random_states_1.pkl").exists()
     rows = metrics(run_dir)
@@ -107,24 +207,74 @@ def test_two_process_cpu_run_through_accelerate(tmp_path):
 def test_every_knob_at_once_runs(tmp_path):
     """KL to the reference, entropy bonus, off-policy epochs/minibatches, Dr.GRPO aggregation, dynamic
     sampling, overlong shaping, truncation masking and the entropy-guided λ in one short run."""
-    run([*TINY, "--total-steps", "2", "--eval-every", "0", "--kl-coef", "0.05", "--ent-coef", "0.01",
-         "--update-epochs", "2", "--num-minibatches", "2", "--micro-batch-size", "4", "--scale-rewards", "batch",
-         "--loss-agg-mode", "seq-mean-token-sum-norm", "--filter-groups", "--max-gen-batches", "2",
-         "--overlong-buffer", "8", "--mask-truncated", "--pos-weight-schedule", "entropy-guided",
-         "--lr-schedule", "cosine", "--lr-warmup-steps", "1", "--output-dir", str(tmp_path), "--run-name", "knobs"])
+    run(
+        [
+            *TINY,
+            "--total-steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--kl-coef",
+            "0.05",
+            "--ent-coef",
+            "0.01",
+            "--update-epochs",
+            "2",
+            "--num-minibatches",
+            "2",
+            "--micro-batch-size",
+            "4",
+            "--scale-rewards",
+            "batch",
+            "--loss-agg-mode",
+            "seq-mean-token-sum-norm",
+            "--filter-groups",
+            "--max-gen-batches",
+            "2",
+            "--overlong-buffer",
+            "8",
+            "--mask-truncated",
+            "--pos-weight-schedule",
+            "entropy-guided",
+            "--lr-schedule",
+            "cosine",
+            "--lr-warmup-steps",
+            "1",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "knobs",
+        ]
+    )
     rows = metrics(tmp_path / "knobs")
     assert [r["step"] for r in rows] == [1, 2]
     assert all("train/kl_ref" in r and r["train/kl_ref"] >= 0 for r in rows)
     assert rows[0]["algo/pos_weight"] == 0.0  # λ₀ = 0
     for r in rows:  # DAPO's filter drops exactly the groups whose rewards are all equal
-        assert r["rollout/filtered_group_frac"] == pytest.approx(r["rollout/all_correct_group_frac"] +
-                                                                 r["rollout/all_wrong_group_frac"])
+        assert r["rollout/filtered_group_frac"] == pytest.approx(
+            r["rollout/all_correct_group_frac"] + r["rollout/all_wrong_group_frac"]
+        )
     assert rows[-1]["train/skipped_updates"] == 0
 
 
 def test_learning_rate_logged_is_the_one_the_step_used(tmp_path):
-    run([*TINY, "--total-steps", "3", "--eval-every", "0", "--lr-warmup-steps", "2", "--learning-rate", "1e-3",
-         "--output-dir", str(tmp_path), "--run-name", "lr"])
+    run(
+        [
+            *TINY,
+            "--total-steps",
+            "3",
+            "--eval-every",
+            "0",
+            "--lr-warmup-steps",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "lr",
+        ]
+    )
     assert [r["train/learning_rate"] for r in metrics(tmp_path / "lr")] == pytest.approx([5e-4, 1e-3, 1e-3])
 
 
@@ -134,10 +284,18 @@ def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
     import grpo
 
     def one_run(name):
-        args = grpo.Args(output_dir=str(tmp_path), run_name=name,
-                         prompts_per_step=4, group_size=4, max_new_tokens=40,
-                         grader_workers=1, total_steps=2, micro_batch_size=5,
-                         eval_every=0, checkpoint_every=0)
+        args = grpo.Args(
+            output_dir=str(tmp_path),
+            run_name=name,
+            prompts_per_step=4,
+            group_size=4,
+            max_new_tokens=40,
+            grader_workers=1,
+            total_steps=2,
+            micro_batch_size=5,
+            eval_every=0,
+            checkpoint_every=0,
+        )
         return metrics(Path(grpo.main(args)))
 
     skipped = one_run("skip")
@@ -148,28 +306,36 @@ def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-9), key
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--model", "/nonexistent/model"], "--model /nonexistent/model: no such directory"),
-    (["--group-size", "0"], "--group-size"),
-    (["--group-size", "1"], "--group-size 1"),
-    (["--max-new-tokens", "0"], "--max-new-tokens"),
-    (["--micro-batch-size", "0"], "--micro-batch-size"),
-    (["--learning-rate", "-1"], "--learning-rate"),
-    (["--dual-clip-c", "0.5"], "--dual-clip-c"),
-    (["--clip-low", "-0.1"], "--clip-low"),
-    (["--num-minibatches", "3"], "--num-minibatches 3"),
-    (["--resume", "runs/does-not-exist"], "--resume runs/does-not-exist"),
-    (["--pos-weight", "2"], "--pos-weight"),
-    (["--run-name", "taken"], "--run-name taken"),
-    (["--max-grad-norm", "0"], "--max-grad-norm 0.0: must be > 0"),
-    (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must be >= 1"),
-    (["--entropy-chunk-size", "0"], "--entropy-chunk-size 0: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "/nonexistent/model"], "--model /nonexistent/model: no such directory"),
+        (["--group-size", "0"], "--group-size"),
+        (["--group-size", "1"], "--group-size 1"),
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--micro-batch-size", "0"], "--micro-batch-size"),
+        (["--learning-rate", "-1"], "--learning-rate"),
+        (["--dual-clip-c", "0.5"], "--dual-clip-c"),
+        (["--clip-low", "-0.1"], "--clip-low"),
+        (["--num-minibatches", "3"], "--num-minibatches 3"),
+        (["--resume", "runs/does-not-exist"], "--resume runs/does-not-exist"),
+        (["--pos-weight", "2"], "--pos-weight"),
+        (["--run-name", "taken"], "--run-name taken"),
+        (["--max-grad-norm", "0"], "--max-grad-norm 0.0: must be > 0"),
+        (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must be >= 1"),
+        (["--entropy-chunk-size", "0"], "--entropy-chunk-size 0: must be >= 1"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(tmp_path, flags, message):
     """Checked before anything is loaded or written: one `error:` line, exit status 2, no traceback, no run dir."""
     (tmp_path / "taken").mkdir()
-    proc = subprocess.run([sys.executable, "grpo.py", *flags, "--output-dir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "grpo.py", *flags, "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "Traceback" not in proc.stderr
@@ -178,9 +344,16 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, flags, message):
 
 def test_bad_data_row_names_file_row_field_and_the_flag(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "2+2?", "answer": ""}) + "\n")
-    proc = subprocess.run([sys.executable, "grpo.py", "--train-data", str(bad), "--output-dir", str(tmp_path / "runs")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad.write_text(
+        json.dumps({"question": "1+1?", "answer": "2"}) + "\n" + json.dumps({"question": "2+2?", "answer": ""}) + "\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "grpo.py", "--train-data", str(bad), "--output-dir", str(tmp_path / "runs")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: ") and "bad.jsonl" in line and "answer" in line and "--skip-invalid" in line
@@ -190,16 +363,37 @@ def test_bad_data_row_names_file_row_field_and_the_flag(tmp_path):
 def test_help_has_a_description_and_the_flags_most_runs_set():
     out = subprocess.run([sys.executable, "grpo.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
-    assert out.stdout.index("GRPO / DAPO / Dr.GRPO") < out.stdout.index("Most runs set: --model") < out.stdout.index("--seed")
+    assert (
+        out.stdout.index("GRPO / DAPO / Dr.GRPO")
+        < out.stdout.index("Most runs set: --model")
+        < out.stdout.index("--seed")
+    )
     assert out.stdout.count("(default: 0.28)") == 1  # each default printed once
     assert "(default: testbed/model)" in out.stdout  # not an absolute path of this clone
 
 
 def test_dataset_smaller_than_one_batch_is_said_and_trains(tmp_path):
     data = tmp_path / "two.jsonl"
-    data.write_text(json.dumps({"question": "Compute 12+30.", "answer": "42"}) + "\n"
-                    + json.dumps({"question": "Compute 50-8.", "answer": "42"}) + "\n")
-    proc = run([*TINY, "--train-data", str(data), "--total-steps", "2", "--eval-every", "0", "--output-dir",
-                str(tmp_path), "--run-name", "small"])
+    data.write_text(
+        json.dumps({"question": "Compute 12+30.", "answer": "42"})
+        + "\n"
+        + json.dumps({"question": "Compute 50-8.", "answer": "42"})
+        + "\n"
+    )
+    proc = run(
+        [
+            *TINY,
+            "--train-data",
+            str(data),
+            "--total-steps",
+            "2",
+            "--eval-every",
+            "0",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "small",
+        ]
+    )
     assert "note: 2 training problems, fewer than --prompts-per-step 4" in proc.stdout
     assert [r["step"] for r in metrics(tmp_path / "small")] == [1, 2]

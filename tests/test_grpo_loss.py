@@ -98,7 +98,7 @@ def tabular_batch(seed=2, b=6, t=7, vocab=40, scale=3.0):
     tokens = torch.multinomial(torch.softmax(z.detach().view(-1, vocab), -1), 1).view(b, t)
     mask = torch.ones(b, t, dtype=torch.float64)
     for i in range(b):
-        mask[i, 2 + i % (t - 2):] = 0.0  # ragged lengths
+        mask[i, 2 + i % (t - 2) :] = 0.0  # ragged lengths
     adv = torch.tensor([1.0, -0.5, 2.0, -1.5, 0.7, -0.3], dtype=torch.float64)[:b, None].expand(b, t)
     return z, tokens, mask, adv
 
@@ -116,13 +116,16 @@ def test_entropy_flows_equal_first_order_change_of_the_sgd_step(mode, extra):
     z, tokens, mask, adv = tabular_batch()
     b, t, vocab = z.shape
     pos_weight = extra.pop("pos_weight", 1.0)
-    args = grpo.Args(loss_agg_mode=mode, **extra, max_new_tokens=t,
-                     algo=grpo.Algorithm(pos_weight=pos_weight))
+    args = grpo.Args(loss_agg_mode=mode, **extra, max_new_tokens=t, algo=grpo.Algorithm(pos_weight=pos_weight))
     state = grpo.init_algorithm_state(args)
     logp, entropy, g = (x.view(b, t) for x in grpo.token_stats(z.view(-1, vocab), tokens.view(-1), 8))
     torch.manual_seed(3)
-    mb = {"adv": adv, "loss_mask": mask, "logp_old": logp.detach() + 0.3 * torch.randn(b, t, dtype=torch.float64),
-          "logp_ref": logp.detach() - 0.2}
+    mb = {
+        "adv": adv,
+        "loss_mask": mask,
+        "logp_old": logp.detach() + 0.3 * torch.randn(b, t, dtype=torch.float64),
+        "logp_ref": logp.detach() - 0.2,
+    }
     totals = grpo.minibatch_totals(mask, lambda x: x)
     grads = []
     logp.register_hook(grads.append)
@@ -159,8 +162,12 @@ def test_truncated_importance_weight():
     args.rollout_is_cap = 2.0
     state = grpo.init_algorithm_state(args)
     logp = torch.zeros(1, 3, requires_grad=True)
-    mb = {"adv": torch.ones(1, 3), "loss_mask": torch.ones(1, 3), "logp_old": torch.zeros(1, 3),
-          "rollout_logp": torch.tensor([[0.0, -0.5, -3.0]])}
+    mb = {
+        "adv": torch.ones(1, 3),
+        "loss_mask": torch.ones(1, 3),
+        "logp_old": torch.zeros(1, 3),
+        "rollout_logp": torch.tensor([[0.0, -0.5, -3.0]]),
+    }
     loss, info = grpo.compute_loss(mb, logp, None, args, state, grpo.minibatch_totals(mb["loss_mask"], lambda x: x), 1)
     torch.testing.assert_close(info["is_weight"], torch.tensor([[1.0, math.exp(0.5), 2.0]]))
     assert info["is_capped"].tolist() == [[False, False, True]]

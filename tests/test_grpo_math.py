@@ -57,7 +57,9 @@ def test_token_stats_gradients_match_autograd():
     logits.grad = None
     logp, _, _ = grpo.token_stats(logits, tokens, 3)
     logp.sum().backward()
-    torch.testing.assert_close(logits.grad, (torch.nn.functional.one_hot(tokens, 53) - torch.softmax(logits, -1)).detach())
+    torch.testing.assert_close(
+        logits.grad, (torch.nn.functional.one_hot(tokens, 53) - torch.softmax(logits, -1)).detach()
+    )
 
 
 def entropy_of(z):
@@ -70,7 +72,7 @@ def test_entropy_delta_matches_finite_difference(scale, vocab):
     """ΔH_t = −A r [π(ℓ+H) − G] predicts H(z + η A r (e_a − p)) − H(z) to first order."""
     torch.manual_seed(3)
     eta, rows = 1e-3, 64
-    z = (torch.randn(rows, vocab, dtype=torch.float64) * scale)
+    z = torch.randn(rows, vocab, dtype=torch.float64) * scale
     p = torch.softmax(z, -1)
     tokens = torch.multinomial(p, 1).squeeze(1)  # on-policy samples
     adv = torch.where(torch.rand(rows) < 0.5, -1.0, 1.0).double() * torch.rand(rows, dtype=torch.float64).add(0.5)
@@ -122,10 +124,16 @@ def test_k3_kl_nonnegative_zero_at_equality_and_added_to_the_loss():
     args = grpo.Args(kl_coef=0.5)
     logp, logp_ref = torch.randn(1, 100), torch.randn(1, 100)
     logp_ref[0, :10] = logp[0, :10]
-    mb = {"adv": torch.zeros(1, 100), "loss_mask": torch.ones(1, 100), "logp_old": logp, "rollout_logp": logp,
-          "logp_ref": logp_ref}
-    _, info = grpo.compute_loss(mb, logp, None, args, grpo.init_algorithm_state(args),
-                                grpo.minibatch_totals(mb["loss_mask"], lambda x: x), 1)
+    mb = {
+        "adv": torch.zeros(1, 100),
+        "loss_mask": torch.ones(1, 100),
+        "logp_old": logp,
+        "rollout_logp": logp,
+        "logp_ref": logp_ref,
+    }
+    _, info = grpo.compute_loss(
+        mb, logp, None, args, grpo.init_algorithm_state(args), grpo.minibatch_totals(mb["loss_mask"], lambda x: x), 1
+    )
     kl = info["kl_ref"]
     assert torch.all(kl >= 0) and torch.all(kl[0, 10:] > 0) and torch.equal(kl[0, :10], torch.zeros(10))
     torch.testing.assert_close(kl, (logp_ref - logp).exp() - (logp_ref - logp) - 1)
@@ -145,18 +153,25 @@ def test_pos_weight_schedule():
 
 
 def test_collate():
-    batch = grpo.collate([
-        {"prompt_ids": [3, 4], "response_ids": [7, 1], "rollout_logp": [-0.1, -0.2], "truncated": False},
-        {"prompt_ids": [5], "response_ids": [8, 9, 9], "rollout_logp": [-1.0, -2.0, -3.0], "truncated": True},
-    ], pad_id=0)
+    batch = grpo.collate(
+        [
+            {"prompt_ids": [3, 4], "response_ids": [7, 1], "rollout_logp": [-0.1, -0.2], "truncated": False},
+            {"prompt_ids": [5], "response_ids": [8, 9, 9], "rollout_logp": [-1.0, -2.0, -3.0], "truncated": True},
+        ],
+        pad_id=0,
+    )
     assert batch["input_ids"].tolist() == [[3, 4, 7, 1, 0], [0, 5, 8, 9, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]]
     assert batch["response_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert batch["response_ids"].tolist() == [[7, 1, 0], [8, 9, 9]]
     torch.testing.assert_close(batch["rollout_logp"], torch.tensor([[-0.1, -0.2, 0.0], [-1.0, -2.0, -3.0]]))
     assert batch["truncated"].tolist() == [False, True]
-    assert [batch[k].dtype for k in ("input_ids", "attention_mask", "response_mask", "rollout_logp")] == \
-        [torch.long, torch.long, torch.float32, torch.float32]
+    assert [batch[k].dtype for k in ("input_ids", "attention_mask", "response_mask", "rollout_logp")] == [
+        torch.long,
+        torch.long,
+        torch.float32,
+        torch.float32,
+    ]
 
 
 def test_rollout_totals_add_up_over_dapo_generation_batches(monkeypatch):
@@ -176,8 +191,9 @@ def test_rollout_totals_add_up_over_dapo_generation_batches(monkeypatch):
     args = grpo.Args(filter_groups=True, max_gen_batches=3, prompts_per_step=2, group_size=2)
     one_process = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"), gather=lambda x: x)
     metrics = grpo.Metrics()
-    samples, data_pos = grpo.rollout_and_grade(None, None, one_process, args, [{"question": "q", "answer": "1"}] * 5,
-                                               0, None, None, metrics)
+    samples, data_pos = grpo.rollout_and_grade(
+        None, None, one_process, args, [{"question": "q", "answer": "1"}] * 5, 0, None, None, metrics
+    )
     out = metrics.reduce(one_process)
     assert calls == [2, 2, 2] and data_pos == 6
     assert out["rollout/gen_batches"] == 3 and out["rollout/grader_timeouts"] == 3
@@ -192,17 +208,37 @@ def test_vllm_request_building_and_output_parsing(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=dict))
 
     def completion(tokens, finish):
-        logprobs = [{t: SimpleNamespace(logprob=-0.5 * (i + 1)), 99: SimpleNamespace(logprob=-9.0)} for i, t in enumerate(tokens)]
+        logprobs = [
+            {t: SimpleNamespace(logprob=-0.5 * (i + 1)), 99: SimpleNamespace(logprob=-9.0)}
+            for i, t in enumerate(tokens)
+        ]
         return SimpleNamespace(token_ids=tokens, logprobs=logprobs, finish_reason=finish)
 
-    outputs = [SimpleNamespace(outputs=[completion([7, 1], "stop"), completion([7, 8, 9], "length")]),
-               SimpleNamespace(outputs=[completion([6, 6, 4], "stop"), completion([2], "abort")])]
+    outputs = [
+        SimpleNamespace(outputs=[completion([7, 1], "stop"), completion([7, 8, 9], "length")]),
+        SimpleNamespace(outputs=[completion([6, 6, 4], "stop"), completion([2], "abort")]),
+    ]
     calls = []
     llm = SimpleNamespace(generate=lambda requests, params, use_tqdm: calls.append((requests, params)) or outputs)
     parsed = grpo.vllm_generate(llm, [[5, 5], [3]], n=2, temperature=1.0, top_p=1.0, max_new_tokens=3, stop_ids=[1, 4])
-    assert calls == [([{"prompt_token_ids": [5, 5]}, {"prompt_token_ids": [3]}],
-                      dict(n=2, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, repetition_penalty=1.0, max_tokens=3,
-                           logprobs=0, stop_token_ids=[1, 4], skip_special_tokens=True, seed=None))]
+    assert calls == [
+        (
+            [{"prompt_token_ids": [5, 5]}, {"prompt_token_ids": [3]}],
+            {
+                "n": 2,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "top_k": 0,
+                "min_p": 0.0,
+                "repetition_penalty": 1.0,
+                "max_tokens": 3,
+                "logprobs": 0,
+                "stop_token_ids": [1, 4],
+                "skip_special_tokens": True,
+                "seed": None,
+            },
+        )
+    ]
     assert [p["response_ids"] for p in parsed] == [[7, 1], [7, 8, 9], [6, 6, 4], [2]]  # stop tokens kept as sampled
     assert [p["truncated"] for p in parsed] == [False, True, False, True]
     assert parsed[0]["rollout_logp"] == [-0.5, -1.0]  # the sampled token's entry, not the other one

@@ -17,8 +17,20 @@ import torch
 import opefo
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--eval-every", "0",
-        "--grader-workers", "1", "--micro-batch-size", "8"]
+TINY = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "40",
+    "--eval-every",
+    "0",
+    "--grader-workers",
+    "1",
+    "--micro-batch-size",
+    "8",
+]
 ALGO_METRICS = {"algo/lambda", "algo/flow_increase", "algo/flow_decrease", "algo/flow_net", "algo/flow_net_weighted"}
 SIDES = ["both", "increase", "decrease"]
 
@@ -42,7 +54,7 @@ def test_entropy_flow_by_hand():
     logp = torch.tensor([math.log(0.5), math.log(0.1)], dtype=torch.float64)
     entropy = torch.tensor([1.0, 0.5], dtype=torch.float64)
     g = torch.tensor([0.2, 0.05], dtype=torch.float64)
-    expected_opefo = [-1.0 * 0.5 ** 2 * (math.log(0.5) + 1.0), 2.0 * 0.9 ** 2 * (math.log(0.1) + 0.5)]
+    expected_opefo = [-1.0 * 0.5**2 * (math.log(0.5) + 1.0), 2.0 * 0.9**2 * (math.log(0.1) + 0.5)]
     expected_exact = [-1.0 * (0.5 * (math.log(0.5) + 1.0) - 0.2), 2.0 * (0.1 * (math.log(0.1) + 0.5) - 0.05)]
     assert opefo.entropy_flow(adv, logp, entropy, None, "paper").tolist() == pytest.approx(expected_opefo, rel=1e-12)
     assert opefo.entropy_flow(adv, logp, entropy, g, "exact").tolist() == pytest.approx(expected_exact, rel=1e-12)
@@ -56,14 +68,16 @@ def test_entropy_flow_by_hand():
 
 def test_exact_flow_is_the_shared_first_order_entropy_change():
     adv, logp, entropy, g, _ = random_batch(0)
-    torch.testing.assert_close(opefo.entropy_flow(adv, logp, entropy, g, "exact"),
-                               opefo.entropy_change(adv, logp, entropy, g))
+    torch.testing.assert_close(
+        opefo.entropy_flow(adv, logp, entropy, g, "exact"), opefo.entropy_change(adv, logp, entropy, g)
+    )
 
 
 def test_estimator_sign_on_a_peaked_softmax_and_not_on_a_flat_one():
     """Against finite differences of a real policy-gradient step on the logits (Δz = η A (e_a − p)): the exact term
     has the sign of the entropy change everywhere; the opefo form too on a peaked (low-entropy, LLM-like) softmax,
     but not on a flat one."""
+
     def agreement(z, seed):
         gen = torch.Generator().manual_seed(seed)
         p = z.softmax(-1)
@@ -78,8 +92,11 @@ def test_estimator_sign_on_a_peaked_softmax_and_not_on_a_flat_one():
         cheap = opefo.entropy_flow(adv, logp, entropy, None, "paper")
         keep = realised.abs() > 1e-14  # finite differences resolve the sign
         assert keep.float().mean() > 0.95
-        return (((exact > 0) == (realised > 0))[keep].double().mean().item(),
-                ((cheap > 0) == (realised > 0))[keep].double().mean().item(), entropy.mean().item())
+        return (
+            ((exact > 0) == (realised > 0))[keep].double().mean().item(),
+            ((cheap > 0) == (realised > 0))[keep].double().mean().item(),
+            entropy.mean().item(),
+        )
 
     gen = torch.Generator().manual_seed(0)
     n, v = 1000, 400
@@ -142,13 +159,15 @@ def test_weighted_net_flow_is_zero_on_random_batches(estimator, dtype):
         for side in SIDES:  # the one-sided ablations re-solve λ for their side: zero net flow too
             w, lam_side = opefo.flow_weights(delta, mask, side=side)
             assert abs((w.double() * delta.double() * mask).sum().item()) <= 10 * torch.finfo(dtype).eps * (
-                increase + decrease) and torch.all(w >= 0)
+                increase + decrease
+            ) and torch.all(w >= 0)
         for side in SIDES:  # the logged net flow after weighting is Σ w δ for every side and any λ
             for lam_used in (lam, 0.001, -0.3):
                 w = opefo.side_weights(delta, lam_used, side)
                 assert opefo.weighted_net_flow(increase, decrease, lam_used, side) == pytest.approx(
                     (w.double() * delta.double() * mask).sum().item(),
-                    abs=10 * torch.finfo(dtype).eps * (increase + decrease))
+                    abs=10 * torch.finfo(dtype).eps * (increase + decrease),
+                )
 
 
 def test_lambda_is_that_of_the_whole_batch_when_split_over_processes():
@@ -199,14 +218,20 @@ def test_real_gradient_cancels_the_first_order_entropy_change(mode):
 
     def entropy_change(weighted: bool) -> tuple[float, float]:
         logp, entropy, g = (x.view(n_rows, width) for x in opefo.token_stats(logits, tokens))
-        batch = {"adv": adv, "loss_mask": mask, "logp_old": logp.detach(), "entropy_old": entropy.detach(),
-                 "g_old": g, "rollout_logp": logp.detach()}
+        batch = {
+            "adv": adv,
+            "loss_mask": mask,
+            "logp_old": logp.detach(),
+            "entropy_old": entropy.detach(),
+            "g_old": g,
+            "rollout_logp": logp.detach(),
+        }
         metrics = opefo.algorithm_step_begin(state, args, batch, lambda x: x)
         if not weighted:
             batch["flow_weight"] = torch.ones_like(adv)
         mb = {**batch, "logp_old": logp.detach()}
         loss, _ = opefo.compute_loss(mb, logp, entropy, args, state, opefo.minibatch_totals(mask, lambda x: x), 1)
-        grad_z, = torch.autograd.grad(loss, logits)
+        (grad_z,) = torch.autograd.grad(loss, logits)
         p = logits.detach().softmax(-1)
         grad_entropy = -p * (p.log() + entropy.detach().reshape(-1, 1))  # ∂H_t/∂z_t
         per_token = (grad_entropy * -grad_z).sum(-1)  # ΔH_t / η of the SGD step Δz = −η ∇_z L
@@ -222,15 +247,23 @@ def test_real_gradient_cancels_the_first_order_entropy_change(mode):
 
 
 # ── arguments ────────────────────────────────────────────────────────────────────────────────
-@pytest.mark.parametrize("flags, message", [
-    (["--update-epochs", "2"], "--update-epochs 2: OPEFO is strictly on-policy"),
-    (["--num-minibatches", "2"], "--num-minibatches 2: OPEFO is strictly on-policy"),
-    (["--static-lambda", "1.0"], "--static-lambda 1.0: must be in (-1, 1)"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--update-epochs", "2"], "--update-epochs 2: OPEFO is strictly on-policy"),
+        (["--num-minibatches", "2"], "--num-minibatches 2: OPEFO is strictly on-policy"),
+        (["--static-lambda", "1.0"], "--static-lambda 1.0: must be in (-1, 1)"),
+    ],
+)
 def test_refuses_off_policy_and_invalid_settings(tmp_path, flags, message):
     """One `error:` line, exit status 2, nothing written."""
-    proc = subprocess.run([sys.executable, "opefo.py", *flags, "--output-dir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "opefo.py", *flags, "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
     assert "Traceback" not in proc.stderr and not any(tmp_path.iterdir())
@@ -256,11 +289,19 @@ def test_one_optimizer_step_per_rollout_and_the_real_flow_cancels(tmp_path, monk
     steps = []
     original = torch.optim.AdamW.step
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
-    args = opefo.Args(output_dir=str(tmp_path), run_name="exact",
-                      prompts_per_step=4, group_size=4, max_new_tokens=40,
-                      grader_workers=1, total_steps=2, micro_batch_size=5,
-                      algo=opefo.Algorithm(flow_estimator="exact", lambda_rule="balance"), eval_every=0,
-                      checkpoint_every=0)
+    args = opefo.Args(
+        output_dir=str(tmp_path),
+        run_name="exact",
+        prompts_per_step=4,
+        group_size=4,
+        max_new_tokens=40,
+        grader_workers=1,
+        total_steps=2,
+        micro_batch_size=5,
+        algo=opefo.Algorithm(flow_estimator="exact", lambda_rule="balance"),
+        eval_every=0,
+        checkpoint_every=0,
+    )
     rows = metrics(opefo.main(args))
     assert len(steps) == 2 and [r["step"] for r in rows] == [1, 2]
     for row in rows:
@@ -278,9 +319,25 @@ def test_two_step_run_logs_finite_algo_metrics_and_every_reading(tmp_path, flags
     """The default reading (net flow per token of the exact flow) and paper-expected (G₃ from the update's forward)
     act: λ is that reading's, every reading's λ is logged and finite, the strict update has ratio 1, no clipping."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "opefo.py", *TINY, *flags, "--total-steps", "2", "--output-dir",
-                           str(tmp_path), "--run-name", "e2e"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "opefo.py",
+            *TINY,
+            *flags,
+            "--total-steps",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "e2e",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = metrics(tmp_path / "e2e")
     assert [r["step"] for r in rows] == [1, 2]
@@ -313,7 +370,8 @@ def test_lambda_under_each_reading_by_hand():
         assert opefo.weighted_net_flow(i, d, opefo.balancing_lambda(i, d, side), side) == pytest.approx(0, abs=1e-15)
     assert opefo.balancing_lambda(0.0, 0.3, "increase") == 0.0 and opefo.balancing_lambda(0.3, 0.0, "decrease") == 0.0
     assert opefo.lambda_metrics({"exact": [i, d, n]}, "both") == pytest.approx(
-        {"algo/lambda_net_flow_exact": 0.02, "algo/lambda_balance_exact": 1 / 11})
+        {"algo/lambda_net_flow_exact": 0.02, "algo/lambda_balance_exact": 1 / 11}
+    )
 
 
 def fixed_softmax_batch(n_rows=8, width=12, vocab=64, seed=0):
@@ -335,8 +393,9 @@ def test_paper_expected_flow_is_the_vocabulary_mean_of_the_paper_formula():
     p = logits.softmax(-1)
     a = adv.reshape(-1, 1)
     paper_all = -a * (1 - p).square() * (p.log() + entropy[:, None])  # the paper's formula for every token a
-    torch.testing.assert_close(opefo.entropy_flow(adv.reshape(-1), logp, entropy, g, "paper-expected", g3),
-                               (p * paper_all).sum(-1))
+    torch.testing.assert_close(
+        opefo.entropy_flow(adv.reshape(-1), logp, entropy, g, "paper-expected", g3), (p * paper_all).sum(-1)
+    )
     exact_all = -a * (p * (p.log() + entropy[:, None]) - g[:, None])
     torch.testing.assert_close((p * exact_all).sum(-1), torch.zeros_like(g), atol=1e-12, rtol=0)
 
@@ -361,17 +420,25 @@ def test_readings_on_a_fixed_batch():
     logp, entropy, g, _ = (x.view(adv.shape) for x in opefo._chunk_stats(logits, tokens))
     g3 = opefo.g3_of_logits(logits).view(adv.shape)
     mask = torch.ones_like(adv)
-    flows = {e: opefo.flow_totals(opefo.entropy_flow(adv, logp, entropy, g, e, g3), mask).tolist()
-             for e in opefo.ESTIMATORS}
+    flows = {
+        e: opefo.flow_totals(opefo.entropy_flow(adv, logp, entropy, g, e, g3), mask).tolist() for e in opefo.ESTIMATORS
+    }
     lam = opefo.lambda_metrics(flows, "both")
     for e, (i, d, n) in flows.items():
         key = e.replace("-", "_")
         assert lam[f"algo/lambda_net_flow_{key}"] == pytest.approx((d - i) / n)
         assert lam[f"algo/lambda_balance_{key}"] == pytest.approx((d - i) / (d + i))
-    assert lam == pytest.approx({"algo/lambda_net_flow_exact": -0.03495, "algo/lambda_balance_exact": -0.2243,
-                                 "algo/lambda_net_flow_paper": -0.03447, "algo/lambda_balance_paper": -0.06041,
-                                 "algo/lambda_net_flow_paper_expected": 0.02219,
-                                 "algo/lambda_balance_paper_expected": 0.07594}, abs=1e-4)
+    assert lam == pytest.approx(
+        {
+            "algo/lambda_net_flow_exact": -0.03495,
+            "algo/lambda_balance_exact": -0.2243,
+            "algo/lambda_net_flow_paper": -0.03447,
+            "algo/lambda_balance_paper": -0.06041,
+            "algo/lambda_net_flow_paper_expected": 0.02219,
+            "algo/lambda_balance_paper_expected": 0.07594,
+        },
+        abs=1e-4,
+    )
 
 
 def test_paper_expected_needs_the_whole_batch_in_one_micro_batch():

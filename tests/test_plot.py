@@ -19,8 +19,15 @@ import plot  # noqa: E402
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def make_run(root: Path, name: str, seed: int, steps: int = 12, args: dict | None = None, eval_every: int = 4,
-             processes: int | None = None) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    seed: int,
+    steps: int = 12,
+    args: dict | None = None,
+    eval_every: int = 4,
+    processes: int | None = None,
+) -> Path:
     """A run directory as grpo.py writes it; `processes` adds a checkpoint with one random-state file per process."""
     run = root / name
     run.mkdir(parents=True)
@@ -32,11 +39,17 @@ def make_run(root: Path, name: str, seed: int, steps: int = 12, args: dict | Non
     rng = np.random.default_rng(seed)
     with open(run / "metrics.jsonl", "w") as f:
         for step in range(1, steps + 1):
-            row = {"step": step, "entropy/mean": 0.3 * math.exp(-step / 8) + 0.01 * rng.random(),
-                   "rollout/reward": 0.3 + 0.02 * step, "rollout/accuracy": 0.3 + 0.02 * step + 0.01 * rng.random(),
-                   "rollout/response_length_mean": 30.0 + step, "entropy/flow_increase": 1e-3 * rng.random(),
-                   "entropy/flow_decrease": 2e-3 * rng.random(), "entropy/flow_net": -1e-3 * rng.random(),
-                   "time/step_s": 1.0}
+            row = {
+                "step": step,
+                "entropy/mean": 0.3 * math.exp(-step / 8) + 0.01 * rng.random(),
+                "rollout/reward": 0.3 + 0.02 * step,
+                "rollout/accuracy": 0.3 + 0.02 * step + 0.01 * rng.random(),
+                "rollout/response_length_mean": 30.0 + step,
+                "entropy/flow_increase": 1e-3 * rng.random(),
+                "entropy/flow_decrease": 2e-3 * rng.random(),
+                "entropy/flow_net": -1e-3 * rng.random(),
+                "time/step_s": 1.0,
+            }
             if step % eval_every == 0:
                 row["eval/accuracy"] = 0.2 + 0.01 * step
             f.write(json.dumps(row) + "\n")
@@ -58,14 +71,23 @@ def test_two_runs_default_panels(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"grpo [seed 1]: {a}" in printed and f"opefo [seed 1]: {b}" in printed  # named by their exp_name
     panels = plot.select_panels([plot.load_run(str(a))], ())
-    assert [m for _, m in panels] == ["entropy/mean", "rollout/accuracy", "eval/accuracy", "rollout/response_length_mean",
-                                      "entropy/flow_increase", "entropy/flow_decrease", "entropy/flow_net"]
+    assert [m for _, m in panels] == [
+        "entropy/mean",
+        "rollout/accuracy",
+        "eval/accuracy",
+        "rollout/response_length_mean",
+        "entropy/flow_increase",
+        "entropy/flow_decrease",
+        "entropy/flow_net",
+    ]
 
 
 def test_seeds_of_one_config_become_mean_and_band(tmp_path, capsys):
     cfg = {"exp_name": "grpo", "clip_high": 0.28}
     runs = [make_run(tmp_path, f"arith__grpo__{s}__{1700000000 + s}", s, args=cfg) for s in (1, 2, 3)]
-    other = make_run(tmp_path, "arith__grpo__1__1700000009", 1, args={**cfg, "clip_high": 0.2})  # same name, other config
+    other = make_run(
+        tmp_path, "arith__grpo__1__1700000009", 1, args={**cfg, "clip_high": 0.2}
+    )  # same name, other config
     loaded = [plot.load_run(str(r)) for r in [*runs, other]]
     groups = plot.group_runs(loaded)
     assert [len(g["runs"]) for g in groups] == [3, 1]
@@ -97,16 +119,29 @@ def test_clear_errors_for_missing_metrics_file_and_unknown_metric(tmp_path):
     good = make_run(tmp_path, "arith__grpo__1__1700000000", 1)
     empty = tmp_path / "no_metrics_run"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, "plot.py", str(good), str(empty), "--out", str(tmp_path / "x.png")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "plot.py", str(good), str(empty), "--out", str(tmp_path / "x.png")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and f"{empty}: no metrics.jsonl" in proc.stderr
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(plot.PlotError, match="nope/metric"):
         plot.plot(plot.Args(runs=(str(good),), out=str(tmp_path / "y.png"), metric=("nope/metric",)))
 
 
-ARGS = {"exp_name": "grpo", "train_data": "arith", "model": "/home/u/rlvr/testbed/model", "clip_high": 0.28,
-        "learning_rate": 2e-4, "track": False, "wandb_project_name": "rlvr-entropy", "resume": None}
+ARGS = {
+    "exp_name": "grpo",
+    "train_data": "arith",
+    "model": "/home/u/rlvr/testbed/model",
+    "clip_high": 0.28,
+    "learning_rate": 2e-4,
+    "track": False,
+    "wandb_project_name": "rlvr-entropy",
+    "resume": None,
+}
 
 
 def test_one_and_two_process_runs_of_one_seed_are_not_averaged(tmp_path, capsys):
@@ -119,14 +154,18 @@ def test_one_and_two_process_runs_of_one_seed_are_not_averaged(tmp_path, capsys)
     a = make_run(tmp_path / "b", "r1", 1, args={**ARGS, "num_processes": 1})
     b = make_run(tmp_path / "b", "r2", 1, args={**ARGS, "num_processes": 2})
     assert [g["label"] for g in plot.group_runs([plot.load_run(str(a)), plot.load_run(str(b))])] == [
-        "processes=1 [seed 1]", "processes=2 [seed 1]"]
+        "processes=1 [seed 1]",
+        "processes=2 [seed 1]",
+    ]
     # not recorded anywhere: still two curves (never "[2 seeds]"), each named after its run, and a note
     c = make_run(tmp_path / "c", "arith__grpo__1__1700000000", 1, args=ARGS)
     d = make_run(tmp_path / "c", "arith__grpo__1__1700000100", 1, args=ARGS)
     capsys.readouterr()
     groups = plot.group_runs([plot.load_run(str(c)), plot.load_run(str(d))])
-    assert [g["label"] for g in groups] == ["arith__grpo (run arith__grpo__1__1700000000) [seed 1]",
-                                            "arith__grpo (run arith__grpo__1__1700000100) [seed 1]"]
+    assert [g["label"] for g in groups] == [
+        "arith__grpo (run arith__grpo__1__1700000000) [seed 1]",
+        "arith__grpo (run arith__grpo__1__1700000100) [seed 1]",
+    ]
     assert "same arguments and seed, so drawn separately, not averaged as seeds" in capsys.readouterr().out
     # a third run with another seed joins the first group as its second seed
     e = make_run(tmp_path / "c", "arith__grpo__2__1700000200", 2, args=ARGS)
@@ -153,14 +192,21 @@ def test_groups_by_arguments_and_labels_by_what_differs(tmp_path):
     ]
     groups = plot.group_runs([plot.load_run(str(r)) for r in runs])
     assert [[r["name"] for r in g["runs"]] for g in groups] == [
-        ["mine_a", "mine_b"], ["arith__grpo__1__1700000000"], ["arith__grpo__1__1700000001"],
-        ["arith__grpo__3__1700000002", "arith__grpo__4__1700000003"]]
+        ["mine_a", "mine_b"],
+        ["arith__grpo__1__1700000000"],
+        ["arith__grpo__1__1700000001"],
+        ["arith__grpo__3__1700000002", "arith__grpo__4__1700000003"],
+    ]
     assert [g["label"] for g in groups] == [
-        "clip_high=0.28, learning_rate=0.0002 [2 seeds]", "clip_high=0.2, learning_rate=0.0002 [seed 1]",
-        "clip_high=0.2, learning_rate=0.0001 [seed 1]", "arith__grpo [2 seeds]"]
+        "clip_high=0.28, learning_rate=0.0002 [2 seeds]",
+        "clip_high=0.2, learning_rate=0.0002 [seed 1]",
+        "clip_high=0.2, learning_rate=0.0001 [seed 1]",
+        "arith__grpo [2 seeds]",
+    ]
     loaded = [plot.load_run(str(r)) for r in runs[:4]]
     assert plot.default_title(loaded, plot.group_runs(loaded)) == (
-        "exp_name=grpo, train_data=arith, model=…/testbed/model — 4 runs, 3 curves")
+        "exp_name=grpo, train_data=arith, model=…/testbed/model — 4 runs, 3 curves"
+    )
 
 
 def test_axes_have_labels_and_the_figure_a_title(tmp_path):
@@ -187,8 +233,13 @@ def test_figure_goes_under_the_runs_directory_by_default(tmp_path):
     assert is_png(figure) and re.fullmatch(r"plot_\d{8}-\d{6}\.png", figure.name) and f"wrote {figure}" in proc.stdout
     assert sorted(p.name for p in REPO.iterdir()) == before  # nothing written into the repository
     # `runs/*` now also matches runs/plots: it is skipped, not an error
-    proc = subprocess.run([*cmd, str(root / "plots"), "--out", str(tmp_path / "again.png")], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*cmd, str(root / "plots"), "--out", str(tmp_path / "again.png")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and is_png(tmp_path / "again.png"), proc.stderr
     assert f"note: {root / 'plots'}: plot.py's output folder, skipped" in proc.stdout
 
@@ -197,6 +248,7 @@ def test_sparse_eval_points_are_drawn_as_logged_even_with_smoothing(tmp_path):
     import json
 
     import matplotlib
+
     matplotlib.use("Agg")
     import plot
 
@@ -228,8 +280,9 @@ def test_groups_that_differ_in_many_arguments_get_distinct_readable_labels(tmp_p
 
 
 def run_plot_cli(*argv):
-    return subprocess.run([sys.executable, "plot.py", *map(str, argv)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "plot.py", *map(str, argv)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_partial_last_line_is_skipped_with_one_note(tmp_path):
@@ -258,14 +311,17 @@ def test_empty_metrics_file_is_one_line(tmp_path):
     (empty / "metrics.jsonl").write_text("")
     proc = run_plot_cli(empty, "--out", tmp_path / "x.png")
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr.splitlines() == [f"error: nothing to draw: no metrics logged yet in {empty / 'metrics.jsonl'} (empty)"]
+    assert proc.stderr.splitlines() == [
+        f"error: nothing to draw: no metrics logged yet in {empty / 'metrics.jsonl'} (empty)"
+    ]
     assert not (tmp_path / "x.png").exists()
     # beside a run with metrics: one note, and the other run is drawn
     good = make_run(tmp_path, "arith__grpo__1__1700000000", 1)
     proc = run_plot_cli(good, empty, "--out", tmp_path / "y.png")
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.startswith("note:")] == [
-        f"note: {empty / 'metrics.jsonl'}: no metrics logged yet (empty); run left out"]
+        f"note: {empty / 'metrics.jsonl'}: no metrics logged yet (empty); run left out"
+    ]
     assert is_png(tmp_path / "y.png")
 
 
@@ -275,7 +331,9 @@ def test_missing_default_panels_are_one_note(tmp_path, capsys):
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "entropy/mean": 0.1}) + "\n" for s in (1, 2)))
     assert plot.select_panels([plot.load_run(str(run))], ()) == [("entropy/mean", "entropy/mean")]
     notes = capsys.readouterr().out.splitlines()
-    assert len(notes) == 1 and notes[0].startswith("note: no run logged rollout/accuracy or rollout/reward, eval/accuracy, ")
+    assert len(notes) == 1 and notes[0].startswith(
+        "note: no run logged rollout/accuracy or rollout/reward, eval/accuracy, "
+    )
     assert notes[0].endswith("entropy/flow_net; panels left out")
 
 
@@ -288,7 +346,10 @@ def test_default_smooths_training_curves_not_eval_points(tmp_path):
     group = {"runs": [plot.load_run(str(run))], "label": "r"}
     raw = group["runs"][0]["metrics"]["rollout/accuracy"][1]
     _, smoothed, *_ = plot.group_curve(group, "rollout/accuracy", default.smooth, default.band)
-    assert np.allclose(smoothed, plot.moving_average(raw, 5)) and np.abs(np.diff(smoothed)).max() < np.abs(np.diff(raw)).max()
+    assert (
+        np.allclose(smoothed, plot.moving_average(raw, 5))
+        and np.abs(np.diff(smoothed)).max() < np.abs(np.diff(raw)).max()
+    )
     _, evals, *_ = plot.group_curve(group, "eval/accuracy", default.smooth, default.band)
     assert np.allclose(evals, group["runs"][0]["metrics"]["eval/accuracy"][1])
     fig, _ = plot.make_figure(default, [group["runs"][0]])

@@ -11,8 +11,24 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--micro-batch-size", "8",
-              "--grader-workers", "1", "--num-eval-problems", "8", "--eval-every", "2", "--checkpoint-every", "1"]
+TINY_TRAIN = [
+    "--prompts-per-step",
+    "4",
+    "--group-size",
+    "4",
+    "--max-new-tokens",
+    "40",
+    "--micro-batch-size",
+    "8",
+    "--grader-workers",
+    "1",
+    "--num-eval-problems",
+    "8",
+    "--eval-every",
+    "2",
+    "--checkpoint-every",
+    "1",
+]
 TINY_EVAL = ["--n", "1", "--limit", "8", "--grader-workers", "1"]
 
 
@@ -26,8 +42,10 @@ def tiny(command: list[str]) -> list[str]:
     """The same command on tiny settings: fewer steps and problems (flags appended; --total-steps shrunk)."""
     script = command[1]
     if script == "grpo.py":
-        command = ["--total-steps" if a == "--total-steps" else ("3" if prev == "--total-steps" else a)
-                   for prev, a in zip([""] + command, command)]
+        command = [
+            "--total-steps" if a == "--total-steps" else ("3" if prev == "--total-steps" else a)
+            for prev, a in zip([""] + command, command)
+        ]
         return command + TINY_TRAIN + ([] if "--total-steps" in command else ["--total-steps", "2"])
     return command + (TINY_EVAL if script == "eval_math.py" else [])
 

@@ -1,6 +1,6 @@
 """Tests for common/reward.py: extraction, equivalence rules, safety, time limits, real benchmark golds.
 
-    pytest tests/test_reward.py -q
+pytest tests/test_reward.py -q
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import reward  # noqa: E402
-from common.reward import Scores, extract_answer, is_equiv, score, shutdown_workers  # noqa: E402
-from conftest import data_dir, needs_data  # noqa: E402  ($RLVR_DATA_DIR; the benchmark tests are skipped without it)
+from conftest import data_dir, needs_data
+
+from common import reward
+from common.reward import Scores, extract_answer, is_equiv, score, shutdown_workers
 
 POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"  # rejected before the parser (MAX_MAGNITUDE_DIGITS)
 SLOW = "\\boxed{(x+y+z)^{60}}"  # passes every static check; math-verify needs ~10 s of CPU against "1"
@@ -138,7 +139,10 @@ EQUAL = [
     ("\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}", "\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}"),
     ("\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}", "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"),
     ("\\begin{pmatrix}-1&0\\\\0&-1\\end{pmatrix}", "\\begin{pmatrix} -1 & 0 \\\\ 0 & -1 \\end{pmatrix}"),
-    ("\\begin{pmatrix} \\frac{1}{5} \\\\ -\\frac{18}{5} \\end{pmatrix}", "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}"),
+    (
+        "\\begin{pmatrix} \\frac{1}{5} \\\\ -\\frac{18}{5} \\end{pmatrix}",
+        "\\begin{pmatrix} 1/5 \\\\ -18/5 \\end{pmatrix}",
+    ),
     ("\\begin{bmatrix} 1 \\\\ 2 \\end{bmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"),
     # thousands separators: no space after the comma (a LaTeX thin space "\\!" is not a space)
     ("32,349", "32349"),
@@ -275,7 +279,9 @@ def test_intervals_unequal_both_ways(a, b):
 
 def test_intervals_through_worker_pool(pool):
     """The interval tables graded from whole responses (``$...$``, box, labelled answer) in the worker pool."""
-    pairs = [(a, b) for a, b in INTERVALS_EQUAL + INTERVALS_UNEQUAL] + [(b, a) for a, b in INTERVALS_EQUAL + INTERVALS_UNEQUAL]
+    pairs = [(a, b) for a, b in INTERVALS_EQUAL + INTERVALS_UNEQUAL] + [
+        (b, a) for a, b in INTERVALS_EQUAL + INTERVALS_UNEQUAL
+    ]
     expected = ([1.0] * len(INTERVALS_EQUAL) + [0.0] * len(INTERVALS_UNEQUAL)) * 2
     boxed = score([f"So \\boxed{{{a.strip('$')}}}." for a, _ in pairs], [b for _, b in pairs], timeout_s=10)
     labelled = score([f"The answer is ${a.strip('$')}$." for a, _ in pairs], [b for _, b in pairs], timeout_s=10)
@@ -284,7 +290,7 @@ def test_intervals_through_worker_pool(pool):
 
 
 def test_or_joins_only_inequalities_in_one_letter():
-    """"or" makes a union only when every part is an interval in the same letter; anything else is left as written."""
+    """ "or" makes a union only when every part is an interval in the same letter; anything else is left as written."""
     assert reward._clean("x<1 \\text{ or } y>2") == "x<1 \\text{ or } y>2"
     assert reward._clean("x = 1 \\text{ or } x = 2") == "x = 1 \\text{ or } x = 2"
     assert reward._clean("x < 1 \\text{ or } x < a") == "x < 1 \\text{ or } x < a"
@@ -330,9 +336,19 @@ def test_fast_path_rationals():
 
 @pytest.mark.parametrize(
     "answer",
-    ["9^{9^{9^{9^{9}}}}", "9^{9^9}", "10^{10^{10}}", "2^{100000000}", "(10^{10})^{10^{10}}", "1000000!",
-     "\\frac{1}{10^{10^{10}}}", "{" * 9 + "1" + "}" * 9, "\\frac{1}{" * 9 + "2" + "}" * 9, "(" * 9 + "1" + ")" * 9,
-     "1+" * 600],
+    [
+        "9^{9^{9^{9^{9}}}}",
+        "9^{9^9}",
+        "10^{10^{10}}",
+        "2^{100000000}",
+        "(10^{10})^{10^{10}}",
+        "1000000!",
+        "\\frac{1}{10^{10^{10}}}",
+        "{" * 9 + "1" + "}" * 9,
+        "\\frac{1}{" * 9 + "2" + "}" * 9,
+        "(" * 9 + "1" + ")" * 9,
+        "1+" * 600,
+    ],
 )
 def test_too_complex_answers_skip_the_parser(answer):
     """Power towers, huge factorials, deep nesting, very long answers: judged without math-verify (which
@@ -348,9 +364,19 @@ def test_too_complex_answers_skip_the_parser(answer):
 
 @pytest.mark.parametrize(
     "answer",
-    ["2^{2014}", "3^{1000}", "100!", "e^{x^2}", "x^{x^{x}}", "4.5\\times10^{33}", "10^{-19}", "\\frac{\\sqrt{3}}{2}",
-     "\\left( \\frac{3}{2}, -13 \\right)", "\\frac{2 \\pi c^{2} R^{2}}{\\lambda^{5}\\left[e^{h c /(\\lambda k T)}-1\\right] d^{2}}",
-     "{" * 8 + "1" + "}" * 8],
+    [
+        "2^{2014}",
+        "3^{1000}",
+        "100!",
+        "e^{x^2}",
+        "x^{x^{x}}",
+        "4.5\\times10^{33}",
+        "10^{-19}",
+        "\\frac{\\sqrt{3}}{2}",
+        "\\left( \\frac{3}{2}, -13 \\right)",
+        "\\frac{2 \\pi c^{2} R^{2}}{\\lambda^{5}\\left[e^{h c /(\\lambda k T)}-1\\right] d^{2}}",
+        "{" * 8 + "1" + "}" * 8,
+    ],
 )
 def test_ordinary_answers_reach_the_parser(answer):
     assert not reward._too_complex(answer)

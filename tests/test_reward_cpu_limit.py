@@ -17,8 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import reward  # noqa: E402
-from common.reward import score, shutdown_workers  # noqa: E402
+from common import reward
+from common.reward import score, shutdown_workers
 
 BUSY = "import time\nt = time.time() + 120\nwhile time.time() < t:\n    sum(i * i for i in range(1000))\n"
 COMPETITORS = 5  # busy processes pinned to the worker's core: the worker gets at most 1/6 of it
@@ -30,8 +30,10 @@ def _slow(var: str) -> str:
     return f"\\boxed{{({var[0]}+{var[1]}+{var[2]})^{{40}}}}"
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not Path("/proc/self/stat").exists(),
-                    reason="needs Linux CPU affinity and /proc")
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or not Path("/proc/self/stat").exists(),
+    reason="needs Linux CPU affinity and /proc",
+)
 def test_cpu_time_limit_survives_contention(monkeypatch):
     shutdown_workers()
     busy = []

@@ -17,9 +17,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import reward  # noqa: E402
-from common.reward import ANSWER_MODES, AUTO_ORDER, extract_answer, score, shutdown_workers  # noqa: E402
-from conftest import data_dir, needs_data  # noqa: E402  ($RLVR_DATA_DIR; the MATH-500 tests are skipped without it)
+from conftest import data_dir, needs_data
+
+from common import reward
+from common.reward import ANSWER_MODES, AUTO_ORDER, extract_answer, score, shutdown_workers
 
 MINERVA = "Final Answer: The final answer is {}. I hope it is correct."
 
@@ -81,7 +82,11 @@ EXTRACT = [
     (MINERVA.format("$\\$5$"), "minerva", "\\$5"),
     ("I said the answer is 4. Checking again, the answer is 5.", "the-answer-is", "5"),
     ("The answer is 5. Let me double-check: 2 + 3 = 5.", "the-answer-is", "5"),
-    ("I think the answer is 5, let me check.\n" + "We verify each case. " * 20, "the-answer-is", None),  # not at the end
+    (
+        "I think the answer is 5, let me check.\n" + "We verify each case. " * 20,
+        "the-answer-is",
+        None,
+    ),  # not at the end
     ("The answers vary.", "the-answer-is", None),
     ("no label at all: 5", "the-answer-is", None),
     ("The answer is", "the-answer-is", None),
@@ -154,8 +159,17 @@ def test_multi_box_is_off_by_default(pool):
         "\\boxed{1}" + "{" * 200000,
         "\\boxed{" * 15000 + "}" * 15000,
     ],
-    ids=["heads", "tails", "heads-tails", "bold-labels", "open-dollars", "many-boxes", "open-boxes",
-         "open-braces", "nested-boxes"],
+    ids=[
+        "heads",
+        "tails",
+        "heads-tails",
+        "bold-labels",
+        "open-dollars",
+        "many-boxes",
+        "open-boxes",
+        "open-braces",
+        "nested-boxes",
+    ],
 )
 def test_extract_linear_time(text):
     t0 = time.perf_counter()
@@ -193,8 +207,16 @@ def test_no_answer_count(pool):
 
 def test_hedged_labelled_answers_score_0(pool):
     """Two candidates in one labelled statement never match either of them."""
-    texts = ["The answer is $5$ or $7$.", "The answer is $5$, $7$", "The answer is 5 or 7.", "**Answer:** $5$ or $7$",
-             "Answer: $5$ or $7$", MINERVA.format("$5$ or $7$"), MINERVA.format("$5$, $7$"), "\\boxed{5 \\text{ or } 7}"]
+    texts = [
+        "The answer is $5$ or $7$.",
+        "The answer is $5$, $7$",
+        "The answer is 5 or 7.",
+        "**Answer:** $5$ or $7$",
+        "Answer: $5$ or $7$",
+        MINERVA.format("$5$ or $7$"),
+        MINERVA.format("$5$, $7$"),
+        "\\boxed{5 \\text{ or } 7}",
+    ]
     for gold in ("5", "7"):
         got = score(texts, [gold] * len(texts))
         assert got == [0.0] * len(texts) and got.no_answer == 0
@@ -276,7 +298,13 @@ def test_math500_matrix_golds(pool):
 def test_math500_interval_golds(pool):
     golds = _math500_golds()
     assert "x \\in [-2,7]" in golds and "(-\\infty, 0]" in golds and "(5,\\infty)" in golds
-    responses = ["\\boxed{-2 \\le x \\le 7}", "\\boxed{x \\le 0}", "\\boxed{x > 5}", "\\boxed{-2 < x \\le 7}",
-                 "\\boxed{x < 0}", "\\boxed{x \\ge 5}"]
+    responses = [
+        "\\boxed{-2 \\le x \\le 7}",
+        "\\boxed{x \\le 0}",
+        "\\boxed{x > 5}",
+        "\\boxed{-2 < x \\le 7}",
+        "\\boxed{x < 0}",
+        "\\boxed{x \\ge 5}",
+    ]
     gold = ["x \\in [-2,7]", "(-\\infty, 0]", "(5,\\infty)", "x \\in [-2,7]", "(-\\infty, 0]", "(5,\\infty)"]
     assert score(responses, gold) == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]

@@ -10,17 +10,25 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ["grpo.py", "opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py"]
 BANNER = re.compile(r"^# ─── (SHARED|ALGORITHM): (.+?) ─+$", re.M)
 REQUIRED = [
-    ("SHARED", "imports"), ("SHARED", "arguments"), ("ALGORITHM", "arguments"),
-    ("SHARED", "token statistics and entropy change"), ("SHARED", "advantages and loss aggregation"),
-    ("ALGORITHM", "loss"), ("SHARED", "rollout"), ("SHARED", "logging, evaluation, checkpoints"), ("SHARED", "main loop"),
+    ("SHARED", "imports"),
+    ("SHARED", "arguments"),
+    ("ALGORITHM", "arguments"),
+    ("SHARED", "token statistics and entropy change"),
+    ("SHARED", "advantages and loss aggregation"),
+    ("ALGORITHM", "loss"),
+    ("SHARED", "rollout"),
+    ("SHARED", "logging, evaluation, checkpoints"),
+    ("SHARED", "main loop"),
 ]
 
 
 def sections(path: Path) -> list[tuple[str, str, str]]:
     text = path.read_text()
     marks = list(BANNER.finditer(text))
-    return [(m.group(1), m.group(2), text[m.end(): marks[i + 1].start() if i + 1 < len(marks) else len(text)])
-            for i, m in enumerate(marks)]
+    return [
+        (m.group(1), m.group(2), text[m.end() : marks[i + 1].start() if i + 1 < len(marks) else len(text)])
+        for i, m in enumerate(marks)
+    ]
 
 
 def present_scripts():
@@ -47,8 +55,11 @@ def test_every_argument_has_a_help_text(script):
     text = (REPO / script).read_text()
     lines = text.splitlines()
     tree = ast.parse(text)
-    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)
-               and any(getattr(d, "id", None) == "dataclass" for d in n.decorator_list)]
+    classes = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.ClassDef) and any(getattr(d, "id", None) == "dataclass" for d in n.decorator_list)
+    ]
     assert {"Args", "Algorithm"} <= {c.name for c in classes}, f"{script}: no Args or Algorithm dataclass"
     for cls in classes:
         for i, node in enumerate(cls.body):

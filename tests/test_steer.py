@@ -25,6 +25,7 @@ def entropy_of(z):
 
 # ── Ω_t ──────────────────────────────────────────────────────────────────────────────────────────
 
+
 def test_omega_hand_computed():
     # A = 1, π = 0.5, π_old = 0.25, H_old = 1: r = 2, Ω = 1 · 2 · 0.5 · (ln 0.5 + 1)
     # A = −2, π = π_old = 0.9, H_old = 0.2: r = 1, Ω = −2 · 0.1 · (ln 0.9 + 0.2)
@@ -34,8 +35,9 @@ def test_omega_hand_computed():
     old_entropy = torch.tensor([[1.0, 0.2]])
     want = torch.tensor([[2 * 0.5 * (math.log(0.5) + 1), -2 * 0.1 * (math.log(0.9) + 0.2)]])
     torch.testing.assert_close(steer.steer_omega(adv, logp, old_logp, old_entropy), want)
-    torch.testing.assert_close(steer.steer_omega_first_order(adv, logp, old_logp, old_entropy),
-                               want * torch.tensor([[0.5, 0.9]]))
+    torch.testing.assert_close(
+        steer.steer_omega_first_order(adv, logp, old_logp, old_entropy), want * torch.tensor([[0.5, 0.9]])
+    )
 
 
 def test_omega_matches_the_closed_form_and_is_detached():
@@ -48,8 +50,9 @@ def test_omega_matches_the_closed_form_and_is_detached():
     omega = steer.steer_omega(adv, logp, old_logp, old_entropy)
     assert not omega.requires_grad
     torch.testing.assert_close(omega, adv * r * (1 - pi) * (logp.detach() + old_entropy), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(steer.steer_omega_first_order(adv, logp, old_logp, old_entropy), omega * pi,
-                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(
+        steer.steer_omega_first_order(adv, logp, old_logp, old_entropy), omega * pi, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_first_order_omega_is_the_entropy_change_less_the_off_action_terms():
@@ -66,7 +69,7 @@ def test_first_order_omega_is_the_entropy_change_less_the_off_action_terms():
     logp, entropy, g = grpo.token_stats(z, tokens)
     omega = steer.steer_omega_first_order(adv, logp, logp, entropy)  # r = 1
     pi = logp.exp()
-    torch.testing.assert_close(dh, -(omega + adv * (pi ** 2 * (logp + entropy) - g)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(dh, -(omega + adv * (pi**2 * (logp + entropy) - g)), rtol=1e-4, atol=1e-6)
 
 
 def test_omega_sign_is_minus_the_entropy_change_on_peaked_distributions():
@@ -86,7 +89,8 @@ def test_omega_sign_is_minus_the_entropy_change_on_peaked_distributions():
     omega = steer.steer_omega(adv, logp, logp, entropy)
     assert ((omega > 0) == ((adv > 0) == likely))[(omega != 0)].all()
     assert {(True, True), (True, False), (False, True), (False, False)} <= set(
-        zip((adv > 0).tolist(), likely.tolist()))  # all four quadrants were exercised
+        zip((adv > 0).tolist(), likely.tolist())
+    )  # all four quadrants were exercised
 
 
 def test_omega_non_finite_values_become_zero():
@@ -104,17 +108,18 @@ def test_omega_non_finite_values_become_zero():
 
 # ── weights ──────────────────────────────────────────────────────────────────────────────────────
 
+
 def test_exp_weights_hand_computed():
     omega = torch.tensor([[0.1, -0.2, 0.4, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the 5.0 is padding: not in max|Ω| and weight 0
     w = steer.steer_weights(omega, mask)  # k = −ln 0.8 / 0.4: w = 0.8^(|Ω| / 0.4)
-    torch.testing.assert_close(w, torch.tensor([[0.8 ** 0.25, 0.8 ** 0.5, 0.8, 0.0]]))
+    torch.testing.assert_close(w, torch.tensor([[0.8**0.25, 0.8**0.5, 0.8, 0.0]]))
     # max|Ω| below the floor 0.02: k = −ln 0.8 / 0.02
     w = steer.steer_weights(torch.tensor([0.01, 0.005]), torch.ones(2))
-    torch.testing.assert_close(w, torch.tensor([0.8 ** 0.5, 0.8 ** 0.25]))
+    torch.testing.assert_close(w, torch.tensor([0.8**0.5, 0.8**0.25]))
     # another λ_min; w_max is not used by exp mode
     w = steer.steer_weights(torch.tensor([0.3, 0.6]), torch.ones(2), mode="exp", w_min=0.5, w_max=3.0)
-    torch.testing.assert_close(w, torch.tensor([0.5 ** 0.5, 0.5]))
+    torch.testing.assert_close(w, torch.tensor([0.5**0.5, 0.5]))
 
 
 def test_linear_weights_hand_computed():
@@ -187,16 +192,22 @@ def test_global_range_combines_processes(tmp_path):
 
 # ── the loss hook ────────────────────────────────────────────────────────────────────────────────
 
+
 def make_batch(seed=4, rows=6, width=7):
     torch.manual_seed(seed)
     lengths = torch.randint(1, width + 1, (rows,))
     response_mask = (torch.arange(width)[None] < lengths[:, None]).float()
     loss_mask = response_mask.clone()
     loss_mask[-1] = 0  # a masked-out response (e.g. a padding group)
-    return {"adv": torch.randn(rows, 1).expand(rows, width).contiguous(), "loss_mask": loss_mask,
-            "response_mask": response_mask, "logp_old": -torch.rand(rows, width) * 4,
-            "entropy_old": torch.rand(rows, width) * 2, "g_old": torch.zeros(rows, width),
-            "rollout_logp": torch.zeros(rows, width)}
+    return {
+        "adv": torch.randn(rows, 1).expand(rows, width).contiguous(),
+        "loss_mask": loss_mask,
+        "response_mask": response_mask,
+        "logp_old": -torch.rand(rows, width) * 4,
+        "entropy_old": torch.rand(rows, width) * 2,
+        "g_old": torch.zeros(rows, width),
+        "rollout_logp": torch.zeros(rows, width),
+    }
 
 
 @pytest.mark.parametrize("stats", ["micro-batch", "global"])
@@ -285,16 +296,25 @@ def test_first_update_ratio_is_one_and_weights_use_old_entropy():
 
 # ── command line ─────────────────────────────────────────────────────────────────────────────────
 
-@pytest.mark.parametrize("flags, message", [
-    (["--weight-min", "0"], "--weight-min"),
-    (["--weight-min", "1.5"], "--weight-min"),
-    (["--weight-mode", "linear", "--weight-min", "1.3", "--weight-max", "1.2"], "--weight-mode linear"),
-    (["--weight-mode", "linear", "--weight-min", "-0.1"], "--weight-mode linear"),
-    (["--omega-max-floor", "0"], "--omega-max-floor"),
-])
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--weight-min", "0"], "--weight-min"),
+        (["--weight-min", "1.5"], "--weight-min"),
+        (["--weight-mode", "linear", "--weight-min", "1.3", "--weight-max", "1.2"], "--weight-mode linear"),
+        (["--weight-mode", "linear", "--weight-min", "-0.1"], "--weight-mode linear"),
+        (["--omega-max-floor", "0"], "--omega-max-floor"),
+    ],
+)
 def test_invalid_flags_exit_2_with_one_error_line(tmp_path, flags, message):
-    proc = subprocess.run([sys.executable, "steer.py", *flags, "--output-dir", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "steer.py", *flags, "--output-dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
@@ -305,18 +325,54 @@ def test_invalid_flags_exit_2_with_one_error_line(tmp_path, flags, message):
 ALGO_METRICS = ["algo/weight_mean", "algo/weight_min", "algo/weight_max", "algo/omega_abs_mean", "algo/omega_abs_max"]
 
 
-@pytest.mark.parametrize("flags, low, high", [
-    ([], 0.8, 1.0),
-    (["--weight-stats", "global", "--weight-mode", "linear", "--omega-form", "first-order", "--num-minibatches", "2",
-      "--micro-batch-size", "4"], 0.8, 1.2),
-])
+@pytest.mark.parametrize(
+    "flags, low, high",
+    [
+        ([], 0.8, 1.0),
+        (
+            [
+                "--weight-stats",
+                "global",
+                "--weight-mode",
+                "linear",
+                "--omega-form",
+                "first-order",
+                "--num-minibatches",
+                "2",
+                "--micro-batch-size",
+                "4",
+            ],
+            0.8,
+            1.2,
+        ),
+    ],
+)
 def test_two_step_run_logs_finite_algo_metrics(tmp_path, flags, low, high):
-    args = ["--total-steps", "2", "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40",
-            "--eval-every", "0", "--grader-workers", "1", "--micro-batch-size", "8", *flags,
-            "--output-dir", str(tmp_path), "--run-name", "steer"]
+    args = [
+        "--total-steps",
+        "2",
+        "--prompts-per-step",
+        "4",
+        "--group-size",
+        "4",
+        "--max-new-tokens",
+        "40",
+        "--eval-every",
+        "0",
+        "--grader-workers",
+        "1",
+        "--micro-batch-size",
+        "8",
+        *flags,
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "steer",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "steer.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "steer.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = [json.loads(line) for line in (tmp_path / "steer" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
@@ -335,11 +391,22 @@ def test_defaults_are_the_authors_structure_and_the_weights_act(tmp_path):
     """`python steer.py` as shipped: 16 minibatch updates per rollout, |Ω| statistics per micro-batch of 8 sequences
     (the authors': 8 per GPU); every micro-batch's largest |Ω| gets λ_min = 0.8, and PPO clipping acts."""
     assert (steer.Args().num_minibatches, steer.Args().micro_batch_size) == (16, 8)
-    args = ["--total-steps", "2", "--eval-every", "0", "--grader-workers", "1", "--output-dir", str(tmp_path),
-            "--run-name", "defaults"]
+    args = [
+        "--total-steps",
+        "2",
+        "--eval-every",
+        "0",
+        "--grader-workers",
+        "1",
+        "--output-dir",
+        str(tmp_path),
+        "--run-name",
+        "defaults",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "steer.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "steer.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     saved = json.loads((tmp_path / "defaults" / "args.json").read_text())
     assert (saved["num_minibatches"], saved["micro_batch_size"]) == (16, 8)

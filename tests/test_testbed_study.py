@@ -21,16 +21,20 @@ def test_paired_difference_and_verdicts():
     base = [{"seed": s, "x": 0.0, "acted": None} for s in (1, 2, 3, 4, 5)]
     rows = [{"seed": s, "x": d, "acted": 1.0, "action": 0.1} for s, d in ((1, 1.0), (2, 2.0), (3, 3.0))]
     diff, half, n = testbed_study.paired(rows, base, "x")
-    assert (diff, n) == (2.0, 3) and half == pytest.approx(4.303 / 3 ** 0.5)  # sd 1, t(0.975, 2 df) = 4.303
+    assert (diff, n) == (2.0, 3) and half == pytest.approx(4.303 / 3**0.5)  # sd 1, t(0.975, 2 df) = 4.303
     by_method = {"m": rows, "b": base}
     assert testbed_study.verdict(by_method, "m", "b", "x", +1)[0] == "unresolved"  # 2 ± 2.48 contains 0
     close = [dict(r, x=2 + (r["x"] - 2) / 10) for r in rows]  # 2 ± 0.25
     assert testbed_study.verdict({"m": close, "b": base}, "m", "b", "x", +1)[0] == "yes"
     assert testbed_study.verdict({"m": close, "b": base}, "m", 2.5, "x", -1)[0] == "yes"  # a constant: 2 ± 0.25 < 2.5
-    assert testbed_study.verdict({"m": [dict(r, x=r["x"] + 3) for r in rows], "b": base}, "m", "b", "x", -1)[0] == \
-        "no (the opposite)"
-    assert testbed_study.verdict({"m": [dict(r, acted=0.0) for r in rows], "b": base}, "m", "b", "x", +1)[0] == \
-        "not compared (did not act)"
+    assert (
+        testbed_study.verdict({"m": [dict(r, x=r["x"] + 3) for r in rows], "b": base}, "m", "b", "x", -1)[0]
+        == "no (the opposite)"
+    )
+    assert (
+        testbed_study.verdict({"m": [dict(r, acted=0.0) for r in rows], "b": base}, "m", "b", "x", +1)[0]
+        == "not compared (did not act)"
+    )
 
 
 def test_runs_file_rewritten_from_parallel_threads(tmp_path):
@@ -44,8 +48,13 @@ def test_runs_file_rewritten_from_parallel_threads(tmp_path):
 
 
 def test_study_tiny(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/testbed_study.py", "--tiny", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/testbed_study.py", "--tiny", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     chosen = testbed_study.study_rows(rows)
@@ -66,5 +75,7 @@ def test_study_tiny(tmp_path):
 def test_readme_study_tables_are_generated_from_the_committed_runs_file():
     rows = [json.loads(line) for line in RUNS_FILE.read_text().splitlines()]
     readme = (REPO / "README.md").read_text()
-    missing = [line for line in testbed_study.report(rows, 4).splitlines() if line.startswith("|") and line not in readme]
+    missing = [
+        line for line in testbed_study.report(rows, 4).splitlines() if line.startswith("|") and line not in readme
+    ]
     assert not missing, f"README lines not generated from {RUNS_FILE.name}: {missing[:3]}"

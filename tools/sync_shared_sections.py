@@ -18,8 +18,10 @@ def split_sections(text: str) -> tuple[str, list[tuple[str, str, str]]]:
     """(text before the first banner, [(kind, name, banner line + body)])."""
     marks = list(BANNER.finditer(text))
     head = text[: marks[0].start()] if marks else text
-    return head, [(m.group(1), m.group(2), text[m.start(): marks[i + 1].start() if i + 1 < len(marks) else len(text)])
-                  for i, m in enumerate(marks)]
+    return head, [
+        (m.group(1), m.group(2), text[m.start() : marks[i + 1].start() if i + 1 < len(marks) else len(text)])
+        for i, m in enumerate(marks)
+    ]
 
 
 def synced(fork_text: str, reference_text: str) -> str:
