@@ -52,10 +52,18 @@ MIN_RUN_S = 30.0  # a run is not started with less of the budget left
 # Qwen2 shapes: ~150M parameters for the GPU check, ~1M for --tiny (vocabulary: the testbed tokenizer's, padded)
 RANDOM_MODELS = {
     "qwen2-random-150m": {
-        "hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16, "num_key_value_heads": 4, "intermediate_size": 3072
+        "hidden_size": 1024,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "intermediate_size": 3072,
     },
     "qwen2-random-1m": {
-        "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 512
+        "hidden_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
     },
 }
 

@@ -161,7 +161,8 @@ def test_regions_follow_the_sign_of_the_token_specific_entropy_change():
 
 # ── token loss ────────────────────────────────────────────────────────────────────────────────────────
 CASES = {  # A > 0 above r_max, inside, A < 0 below r_min, inside, A > 0 below r_min, A < 0 beyond c
-    "adv": [1.0, 1.0, -1.0, -1.0, 1.0, -1.0], "ratio": [1.6, 1.1, 0.6, 0.9, 0.5, 12.0]
+    "adv": [1.0, 1.0, -1.0, -1.0, 1.0, -1.0],
+    "ratio": [1.6, 1.1, 0.6, 0.9, 0.5, 12.0],
 }
 
 
