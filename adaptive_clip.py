@@ -51,6 +51,7 @@ Run:  python adaptive_clip.py               # CPU, testbed model, the synthetic 
 """
 
 # ─── SHARED: imports ───────────────────────────────────────────────────────────────────────────
+import dataclasses
 import fcntl
 import importlib.util
 import itertools
@@ -85,9 +86,10 @@ transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bars o
 
 
 # ─── SHARED: arguments ─────────────────────────────────────────────────────────────────────────
+# The flags, one line each, in the groups `--help` shows. `Args` is all of them, flat (`args.seed`); the method's
+# own flags are `args.algo` (the `Algorithm` dataclass of the ALGORITHM section, the first group in `--help`).
 @dataclass
-class Args:
-    # experiment
+class Experiment:
     exp_name: str = os.path.splitext(SCRIPT)[0]  # name of the experiment (the script's file name)
     seed: int = 1  # seed of data order, sampling and evaluation
     torch_deterministic: bool = True  # deterministic torch algorithms where they exist (warn_only)
@@ -98,11 +100,14 @@ class Args:
     track: bool = False  # mirror the TensorBoard logs to Weights & Biases (needs `pip install wandb`)
     wandb_project_name: str = "rlvr-entropy"  # Weights & Biases project
     wandb_entity: str | None = None  # Weights & Biases entity (team)
-    # model and data
-    model: str = (
-        "testbed/model"  # HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)
-    )
-    train_data: str = "paths"  # training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet
+
+
+@dataclass
+class ModelAndData:
+    model: str = "testbed/model"
+    """HF model id or folder, or a run / checkpoint folder of these scripts (its newest model)"""
+    train_data: str = "paths"
+    """training problems: a data-set name (paths: the testbed task) or a .jsonl/.json/.parquet"""
     train_split: str | None = None  # split of train_data (None: the loader's choice)
     eval_data: str = "paths"  # held-out problems evaluated every eval_every steps (same forms as train_data)
     eval_split: str | None = "test"  # split of eval_data
@@ -110,7 +115,10 @@ class Args:
     skip_invalid: bool = False  # skip (and count) data rows without a usable question or answer instead of stopping
     template: Literal["plain", "qwen-math", "dapo"] = "plain"  # prompt template (plain: testbed; others: real models)
     max_prompt_length: int = 1024  # longer prompts are skipped at load time (the count is printed)
-    # rollout
+
+
+@dataclass
+class Rollout:
     rollout_engine: Literal["auto", "vllm", "hf"] = "auto"  # auto: vLLM with CUDA and vLLM installed, else HF generate
     prompts_per_step: int = 16  # prompts per rollout step, summed over all processes
     group_size: int = 8  # responses per prompt (G)
@@ -118,29 +126,32 @@ class Args:
     top_p: float = 1.0  # rollout nucleus sampling (vLLM only; 1.0 keeps the gradient unbiased)
     max_new_tokens: int = 64  # maximum response length in tokens
     hf_generation_batch_size: int = 256  # sequences per `generate` call of the HF engine
-    rollout_is_cap: float | None = (
-        None  # truncated IS: loss × min(π_old/π_rollout, C); 0: off; None: 2 with vLLM, else 0
-    )
+    rollout_is_cap: float | None = None
+    """truncated IS: loss × min(π_old/π_rollout, C); 0: off; None: 2 with vLLM, else 0"""
     vllm_gpu_memory_utilization: float = 0.3  # fraction of GPU memory vLLM may take (colocated with training)
     vllm_sleep_mode: bool = False  # offload vLLM weights and free its KV cache between rollouts (sleep level 1)
     vllm_max_model_len: int = 4096  # vLLM context length (prompt + response)
-    # rewards and advantages
-    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = (
-        "auto"  # last \boxed{}, ..., or all in turn
-    )
+
+
+@dataclass
+class Rewards:
+    answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"
+    r"""last \boxed{}, ..., or all in turn"""
     multi_box: bool = False  # read several nearby \boxed{} as one set answer ("find all" questions)
     reward_range: Literal["01", "pm1"] = "01"  # reward of a correct / incorrect response: 1 / 0, or DAPO's +1 / −1
     grader_timeout_s: float = 5.0  # time limit per graded response (exceeded: incorrect)
     grader_workers: int = 2  # grader worker processes per training process
-    scale_rewards: Literal["group", "batch", "none"] = (
-        "group"  # advantage scale: group std (GRPO), batch std, none (Dr.GRPO)
-    )
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """advantage scale: group std (GRPO), batch std, none (Dr.GRPO)"""
     filter_groups: bool = False  # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more
     max_gen_batches: int = 10  # with filter_groups: most generation batches per step (then train on what was kept)
     overlong_buffer: int = 0  # DAPO overlong shaping: penalise responses longer than max_new_tokens − buffer (0: off)
     overlong_penalty_factor: float = 1.0  # DAPO overlong shaping: the penalty at max_new_tokens
     mask_truncated: bool = False  # exclude responses that hit max_new_tokens from the loss
-    # optimisation
+
+
+@dataclass
+class Optimisation:
     total_steps: int = 200  # rollout steps
     learning_rate: float = 2e-4  # AdamW learning rate (the testbed's; paper-scale runs use 1e-6)
     lr_warmup_steps: int = 0  # linear warm-up, in rollout steps
@@ -152,17 +163,24 @@ class Args:
     micro_batch_size: int = 64  # sequences per forward/backward on each process
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (long responses)
-    # loss
+
+
+@dataclass
+class Loss:
     clip_low: float = 0.2  # ε_low: the ratio is clipped below at 1 − ε_low (A < 0)
     clip_high: float = 0.28  # ε_high: the ratio is clipped above at 1 + ε_high (A > 0; DAPO clip-higher)
     dual_clip_c: float = 10.0  # dual-clip bound c > 1 for A < 0 (loss ≤ −A·c); 0: off
     loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
-        "token-mean"  # aggregation over a minibatch on all processes: tokens, sequences, or B·L (Dr.GRPO)
+        "token-mean"
     )
+    """aggregation over a minibatch on all processes: tokens, sequences, or B·L (Dr.GRPO)"""
     loss_scale_factor: float | None = None  # L of seq-mean-token-sum-norm (None: max_new_tokens)
     kl_coef: float = 0.0  # β of the k3 KL penalty to the initial model (loaded only when > 0)
     ent_coef: float = 0.0  # α of the entropy bonus −α·H_t (the "Entropy-Reg" baseline)
-    # logging, evaluation, checkpoints
+
+
+@dataclass
+class Logging:
     eval_every: int = 25  # evaluate every this many steps, before the first and after the last (0: never)
     num_eval_problems: int = 256  # first problems of eval_data used for evaluation
     eval_n: int = 1  # samples per evaluation problem (avg@n)
@@ -173,179 +191,37 @@ class Args:
     keep_checkpoints: int = 2  # newest checkpoints kept (a resume never deletes those it found)
     entropy_chunk_size: int = 1024  # rows of [tokens × vocab] processed at once for log-probs, entropy and G
     measure_entropy_change: bool = False  # re-run the batch after the update and log the realised entropy change
+
+
+ARG_GROUPS = {  # the groups of `--help`, in order (after the method's own flags)
+    "experiment": Experiment,
+    "model_and_data": ModelAndData,
+    "rollout": Rollout,
+    "rewards_and_advantages": Rewards,
+    "optimisation": Optimisation,
+    "loss": Loss,
+    "logging_evaluation_checkpoints": Logging,
+}
+
+
+@dataclass
+class Args(Logging, Loss, Optimisation, Rewards, Rollout, ModelAndData, Experiment):  # fields: Experiment's first
+    """Every flag of the run, flat; the method's flags in `algo`."""
+
     algo: "Algorithm" = field(default_factory=lambda: Algorithm())  # the method's flags (ALGORITHM section)
 
 
 # flags a resumed run may change; the others define the run and must match it
-RESUMABLE = {
-    "total_steps",
-    "eval_every",
-    "num_eval_problems",
-    "eval_n",
-    "eval_temperature",
-    "output_dir",
-    "run_name",
-    "resume",
-    "track",
-    "wandb_project_name",
-    "wandb_entity",
-    "log_completions_every",
-    "num_completions_to_log",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "grader_workers",
-    "threads",
-    "grader_timeout_s",
-    "data_dir",
-    "entropy_chunk_size",
-    "measure_entropy_change",
-    "hf_generation_batch_size",
-}
+RESUMABLE = set(
+    "total_steps eval_every num_eval_problems eval_n eval_temperature output_dir run_name resume track "
+    "wandb_project_name wandb_entity log_completions_every num_completions_to_log checkpoint_every "
+    "keep_checkpoints grader_workers threads grader_timeout_s data_dir entropy_chunk_size "
+    "measure_entropy_change hf_generation_batch_size".split()
+)
 MOST_USED = (
     "Most runs set: --model --template --train-data --eval-data --total-steps --learning-rate "
     "--prompts-per-step --group-size --max-new-tokens --micro-batch-size --resume; `accelerate launch` for GPUs."
 )
-
-
-class UsageError(ValueError):
-    """A mistake in the arguments or the files they name: one `error: ...` line, exit status 2."""
-
-
-class RunError(RuntimeError):
-    """A run that cannot go on (a checkpoint not written, every update skipped): one `error: ...` line, exit 1."""
-
-
-def flat_args(args: Args) -> dict:
-    """{flag: value}, the method's flags included (what `args.json`, TensorBoard and W&B record)."""
-    return {k: v for k, v in {**asdict(args), **asdict(args.algo)}.items() if k != "algo"}
-
-
-def saved_args(run_dir: str | None, name: str = "args.json") -> dict:
-    """The flat arguments of a run (its `args.json`), or another JSON file of it; {} if missing or damaged."""
-    saved = {}
-    with suppress(OSError, TypeError, ValueError), open(os.path.join(run_dir, name)) as f:  # TypeError: no run_dir
-        saved = json.load(f)
-    return {**saved, **saved.get("algo", {})}  # older runs nest the method's flags
-
-
-def parse_args(argv: list[str] | None = None) -> Args:
-    """The command line; with `--resume RUN` the run's own arguments are the defaults and a flag given changes one."""
-    parse = lambda default=None: tyro.cli(
-        Args,
-        args=argv,
-        default=default,
-        config=(tyro.conf.OmitArgPrefixes,),
-        description=__doc__.split("\n\n")[0] + "\n" + MOST_USED,
-    )
-    args = parse()
-    saved = saved_args(args.resume)  # another script's run is refused by check_args
-    known = lambda cls: {k: v for k, v in saved.items() if k in cls.__dataclass_fields__ and k != "algo"}  # noqa
-    return parse(Args(**known(Args), algo=Algorithm(**known(Algorithm)))) if saved.get("script") == SCRIPT else args
-
-
-def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
-    """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
-    seqs, value = args.prompts_per_step // world * args.group_size, lambda flag: getattr(args, flag)
-    for flag, ok, requirement in [
-        *[
-            (f, value(f) >= 1, ">= 1")
-            for f in (
-                "max_new_tokens",
-                "total_steps",
-                "micro_batch_size",
-                "update_epochs",
-                "entropy_chunk_size",
-                "hf_generation_batch_size",
-                "keep_checkpoints",
-                "max_gen_batches",
-            )
-        ],
-        *[
-            (f, value(f) >= 0, ">= 0")
-            for f in (
-                "threads",
-                "eval_every",
-                "checkpoint_every",
-                "kl_coef",
-                "ent_coef",
-                "weight_decay",
-                "lr_warmup_steps",
-                "grader_workers",
-            )
-        ],
-        *[
-            (f, value(f) is None or value(f) > 0, "> 0")
-            for f in (
-                "temperature",
-                "learning_rate",
-                "max_grad_norm",
-                "grader_timeout_s",
-                "eval_temperature",
-                "loss_scale_factor",
-            )
-        ],
-        (
-            "prompts_per_step",
-            args.prompts_per_step >= 1 and args.prompts_per_step % world == 0,
-            f"a positive multiple of the {world} processes",
-        ),
-        (
-            "group_size",
-            args.group_size >= 2 or (args.group_size == 1 and args.scale_rewards == "none"),
-            ">= 2 (1 has no group statistics: only with --scale-rewards none)",
-        ),
-        ("top_p", 0 < args.top_p <= 1 and (args.top_p == 1 or engine == "vllm"), "in (0, 1], and 1 with the HF engine"),
-        (
-            "num_minibatches",
-            args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
-            f"a divisor of the {seqs} sequences per process (--prompts-per-step / processes × --group-size)",
-        ),
-        ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
-        ("dual_clip_c", args.dual_clip_c == 0 or args.dual_clip_c > 1, "0 (off) or > 1"),
-        ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
-        ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
-        (
-            "num_eval_problems",
-            args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
-            ">= 1, with --eval-n >= 1 (or --eval-every 0)",
-        ),
-    ]:
-        if not ok:
-            raise UsageError(f"--{flag.replace('_', '-')} {value(flag)}: must be {requirement}")
-    if fsdp1:
-        raise UsageError(
-            "FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 (configs/fsdp.yaml)"
-        )
-    if engine != "vllm" and args.rollout_engine == "vllm":
-        raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
-    resolve_model(args.model)
-    existing = os.path.abspath(args.resume or args.output_dir)  # unwritable: fail now, not at the first checkpoint
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"--output-dir {args.output_dir} is not writable ({existing} is read-only)")
-    saved = saved_args(args.resume)
-    if args.resume and saved.get("script") != SCRIPT:
-        raise UsageError(
-            f"--resume {args.resume}: "
-            + (
-                f"written by {saved.get('script')}, not {SCRIPT}"
-                if saved
-                else "not a run directory (no readable args.json)"
-            )
-        )
-    changed = [
-        f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})"
-        for k, v in flat_args(args).items()
-        if k not in RESUMABLE and k in saved and saved[k] != v
-    ]  # a flag newer than the run: its default
-    if changed:
-        raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
-    if not args.resume and args.run_name and os.path.exists(os.path.join(args.output_dir, args.run_name)):
-        raise UsageError(
-            f"--run-name {args.run_name}: {os.path.join(args.output_dir, args.run_name)} exists; "
-            "continue it with --resume, or choose another --run-name"
-        )
 
 
 # ─── ALGORITHM: arguments ──────────────────────────────────────────────────────────────────────
@@ -383,9 +259,8 @@ class Algorithm:
     instead of none (not part of FEC as published)"""
     gp_beta1: float = 1.0
     """β₁ of --gradient-preserving: gradient scale of A < 0 tokens below r_min (GPPO 1; CE-GPPO 0.25 to 0.75)"""
-    gp_beta2: float = (
-        1.0  # β₂ of --gradient-preserving: gradient scale of A > 0 tokens above r_max (GPPO and CE-GPPO 1)
-    )
+    gp_beta2: float = 1.0
+    """β₂ of --gradient-preserving: gradient scale of A > 0 tokens above r_max (GPPO and CE-GPPO 1)"""
 
 
 @dataclass
@@ -394,135 +269,16 @@ class Args(Args):  # the paper-scale recipe's structure at testbed scale (shared
     learning_rate: float = 5e-5  # the testbed's rate for 16 updates per rollout (GRPO there: 2e-4 collapses, README)
 
 
-# ─── SHARED: token statistics and entropy change ───────────────────────────────────────────────
-def _chunk_stats(logits, tokens):
-    """logp of the sampled tokens, H = −Σ p log p, G = Σ p² log p + H Σ p² and logsumexp of logits [c, V]
-    (fp32, fp64 for fp64 logits). Three [c, V] buffers at most; every summed term has one sign."""
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)
-    lse = torch.logsumexp(z, dim=-1)
-    z.sub_(lse[:, None])  # log p
-    p = z.exp()
-    entropy = -(p * z).sum(-1)
-    p.square_()
-    g = (p * z).sum(-1) + entropy * p.sum(-1)
-    return z.gather(1, tokens[:, None]).squeeze(1), entropy, g, lse
-
-
-def _chunk_grad(logits, tokens, lse, entropy, grad_logp, grad_entropy):
-    """d(Σ grad_logp·ℓ + grad_entropy·H)/dz for logits [c, V]: ∂ℓ/∂z = e_a − p, ∂H/∂z = −p (log p + H)."""
-    grad = logits.to(lse.dtype, copy=True).sub_(lse[:, None])  # log p
-    p = grad.exp()
-    grad.add_(entropy[:, None]).mul_(grad_entropy[:, None]).add_(grad_logp[:, None]).mul_(p).neg_()
-    del p
-    grad.scatter_add_(1, tokens[:, None], grad_logp[:, None])
-    return grad.to(logits.dtype)
-
-
-_compiled = {}  # on CUDA, torch.compile fuses each chunk's passes over V (~10x, benchmarks/bench_token_stats.py)
-_maybe_compiled = lambda fn, on: (_compiled.get(fn) or _compiled.setdefault(fn, torch.compile(fn))) if on else fn  # noqa
-
-
-class _TokenStats(torch.autograd.Function):
-    """ℓ, H (differentiable) and G (not) from logits [N, V] in row chunks; the backward recomputes the softmax."""
-
-    @staticmethod
-    def forward(ctx, logits, tokens, chunk_size, use_compile):
-        stats, ctx.chunk_size, ctx.use_compile = _maybe_compiled(_chunk_stats, use_compile), chunk_size, use_compile
-        with torch.autocast(logits.device.type, enabled=False):  # full precision even inside autocast
-            chunks = [stats(z, t) for z, t in zip(logits.split(chunk_size), tokens.split(chunk_size))]
-        logp, entropy, g, lse = (torch.cat(parts) for parts in zip(*chunks))
-        ctx.save_for_backward(logits, tokens, lse, entropy)
-        ctx.mark_non_differentiable(g)
-        return logp, entropy, g
-
-    @staticmethod
-    def backward(ctx, grad_logp, grad_entropy, _grad_g):
-        logits, tokens, lse, entropy = ctx.saved_tensors  # grads in the outputs' dtype, zeros for an unused one
-        chunk_grad, grad = _maybe_compiled(_chunk_grad, ctx.use_compile), torch.empty_like(logits)
-        with torch.autocast(logits.device.type, enabled=False):
-            for rows in (slice(i, i + ctx.chunk_size) for i in range(0, logits.shape[0], ctx.chunk_size)):
-                grad[rows] = chunk_grad(*(x[rows] for x in (logits, tokens, lse, entropy, grad_logp, grad_entropy)))
-        return grad, None, None, None
-
-
-def token_stats(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024, compile: bool | None = None):
-    """(logp, entropy, g) [N] from logits [N, V] / T and tokens [N]; g carries no gradient; compiled on CUDA."""
-    return _TokenStats.apply(logits, tokens, chunk_size, logits.is_cuda if compile is None else compile)
-
-
-def entropy_change(coef, logp, entropy, g):
-    """ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t], coef_t = −∂L/∂ℓ_t (A_t r_t for plain PG): arXiv 2505.22617, Lemma 1."""
-    return -coef * (logp.exp() * (logp + entropy) - g)
-
-
-# ─── SHARED: advantages and loss aggregation ───────────────────────────────────────────────────
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
-    """(R − mean_g) / (std_g + 1e-6) of rewards [n_groups · G] (`batch`: batch std; `none`: no division)."""
-    if group_size == 1:
-        return rewards.float().clone()
-    grouped = rewards.float().view(-1, group_size)
-    std = {"group": grouped.std(dim=1, keepdim=True), "batch": rewards.float().std(), "none": None}[scale]
-    return ((grouped - grouped.mean(dim=1, keepdim=True)) / (1.0 if std is None else std + 1e-6)).reshape(-1)
-
-
-def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float) -> torch.Tensor:
-    """DAPO overlong reward shaping (arXiv 2503.14476 §3.4): 0 up to max_len − buffer, then linear to −factor."""
-    return torch.clamp(-(lengths.float() - (max_len - buffer)) / max(buffer, 1) * factor, max=0.0) * (buffer > 0)
-
-
-def clipped_surrogate(adv, ratio, clip_low: float, clip_high: float, dual_clip_c: float):
-    """Dual-clip PPO token loss [B, T] and where its gradient is clipped away (module docstring, step 3)."""
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
-    if dual_clip_c > 0:
-        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip_c), loss)
-    clipped_low = (adv < 0) & ((ratio < 1.0 - clip_low) | ((ratio > dual_clip_c) & (dual_clip_c > 0)))
-    return loss, clipped_low, (adv > 0) & (ratio > 1.0 + clip_high)
-
-
-def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
-    """Loss tokens N and sequences B with at least one loss token, of a minibatch [b, R] on all processes."""
-    tokens, seqs = reduce_sum(torch.stack([loss_mask.sum(), (loss_mask.sum(-1) > 0).sum().to(loss_mask.dtype)]))
-    return {"tokens": tokens.clamp(min=1.0), "seqs": seqs.clamp(min=1.0)}
-
-
-def aggregation_weights(loss_mask, mode: str, totals: dict, max_len: float) -> torch.Tensor:
-    """Coefficient [b, R] of each token's loss in the minibatch loss: 1/N, 1/B, 1/(|o_i| B) or 1/(B·L_max)."""
-    return (
-        loss_mask
-        / {
-            "token-mean": totals["tokens"],
-            "seq-mean-token-sum": totals["seqs"],
-            "seq-mean-token-mean": loss_mask.sum(-1, keepdim=True).clamp(min=1.0) * totals["seqs"],
-            "seq-mean-token-sum-norm": totals["seqs"] * max_len,
-        }[mode]
-    )
-
-
-def compute_loss(mb: dict, logp, entropy, args, algo_state: dict, totals: dict, world: int):
-    """(method's loss × min(π_old/π_rollout, C) + β·KL_k3 − α·H_t) aggregated × world (DDP averages), and `info`."""
-    token_loss, info = policy_token_loss(mb, logp, args, algo_state)
-    if args.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
-        raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
-        info["is_weight"], info["is_capped"] = raw.clamp(max=args.rollout_is_cap), raw > args.rollout_is_cap
-        token_loss = token_loss * info["is_weight"]
-    if args.kl_coef > 0:  # k3 estimator of KL(π‖π_ref): π_ref/π − log(π_ref/π) − 1 (arXiv 2402.03300, Eq. 4)
-        log_ratio = (mb["logp_ref"] - logp).clamp(-20, 20)
-        info["kl_ref"] = log_ratio.exp() - log_ratio - 1.0
-        token_loss = token_loss + args.kl_coef * info["kl_ref"]
-    if args.ent_coef > 0:
-        token_loss = token_loss - args.ent_coef * entropy
-    coef = aggregation_weights(
-        mb["loss_mask"], args.loss_agg_mode, totals, args.loss_scale_factor or args.max_new_tokens
-    )
-    info["token_loss"] = token_loss.detach()
-    return (coef * token_loss).sum() * world, info
-
-
 # ─── ALGORITHM: loss ───────────────────────────────────────────────────────────────────────────
 # The bounds need π_old and the regions need ℓ_old and H_old of each token: both are in every micro-batch (on the
 # strictly on-policy first update, this forward's ℓ, H are the old policy's). OD reads the previous step's entropy.
 def needs_old_policy_pass(args: Args) -> bool:
     """The bounds and regions use each micro-batch's ℓ_old and H_old, which the shared loop always provides."""
+    return False
+
+
+def needs_g3(args: Args) -> bool:
+    """Whether `policy_token_loss` reads current["g3"]: no."""
     return False
 
 
@@ -697,9 +453,10 @@ def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> di
     return metrics
 
 
-def policy_token_loss(mb: dict, logp, args: Args, state: dict):
+def policy_token_loss(mb: dict, current: dict, args: Args, state: dict):
     """Token loss [b, R] of one micro-batch with the bounds of this step's schedule, and the region diagnostics.
     `mb` holds [b, R] tensors: adv, logp_old, entropy_old, loss_mask, algo_token_weight; `logp` carries the gradient."""
+    logp = current["logp"]  # [b, R], carries the gradient
     a = args.algo
     eps_low, eps_high = standard_thresholds(args)
     alpha_h, beta_h = blended_threshold(state["upper_weight"], a.alpha_high, a.beta_high, eps_high)
@@ -730,12 +487,322 @@ def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
     state["last_entropy"] = metrics["entropy/mean"]
 
 
+# ─── SHARED: token statistics and loss ─────────────────────────────────────────────────────────
+def _chunk_stats(logits, tokens):
+    """logp of the sampled tokens, H = −Σ p log p, G = Σ p² log p + H Σ p² and logsumexp of logits [c, V]
+    (fp32, fp64 for fp64 logits). Three [c, V] buffers at most; every summed term has one sign."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)
+    lse = torch.logsumexp(z, dim=-1)
+    z.sub_(lse[:, None])  # log p
+    p = z.exp()
+    entropy = -(p * z).sum(-1)
+    p.square_()
+    g = (p * z).sum(-1) + entropy * p.sum(-1)
+    return z.gather(1, tokens[:, None]).squeeze(1), entropy, g, lse
+
+
+def _chunk_grad(logits, tokens, lse, entropy, grad_logp, grad_entropy):
+    """d(Σ grad_logp·ℓ + grad_entropy·H)/dz for logits [c, V]: ∂ℓ/∂z = e_a − p, ∂H/∂z = −p (log p + H)."""
+    grad = logits.to(lse.dtype, copy=True).sub_(lse[:, None])  # log p
+    p = grad.exp()
+    grad.add_(entropy[:, None]).mul_(grad_entropy[:, None]).add_(grad_logp[:, None]).mul_(p).neg_()
+    del p
+    grad.scatter_add_(1, tokens[:, None], grad_logp[:, None])
+    return grad.to(logits.dtype)
+
+
+_compiled = {}  # on CUDA, torch.compile fuses each chunk's passes over V (~10x, benchmarks/bench_token_stats.py)
+
+
+def _maybe_compiled(fn, use_compile: bool):
+    """`fn`, or its torch.compile'd version (compiled once per function)."""
+    if not use_compile:
+        return fn
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn)
+    return _compiled[fn]
+
+
+class _TokenStats(torch.autograd.Function):
+    """ℓ, H (differentiable) and G (not) from logits [N, V] in row chunks; the backward recomputes the softmax
+    instead of keeping [N, V] probabilities for it."""
+
+    @staticmethod
+    def forward(ctx, logits, tokens, chunk_size, use_compile):
+        stats = _maybe_compiled(_chunk_stats, use_compile)
+        ctx.chunk_size = chunk_size
+        ctx.use_compile = use_compile
+        with torch.autocast(logits.device.type, enabled=False):  # full precision even inside autocast
+            chunks = [stats(z, t) for z, t in zip(logits.split(chunk_size), tokens.split(chunk_size))]
+        logp, entropy, g, lse = (torch.cat(parts) for parts in zip(*chunks))
+        ctx.save_for_backward(logits, tokens, lse, entropy)
+        ctx.mark_non_differentiable(g)
+        return logp, entropy, g
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy, _grad_g):
+        logits, tokens, lse, entropy = ctx.saved_tensors  # grads in the outputs' dtype, zeros for an unused one
+        chunk_grad = _maybe_compiled(_chunk_grad, ctx.use_compile)
+        grad = torch.empty_like(logits)
+        with torch.autocast(logits.device.type, enabled=False):
+            for start in range(0, logits.shape[0], ctx.chunk_size):
+                rows = slice(start, start + ctx.chunk_size)
+                inputs = (logits, tokens, lse, entropy, grad_logp, grad_entropy)
+                grad[rows] = chunk_grad(*(x[rows] for x in inputs))
+        return grad, None, None, None
+
+
+def token_stats(logits: torch.Tensor, tokens: torch.Tensor, chunk_size: int = 1024, compile: bool | None = None):
+    """(logp, entropy, g) [N] from logits [N, V] / T and tokens [N]; g carries no gradient; compiled on CUDA."""
+    use_compile = logits.is_cuda if compile is None else compile
+    return _TokenStats.apply(logits, tokens, chunk_size, use_compile)
+
+
+@torch.no_grad()
+def g3_of_logits(logits, chunk_size: int = 1024):
+    """G₃ = Σ_k p_k³(log p_k + H) of each row of logits [N, V] (fp32 at least), for methods that ask (`needs_g3`)."""
+    out = []
+    for z in logits.detach().to(torch.promote_types(logits.dtype, torch.float32)).split(chunk_size):
+        z = z.log_softmax(-1)
+        p = z.exp()
+        p3 = p.square() * p
+        out.append((p3 * z).sum(-1) - (p * z).sum(-1) * p3.sum(-1))
+    return torch.cat(out)
+
+
+def entropy_change(coef, logp, entropy, g):
+    """ΔH_t/η = −coef_t [π_t(ℓ_t + H_t) − G_t], coef_t = −∂L/∂ℓ_t (A_t r_t for plain PG): arXiv 2505.22617, Lemma 1."""
+    return -coef * (logp.exp() * (logp + entropy) - g)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+    """(R − mean_g) / (std_g + 1e-6) of rewards [n_groups · G] (`batch`: batch std; `none`: no division)."""
+    if group_size == 1:
+        return rewards.float().clone()
+    grouped = rewards.float().view(-1, group_size)  # [n_groups, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale == "none":  # Dr.GRPO
+        return centred.reshape(-1)
+    std = grouped.std(dim=1, keepdim=True) if scale == "group" else rewards.float().std()
+    return (centred / (std + 1e-6)).reshape(-1)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer: int, factor: float) -> torch.Tensor:
+    """DAPO overlong reward shaping (arXiv 2503.14476 §3.4): 0 up to max_len − buffer, then linear to −factor."""
+    penalty = torch.clamp(-(lengths.float() - (max_len - buffer)) / max(buffer, 1) * factor, max=0.0)
+    return penalty * (buffer > 0)
+
+
+def clipped_surrogate(adv, ratio, clip_low: float, clip_high: float, dual_clip_c: float):
+    """Dual-clip PPO token loss [B, T] and where its gradient is clipped away (module docstring, step 3)."""
+    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+    if dual_clip_c > 0:
+        loss = torch.where(adv < 0, torch.minimum(loss, -adv * dual_clip_c), loss)
+    below = ratio < 1.0 - clip_low
+    beyond_dual = (ratio > dual_clip_c) & (dual_clip_c > 0)
+    clipped_low = (adv < 0) & (below | beyond_dual)
+    clipped_high = (adv > 0) & (ratio > 1.0 + clip_high)
+    return loss, clipped_low, clipped_high
+
+
+def minibatch_totals(loss_mask: torch.Tensor, reduce_sum) -> dict:
+    """Loss tokens N and sequences B with at least one loss token, of a minibatch [b, R] on all processes."""
+    counts = torch.stack([loss_mask.sum(), (loss_mask.sum(-1) > 0).sum().to(loss_mask.dtype)])
+    tokens, seqs = reduce_sum(counts)
+    return {"tokens": tokens.clamp(min=1.0), "seqs": seqs.clamp(min=1.0)}
+
+
+def aggregation_weights(loss_mask, mode: str, totals: dict, max_len: float) -> torch.Tensor:
+    """Coefficient c_t [b, R] of each token's loss in the minibatch loss: 1/N, 1/B, 1/(|o_i| B) or 1/(B·L_max)."""
+    if mode == "token-mean":
+        divisor = totals["tokens"]
+    elif mode == "seq-mean-token-sum":
+        divisor = totals["seqs"]
+    elif mode == "seq-mean-token-mean":
+        divisor = loss_mask.sum(-1, keepdim=True).clamp(min=1.0) * totals["seqs"]  # [b, 1]
+    else:  # seq-mean-token-sum-norm (Dr.GRPO)
+        divisor = totals["seqs"] * max_len
+    return loss_mask / divisor
+
+
+def compute_loss(mb: dict, current: dict, args, algo_state: dict, totals: dict):
+    """The minibatch loss Σ_t c_t · L_t of one micro-batch's tokens, and `info` (what the metrics log):
+        L_t = method's token loss × min(π_old/π_rollout, C)  + β·KL_k3(π‖π_ref)  − α·H_t,
+    c_t = `aggregation_weights` (over the minibatch on all processes). update_policy undoes the framework's scaling."""
+    token_loss, info = policy_token_loss(mb, current, args, algo_state)
+    if args.rollout_is_cap:  # truncated importance sampling against rollout/trainer mismatch
+        raw = torch.exp((mb["logp_old"] - mb["rollout_logp"]).clamp(max=20))
+        info["is_weight"] = raw.clamp(max=args.rollout_is_cap)
+        info["is_capped"] = raw > args.rollout_is_cap
+        token_loss = token_loss * info["is_weight"]
+    if args.kl_coef > 0:  # k3 estimator of KL(π‖π_ref): π_ref/π − log(π_ref/π) − 1 (arXiv 2402.03300, Eq. 4)
+        log_ratio = (mb["logp_ref"] - current["logp"]).clamp(-20, 20)
+        info["kl_ref"] = log_ratio.exp() - log_ratio - 1.0
+        token_loss = token_loss + args.kl_coef * info["kl_ref"]
+    if args.ent_coef > 0:
+        token_loss = token_loss - args.ent_coef * current["entropy"]
+    max_len = args.loss_scale_factor or args.max_new_tokens
+    coef = aggregation_weights(mb["loss_mask"], args.loss_agg_mode, totals, max_len)
+    info["token_loss"] = token_loss.detach()
+    return (coef * token_loss).sum(), info
+
+
+# ─── SHARED: update ────────────────────────────────────────────────────────────────────────────
+def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float, with_g3: bool = False) -> dict:
+    """logp, entropy, g (and g3 when asked) [b, R] of `rows` of the batch, from one forward with logits / T.
+
+    The forward sees only the columns the rows need. Example: a batch with R = 5 response columns whose rows here
+    have at most 2 response tokens: width = 2, the left padding that every row has is cut, `logits_to_keep = 3`
+    keeps the logits of the last prompt position and the 2 response positions (position j predicts response token
+    j; the last one, predicting the token after, is dropped), and the [b, 2] results are padded with 0 to [b, 5]."""
+    mask = batch["response_mask"][rows]  # [b, R]
+    width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1  # trimmed response width
+    full_width = mask.shape[1]
+    prompt_width = batch["input_ids"].shape[1] - full_width
+    attention = batch["attention_mask"][rows][:, : prompt_width + width]
+    first = int(attention.sum(0).nonzero().min())  # the first column any of these rows attends to
+    input_ids = batch["input_ids"][rows][:, first : attention.shape[1]]  # [b, P' + width]
+    attention = attention[:, first:]
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # positions follow the left padding, as in generate
+    output = model(
+        input_ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=width + 1, use_cache=False
+    )
+    logits = output.logits.div_(temperature)  # [b, width + 1, V]
+    logits = logits.reshape(-1, logits.shape[-1])  # [b · (width + 1), V]
+    tokens = torch.cat([batch["response_ids"][rows][:, :width], torch.zeros_like(input_ids[:, :1])], dim=1)
+    logp, entropy, g = token_stats(logits, tokens.reshape(-1), chunk_size)
+    stats = {"logp": logp, "entropy": entropy, "g": g}
+    if with_g3:
+        stats["g3"] = g3_of_logits(logits, chunk_size).to(logp.dtype)
+    for name, values in stats.items():  # [b · (width + 1)] -> [b, R]
+        values = values.view(len(input_ids), width + 1)[:, :width]
+        stats[name] = torch.nn.functional.pad(values, (0, full_width - width))
+    return stats
+
+
+@torch.no_grad()
+def stats_pass(model, batch: dict, args, accelerator) -> dict:
+    """No-grad logp, entropy, g [B, R] of the whole batch, in micro-batches."""
+    model.eval()
+    with accelerator.autocast():
+        rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.micro_batch_size)
+        parts = [micro_batch_stats(model, batch, r, args.entropy_chunk_size, args.temperature) for r in rows]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
+def update_policy(
+    model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool, reduce_sum
+):
+    """`update_epochs` × `num_minibatches` optimizer steps on the rollout batch; returns how many were skipped
+    (non-finite gradients). `fill_old`: no old-policy pass ran, so the update's forward provides ℓ_old, H_old, G_old."""
+    world = accelerator.num_processes
+    n_rows = len(batch["adv"])
+    skipped_updates = 0
+    model.train()
+    for epoch in range(args.update_epochs):
+        shuffle = torch.Generator().manual_seed(args.seed * 31 + step * 7 + epoch)
+        order = torch.randperm(n_rows, generator=shuffle).to(batch["adv"].device)
+        for k, mb_rows in enumerate(order.split(n_rows // args.num_minibatches)):
+            totals = minibatch_totals(batch["loss_mask"][mb_rows], reduce_sum)
+            accelerator.step = 0  # accumulation boundaries per minibatch (accelerate saves its counter in checkpoints)
+            for rows in mb_rows.split(args.micro_batch_size):
+                # accelerate accumulates: DDP / FSDP all-reduce only at the last micro-batch; DeepSpeed's engine clips
+                # and steps there
+                with accelerator.accumulate(model), accelerator.autocast():
+                    current = micro_batch_stats(
+                        model, batch, rows, args.entropy_chunk_size, args.temperature, needs_g3(args)
+                    )
+                    if fill_old:  # no old-policy pass: the batch's old-policy ℓ, H, G are this forward's
+                        batch["logp_old"][rows] = current["logp"].detach()
+                        batch["entropy_old"][rows] = current["entropy"].detach()
+                        batch["g_old"][rows] = current["g"]
+                    mb = {key: value[rows] for key, value in batch.items()}
+                    if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
+                        mb["logp_old"] = current["logp"].detach()
+                    grad_logp = []
+                    current["logp"].register_hook(grad_logp.append)  # ∂L/∂ℓ_t of the loss below, for the flows
+                    loss, info = compute_loss(mb, current, args, algo_state, totals)
+                    # The loss is already the minibatch mean over all processes (c_t divides by their N or B).
+                    # Undo the framework's scaling: DDP averages gradients over the `world` processes, and
+                    # accelerate divides each micro-batch's loss by gradient_accumulation_steps.
+                    accelerator.backward(loss * world * accelerator.gradient_accumulation_steps)
+                log_micro_batch(metrics, mb, current, info, grad_logp[0], totals, world)
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) or 0.0)
+            if math.isfinite(grad_norm):  # never write NaN into the weights (DeepSpeed: the engine already stepped)
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            skipped_updates += not math.isfinite(grad_norm)
+            metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
+    log_sampling_policy(metrics, batch, reduce_sum)
+    return skipped_updates
+
+
+def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, totals: dict, world: int) -> None:
+    """Means over the micro-batch's loss tokens: the entropy flows of the update, losses, ratios, clipping; and the
+    method's `algo/` scalars (mean over micro-batches, or max / min)."""
+    logp = current["logp"].detach()
+    # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
+    delta = entropy_change(-grad_logp * totals["tokens"] / world, logp, current["entropy"].detach(), current["g"])
+    delta = delta * mb["loss_mask"]
+    token_values = [
+        ("entropy/flow_increase", delta.clamp(min=0)),
+        ("entropy/flow_decrease", (-delta).clamp(min=0)),
+        ("entropy/flow_net", delta),
+        ("entropy/increase_frac", delta > 0),
+        ("train/policy_loss", info["token_loss"]),
+        ("train/ppo_kl", mb["logp_old"] - logp),
+        ("train/clip_frac_low", info["clipped_low"]),
+        ("train/clip_frac_high", info["clipped_high"]),
+        ("train/kl_ref", info.get("kl_ref")),
+        ("rollout/is_weight_mean", info.get("is_weight")),
+        ("rollout/is_capped_frac", info.get("is_capped")),
+    ]
+    for name, values in token_values:
+        if values is not None:  # boolean values are fractions (the mask is float)
+            metrics.mean(name, values.detach(), mb["loss_mask"])
+    for name, value in info.items():
+        if not name.startswith("algo/"):
+            continue
+        if name.endswith("_max"):
+            metrics.max(name, value)
+        elif name.endswith("_min"):
+            metrics.min(name, value)
+        else:
+            metrics.add(name, value)
+
+
+def log_sampling_policy(metrics, batch: dict, reduce_sum) -> None:
+    """The policy that sampled the batch, over all its response tokens: entropy, rollout/trainer log-prob gap,
+    Cov(A, ℓ)."""
+    mask = batch["response_mask"]
+    diff = (batch["rollout_logp"] - batch["logp_old"]).abs() * mask
+    metrics.mean("rollout/logp_diff_mean", diff, mask)
+    metrics.max("rollout/logp_diff_max", diff.max())
+    metrics.mean("entropy/mean", batch["entropy_old"], mask)
+    sums = torch.stack([(batch["adv"] * mask).sum(), (batch["logp_old"] * mask).sum(), mask.sum()])
+    adv_sum, logp_sum, n = reduce_sum(sums)
+    covariance = (batch["adv"] - adv_sum / n) * (batch["logp_old"] - logp_sum / n)
+    metrics.mean("entropy/cov_adv_logp", covariance, mask)
+
+
+def learning_rate(args: Args, step: int) -> float:
+    """The rate of rollout step `step` (1-based): linear warm-up, then constant or cosine decay to 0."""
+    if step <= args.lr_warmup_steps:
+        return args.learning_rate * step / args.lr_warmup_steps
+    progress = min(1.0, (step - 1 - args.lr_warmup_steps) / max(1, args.total_steps - args.lr_warmup_steps))
+    if args.lr_schedule == "cosine":
+        return args.learning_rate * (0.5 * (1 + math.cos(math.pi * progress)))
+    return args.learning_rate
+
+
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
 class _SampledLogprobRecorder(LogitsProcessor):
     """The last logits processor: applies the temperature and records the log-prob of each sampled token."""
 
     def __init__(self, temperature: float):
-        self.temperature, self.prev_logp, self.recorded = temperature, None, []
+        self.temperature = temperature
+        self.prev_logp = None  # [b, V] log-probs of the previous decoding step
+        self.recorded = []  # [b] log-prob of each sampled token, one tensor per decoding step
 
     def __call__(self, input_ids, scores):
         if self.prev_logp is not None:  # input_ids[:, -1] was sampled from the previous call's scores
@@ -748,38 +815,43 @@ class _SampledLogprobRecorder(LogitsProcessor):
 @torch.no_grad()
 def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size) -> list[dict]:
     """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside."""
-    rows, results, greedy = [ids for ids in prompt_ids for _ in range(n)], [], temperature == 0
-    saved_config, model.generation_config = model.generation_config, GenerationConfig()
+    rows = [ids for ids in prompt_ids for _ in range(n)]
+    greedy = temperature == 0
+    settings = {
+        "do_sample": not greedy,
+        "eos_token_id": stop_ids,
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": pad_id,
+    }
+    if not greedy:
+        settings.update(temperature=1.0, top_p=top_p, top_k=0)  # the recorder applies T
+    results = []
+    saved_config = model.generation_config
+    model.generation_config = GenerationConfig()
     try:
-        for chunk in (rows[i : i + batch_size] for i in range(0, len(rows), batch_size)):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
             width = max(len(r) for r in chunk)  # left padding
             input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=model.device)
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=model.device)
             recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                do_sample=not greedy,
-                **({} if greedy else {"temperature": 1.0, "top_p": top_p, "top_k": 0}),
-                eos_token_id=stop_ids,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=pad_id,
-                logits_processor=LogitsProcessorList([recorder]),
-            )[:, width:]
+            processors = LogitsProcessorList([recorder])
+            output = model.generate(input_ids, attention_mask=attention, logits_processor=processors, **settings)
+            generated = output[:, width:]  # [b, T_generated]
             recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
             logps = torch.stack(recorder.recorded, dim=1).cpu()  # [b, T_generated]
             is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))  # [b, T_generated]
-            lengths = torch.where(
-                is_stop.any(1), is_stop.int().argmax(1) + 1, generated.shape[1]
-            ).tolist()  # first stop
-            results += [
-                {
-                    "response_ids": tokens[: lengths[i]],
-                    "rollout_logp": logps[i, : lengths[i]].tolist(),
-                    "truncated": not is_stop[i].any(),
-                }
-                for i, tokens in enumerate(generated.tolist())
-            ]
+            first_stop = is_stop.int().argmax(1) + 1
+            lengths = torch.where(is_stop.any(1), first_stop, generated.shape[1]).tolist()  # through the first stop
+            for i, tokens in enumerate(generated.tolist()):
+                n = lengths[i]
+                results.append(
+                    {
+                        "response_ids": tokens[:n],
+                        "rollout_logp": logps[i, :n].tolist(),
+                        "truncated": not is_stop[i].any(),
+                    }
+                )
     finally:
         model.generation_config = saved_config
     return results
@@ -792,7 +864,8 @@ def vllm_available() -> bool:
 
 def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
     """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
-    (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is truncated."""
+    (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is
+    truncated."""
     from vllm import SamplingParams
 
     params = SamplingParams(
@@ -809,15 +882,14 @@ def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
         skip_special_tokens=True,
     )
     outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
-    return [
-        {
-            "response_ids": list(c.token_ids),
-            "truncated": c.finish_reason != "stop",
-            "rollout_logp": [c.logprobs[t][token].logprob for t, token in enumerate(c.token_ids)],
-        }
-        for request in outputs
-        for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0))
-    ]
+    samples = []
+    for request in outputs:
+        for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0)):
+            logps = [c.logprobs[t][token].logprob for t, token in enumerate(c.token_ids)]
+            samples.append(
+                {"response_ids": list(c.token_ids), "truncated": c.finish_reason != "stop", "rollout_logp": logps}
+            )
+    return samples
 
 
 def build_vllm_engine(
@@ -834,14 +906,11 @@ def build_vllm_engine(
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process: weights reachable
     extra = {}
     if accelerator is not None:
-        for key, value in (
-            ("RANK", accelerator.process_index),
-            ("LOCAL_RANK", accelerator.local_process_index),
-            ("WORLD_SIZE", accelerator.num_processes),
-            ("MASTER_ADDR", "127.0.0.1"),
-            ("MASTER_PORT", 29500),
-        ):
-            os.environ.setdefault(key, str(value))
+        os.environ.setdefault("RANK", str(accelerator.process_index))
+        os.environ.setdefault("LOCAL_RANK", str(accelerator.local_process_index))
+        os.environ.setdefault("WORLD_SIZE", str(accelerator.num_processes))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
         extra = {
             "distributed_executor_backend": "external_launcher",
             "enable_sleep_mode": sleep_mode,
@@ -874,9 +943,20 @@ def full_parameter_chunks(model, accelerator):
     zero3 = (
         accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
     )
-    for _, group in itertools.groupby(named, key=lambda np: (re.match(r".*?\.layers\.\d+\.", np[0]) or [np[0]])[0]):
+
+    def layer_of(name_and_param):  # "model.layers.3." for a decoder layer's parameters, else the full name
+        name = name_and_param[0]
+        match = re.match(r".*?\.layers\.\d+\.", name)
+        return match[0] if match else name
+
+    for _, group in itertools.groupby(named, key=layer_of):
         group = list(group)
-        with __import__("deepspeed").zero.GatheredParameters([p for _, p in group]) if zero3 else nullcontext():
+        gathered = nullcontext()
+        if zero3:
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters([p for _, p in group])
+        with gathered:
             yield [
                 (n, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().to(torch.bfloat16)) for n, p in group
             ]
@@ -889,7 +969,11 @@ def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
         torch.cuda.empty_cache()
         llm.wake_up(tags=["weights"])  # never load into sleeping (unmapped) memory
     for chunk in full_parameter_chunks(model, accelerator):
-        llm.apply_model(lambda vllm_model: vllm_model.load_weights(iter(chunk)))  # in-process: no serialisation
+
+        def load(vllm_model, chunk=chunk):  # runs in this process (in-process engine): no serialisation
+            return vllm_model.load_weights(iter(chunk))
+
+        llm.apply_model(load)
     llm.reset_prefix_cache()
     if sleep_mode:
         llm.wake_up(tags=["kv_cache"])
@@ -927,63 +1011,526 @@ def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
     eos = None
     with suppress(OSError):  # no generation_config.json
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
-    ids = {
-        tokenizer.eos_token_id,
-        tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None,
-        *(eos if isinstance(eos, list) else [eos]),
-    } - {None}
+    im_end = tokenizer.get_vocab().get("<|im_end|>") if template != "plain" else None
+    ids = {tokenizer.eos_token_id, im_end, *(eos if isinstance(eos, list) else [eos])} - {None}
     if not ids:
         raise UsageError(f"--model {model_path}: the tokenizer has no EOS token and the model no eos_token_id")
     return sorted(ids)
 
 
+def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
+    """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
+    policy = accelerator.unwrap_model(model)
+    prompts = [p["prompt_ids"] for p in problems]
+    with accelerator.autocast():
+        return generate(
+            policy,
+            llm,
+            tokenizer,
+            prompts,
+            n,
+            temperature,
+            args.max_new_tokens,
+            stop_ids,
+            args.top_p,
+            args.hf_generation_batch_size,
+        )
+
+
+def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
+    """Rewards of the samples (n per problem, in order); `.no_answer` and `.timeouts` count the graded items."""
+    texts = [s["text"] for s in samples]
+    answers = [p["answer"] for p in problems for _ in range(n)]
+    options = {"mode": args.answer_mode, "timeout_s": args.grader_timeout_s, "num_workers": args.grader_workers}
+    return score(texts, answers, **options, reward_range=args.reward_range, multi_box=args.multi_box)
+
+
+def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics):
+    """The samples of this process's `prompts_per_step / world` graded groups (`filter_groups`: only groups whose
+    rewards differ, while `max_gen_batches` allows) and the new data position."""
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    G = args.group_size
+    per_rank = args.prompts_per_step // world
+    kept = []
+    dropped = []
+    gen_batches = 0
+    if llm is not None:
+        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
+    while True:
+        problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
+        data_pos += args.prompts_per_step
+        gen_batches += 1
+        t1 = time.time()
+        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
+        t2 = time.time()
+        rewards = grade(samples, problems, args, G)
+        t3 = time.time()
+        correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32).view(-1, G)  # [per_rank, G]
+        informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
+        log_generation_batch(
+            metrics, args, samples, rewards, correct, informative, gen_batches, world, t2 - t1, t3 - t2
+        )
+        for g, problem in enumerate(problems):
+            group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
+            if informative[g] or not args.filter_groups:
+                kept.append(group)
+            else:
+                dropped.append(group)
+        if not args.filter_groups:
+            break
+        fewest_kept = accelerator.gather(torch.tensor([len(kept)], device=accelerator.device)).min()  # every process
+        if gen_batches >= args.max_gen_batches or fewest_kept >= per_rank:
+            break
+    if llm is not None and args.vllm_sleep_mode:
+        llm.sleep(level=1)  # free the KV cache for training
+    # every process trains on exactly `per_rank` groups (the same number of backward calls); when the sampling
+    # budget ran out, all-equal groups fill the gap with their loss masked out
+    groups = kept[:per_rank] + dropped[: max(0, per_rank - len(kept))]
+    samples = [dict(s, is_padding=g >= len(kept)) for g, group in enumerate(groups) for s in group]
+    return samples, data_pos
+
+
+def log_generation_batch(
+    metrics, args, samples, rewards, correct, informative, gen_batches, world, rollout_s, grading_s
+):
+    """Accuracy, rewards and group outcomes of one generation batch; the step's totals over its generation batches
+    (gen_batches, times, tokens, timeouts) counted once."""
+    per_rank = len(correct)
+    once = float(gen_batches == 1)
+    rows = [
+        ("rollout/accuracy", correct.sum(), correct.numel()),
+        ("rollout/reward", sum(rewards), len(rewards)),
+        ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
+        ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
+        ("rollout/all_correct_group_frac", (correct == 1).all(1).sum(), per_rank),
+        ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank),
+        ("rollout/gen_batches", 1, once),
+        ("time/rollout_s", rollout_s, once),
+        ("time/grading_s", grading_s, once),
+        ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s in main
+        ("rollout/grader_timeouts", rewards.timeouts, once / world),  # summed over processes
+    ]
+    for name, total, count in rows:
+        metrics.add(name, total, count)
+
+
+def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
+    """The batch's tensors with advantages `adv` and the loss mask (no padding groups; `mask_truncated`) [B, R]."""
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    device = accelerator.device
+    batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
+    lengths = batch["response_mask"].sum(-1)  # [B]
+    penalty = overlong_penalty(lengths, args.max_new_tokens, args.overlong_buffer, args.overlong_penalty_factor)
+    rewards = torch.tensor([s["reward"] for s in samples], device=device) + penalty
+    all_advantages = group_advantages(accelerator.gather(rewards), args.group_size, args.scale_rewards)
+    advantages = all_advantages.view(world, -1)[rank]  # [B], this process's rows
+    excluded = torch.tensor([s["is_padding"] for s in samples], device=device)
+    excluded |= batch["truncated"] & args.mask_truncated
+    batch["loss_mask"] = batch["response_mask"] * ~excluded[:, None]
+    batch["adv"] = advantages[:, None].expand_as(batch["loss_mask"]).contiguous()
+    metrics.add("rollout/response_length_mean", lengths.sum(), len(lengths))
+    metrics.max("rollout/response_length_max", lengths.max())
+    metrics.add("rollout/truncated_frac", batch["truncated"].sum(), len(lengths))
+    metrics.add("rollout/advantage_abs_mean", advantages.abs().sum(), len(advantages))
+    return batch
+
+
 def collate(samples: list[dict], pad_id: int) -> dict:
-    """Samples -> input_ids, attention_mask [B, P+R] (left-padded prompt), response tensors [B, R], truncated [B]."""
-    P, R = max(len(s["prompt_ids"]) for s in samples), max(max(len(s["response_ids"]) for s in samples), 1)
-    rows = [(s["prompt_ids"], s["response_ids"], s["rollout_logp"]) for s in samples]
-    input_ids = torch.tensor([[pad_id] * (P - len(p)) + p + r + [pad_id] * (R - len(r)) for p, r, _ in rows])
-    attention_mask = torch.tensor(
-        [[0] * (P - len(p)) + [1] * (len(p) + len(r)) + [0] * (R - len(r)) for p, r, _ in rows]
-    )
+    """Samples -> input_ids, attention_mask [B, P+R] (left-padded prompt), response tensors [B, R], truncated [B].
+
+    Example (pad p, stop token 2): prompt [5, 6] with response [8, 9, 2], and prompt [7] with response [4, 2]:
+        input_ids     [[5, 6, 8, 9, 2],    attention_mask [[1, 1, 1, 1, 1],    P = 2, R = 3
+                       [p, 7, 4, 2, p]]                    [0, 1, 1, 1, 0]]
+        response_ids  [[8, 9, 2], [4, 2, p]],   response_mask [[1, 1, 1], [1, 1, 0]],   rollout_logp 0 where padded"""
+    P = max(len(s["prompt_ids"]) for s in samples)
+    R = max(max(len(s["response_ids"]) for s in samples), 1)
+    input_ids = []
+    attention_mask = []
+    rollout_logp = []
+    for s in samples:
+        prompt, response = s["prompt_ids"], s["response_ids"]
+        input_ids.append([pad_id] * (P - len(prompt)) + prompt + response + [pad_id] * (R - len(response)))
+        attention_mask.append([0] * (P - len(prompt)) + [1] * (len(prompt) + len(response)) + [0] * (R - len(response)))
+        rollout_logp.append(s["rollout_logp"][: len(response)] + [0.0] * (R - len(response)))
+    input_ids = torch.tensor(input_ids)
+    attention_mask = torch.tensor(attention_mask)
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "response_ids": input_ids[:, P:],
         "response_mask": attention_mask[:, P:].float(),
         "truncated": torch.tensor([s["truncated"] for s in samples]),
-        "rollout_logp": torch.tensor([logp[: len(r)] + [0.0] * (R - len(r)) for _, r, logp in rows]),
+        "rollout_logp": torch.tensor(rollout_logp),
     }
 
 
-def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float):
-    """logp, entropy, g [b, R] of `rows` of the batch from one forward of the trimmed rows, logits / T."""
-    mask = batch["response_mask"][rows]
-    width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1  # trimmed response width
-    full_width = mask.shape[1]
-    attention = batch["attention_mask"][rows][:, : batch["input_ids"].shape[1] - full_width + width]
-    first = int(attention.sum(0).nonzero().min())
-    input_ids, attention = batch["input_ids"][rows][:, first : attention.shape[1]], attention[:, first:]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # positions follow the left padding, as in generate
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=position_ids,
-        logits_to_keep=width + 1,
-        use_cache=False,
-    ).logits.div_(temperature)  # row j predicts token j
-    tokens = torch.cat([batch["response_ids"][rows][:, :width], torch.zeros_like(input_ids[:, :1])], dim=1)
-    return [
-        torch.nn.functional.pad(x.view(len(input_ids), width + 1)[:, :width], (0, full_width - width))
-        for x in token_stats(logits.reshape(-1, logits.shape[-1]), tokens.reshape(-1), chunk_size)
+def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
+    """avg@eval_n accuracy, length and no-answer rate, sharded over processes (equal shards: padding not graded)."""
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    n = args.eval_n
+    per_rank = math.ceil(len(problems) / world)
+    shard = (problems * world)[rank * per_rank : (rank + 1) * per_rank]  # padded with repeats to equal shards
+    real = problems[rank * per_rank :][:per_rank]  # the problems of the shard that are graded
+    if llm is not None:
+        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
+    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+        torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
+        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids)
+    if llm is not None and args.vllm_sleep_mode:
+        llm.sleep(level=1)  # free the KV cache for training
+    samples = samples[: len(real) * n]
+    rewards = grade(samples, real, args, n)
+    metrics = Metrics()
+    metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
+    metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples), len(samples))
+    metrics.add("eval/no_answer_frac", rewards.no_answer, len(samples))
+    return metrics.reduce(accelerator)
+
+
+# ─── SHARED: main loop ─────────────────────────────────────────────────────────────────────────
+def main(args: Args) -> str:
+    # ── setup: accelerator, argument checks (before anything is loaded or written), determinism
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available())
+    # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo
+    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
+    world = accelerator.num_processes
+    rank = accelerator.process_index
+    engine = "vllm" if args.rollout_engine in ("vllm", "auto") and vllm_available() else "hf"
+    if args.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds the variance
+        args.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
+    fsdp1 = accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False)
+    check_args(args, world, engine, fsdp1)
+    check_algorithm_args(args)
+    if args.threads and accelerator.device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    if args.torch_deterministic:  # vLLM sampling stays non-deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run_name = args.run_name or "__".join(
+        [os.path.basename(args.train_data), args.exp_name, str(args.seed), str(int(time.time()))]
+    )
+    run_dir = args.resume or os.path.join(args.output_dir, broadcast_object_list([run_name])[0])
+
+    # ── data first: its errors come before anything is loaded or written
+    model_path = resolve_model(args.model)
+    if model_path != args.model:
+        accelerator.print(f"model: {model_path}")
+    tokenizer = load_pretrained(model_path, "tokenizer")
+    stop_ids = stop_token_ids(tokenizer, model_path, args.template)
+    prompt_options = (tokenizer, args.template, args.max_prompt_length, args.data_dir, args.skip_invalid)
+    train_problems = load_prompts(args.train_data, args.train_split, *prompt_options, per_step=args.prompts_per_step)
+    eval_problems = []
+    if args.eval_every:
+        eval_problems = load_prompts(args.eval_data, args.eval_split, *prompt_options, args.num_eval_problems)
+    found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
+    done = saved_args(found[-1], "trainer_state.json").get("step", 0) if found else 0  # damaged: not finished
+    if done >= args.total_steps:  # a finished run: nothing changes
+        accelerator.print(
+            f"run {run_dir} is finished ({done} of {args.total_steps} steps); "
+            f"to extend it: {rerun_command(run_dir)} --total-steps N"
+        )
+        return run_dir
+    lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
+    locked_out = broadcast_object_list([accelerator.is_main_process and lock is None])[0]  # every process stops
+    if locked_out:
+        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)")
+
+    # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
+    llm = None
+    if engine == "vllm":
+        memory = args.vllm_gpu_memory_utilization
+        llm = build_vllm_engine(
+            model_path, args.seed + rank, memory, args.vllm_max_model_len, args.vllm_sleep_mode, accelerator
+        )
+    set_seed(args.seed)  # after vLLM, which re-seeds the global RNGs in its worker
+    model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
+    state = load_checkpoint(accelerator, found)
+    if args.resume and not state:
+        accelerator.print(f"no usable checkpoint in {run_dir}: starting it again from step 0")
+    start_step = state.get("step", 0)
+    data_pos = state.get("data_pos", 0)
+    algo_state = state.get("algo_state", init_algorithm_state(args))
+    logger = RunLogger(run_dir, args, accelerator.is_main_process, start_step)
+    accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
+    reduce_sum = sum_over_processes(accelerator)
+    # the old-policy pass is needed when later minibatches are off-policy or the algorithm needs batch statistics
+    old_policy_pass = needs_old_policy_pass(args) or args.update_epochs * args.num_minibatches > 1
+    if args.eval_every and start_step == 0:  # the starting point of the eval curve
+        logger.log(0, evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0))
+
+    # ── the loop (Ctrl-C ends it with what to run next)
+    step = start_step
+    skipped_streak = 0
+    try:
+        for step in range(start_step + 1, args.total_steps + 1):
+            step_start = time.time()
+            set_seed(args.seed * 10_007 + step * 101 + rank)  # sampling is a function of (seed, step, rank)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(args, step)
+            metrics = Metrics()
+            # 1. sample and grade
+            samples, data_pos = rollout_and_grade(
+                model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics
+            )
+            # 2. advantages and the loss mask
+            batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)
+            # 3. old-policy ℓ_old, H, G (no grad), or filled in by the single on-policy update
+            t0 = time.time()
+            add_old_policy_stats(batch, model, args, accelerator, old_policy_pass)
+            if ref_model is not None:
+                batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)["logp"]
+            algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
+            # 4. policy update (without an old-policy pass, its forward fills in ℓ_old, H_old, G_old)
+            skipped = update_policy(
+                model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass, reduce_sum
+            )
+            skipped_streak = skipped_streak + 1 if skipped == args.update_epochs * args.num_minibatches else 0
+            metrics.add("train/skipped_updates", skipped)
+            if args.measure_entropy_change:  # realised entropy change of the same batch
+                realised = stats_pass(model, batch, args, accelerator)["entropy"] - batch["entropy_old"]
+                metrics.mean("entropy/realised_change", realised, batch["response_mask"])
+            metrics.add("time/training_s", time.time() - t0)
+            # 5. metrics, evaluation, checkpoints
+            metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate(args, step)}
+            step_s = time.time() - step_start
+            metrics["time/step_s"] = step_s
+            metrics["time/tokens_per_s"] = metrics["time/tokens_per_s"] / step_s
+            algorithm_step_end(algo_state, args, metrics)
+            if args.eval_every and (step % args.eval_every == 0 or step == args.total_steps):
+                metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
+            log_step(logger, args, step, metrics, samples, accelerator)
+            if skipped_streak == 3:  # nothing is being learnt: stop rather than spin
+                raise RunError(
+                    f"every update of steps {step - 2}-{step} was skipped (non-finite loss or gradients); "
+                    f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}"
+                )
+            if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
+                trainer_state = {"step": step, "data_pos": data_pos, "algo_state": algo_state}
+                save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, args, start_step)
+    except KeyboardInterrupt:
+        last = (checkpoints(run_dir) or ["none yet"])[-1]
+        raise KeyboardInterrupt(
+            f"run {run_dir} stopped at step {step}; its last checkpoint is {last}; "
+            f"continue with: {rerun_command(run_dir)}"
+        ) from None
+    if logger.writer:
+        logger.writer.close()
+    print_next_commands(run_dir, accelerator)
+    accelerator.end_training()
+    return run_dir
+
+
+def add_old_policy_stats(batch: dict, model, args, accelerator, old_policy_pass: bool) -> None:
+    """batch["logp_old"], ["entropy_old"], ["g_old"] [B, R]: the sampling policy's, from a no-grad pass over the
+    batch, or zeros that the single on-policy update fills in from its own forward (`fill_old`)."""
+    if old_policy_pass:
+        old = stats_pass(model, batch, args, accelerator)
+    else:
+        old = {name: torch.zeros(batch["adv"].shape, device=accelerator.device) for name in ("logp", "entropy", "g")}
+    batch["logp_old"] = old["logp"]
+    batch["entropy_old"] = old["entropy"]
+    batch["g_old"] = old["g"]
+
+
+def print_next_commands(run_dir: str, accelerator) -> None:
+    """Where the run's model is, and the commands to evaluate, plot and continue it."""
+    model_dir = os.path.join(checkpoints(run_dir)[-1] if accelerator.is_main_process else "", "hf")
+    quoted = shlex.quote(run_dir)
+    accelerator.print(
+        f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model {quoted}\n"
+        f"  plot:      python plot.py {quoted}\n  continue:  {rerun_command(run_dir)} --total-steps N"
+    )
+
+
+def log_step(logger, args, step: int, metrics: dict, samples: list[dict], accelerator) -> None:
+    """The step's metrics (metrics.jsonl, TensorBoard), a few completions, and one line on the console."""
+    completions = []
+    if args.log_completions_every and step % args.log_completions_every == 0:
+        for s in samples[: args.num_completions_to_log]:
+            completions.append(
+                {
+                    "prompt": s["problem"]["question"],
+                    "response": s["text"],
+                    "reward": s["reward"],
+                    "gold": s["problem"]["answer"],
+                }
+            )
+    logger.log(step, metrics, completions)
+    shown = {
+        "reward": "rollout/reward",
+        "entropy": "entropy/mean",
+        "flow net": "entropy/flow_net",
+        "len": "rollout/response_length_mean",
+        "eval": "eval/accuracy",
+        "s": "time/step_s",
+    }
+    line = " | ".join(f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics)
+    accelerator.print(f"step {step:4d} | {line}")
+
+
+def sum_over_processes(accelerator):
+    """x ↦ Σ over processes of x (the identity on one process): the `reduce_sum` the hooks get."""
+
+    def reduce_sum(x):
+        if accelerator.num_processes == 1:
+            return x
+        return accelerator.reduce(x.clone(), reduction="sum")
+
+    return reduce_sum
+
+
+# ─── SHARED: run management ────────────────────────────────────────────────────────────────────
+class UsageError(ValueError):
+    """A mistake in the arguments or the files they name: one `error: ...` line, exit status 2."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (a checkpoint not written, every update skipped): one `error: ...` line, exit 1."""
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """The command line; with `--resume RUN` the run's own arguments are the defaults and a flag given changes one."""
+    args = parse_command_line(argv, Args())
+    saved = saved_args(args.resume)  # another script's run is refused by check_args
+    if saved.get("script") != SCRIPT:
+        return args
+    run_flags = {k: v for k, v in saved.items() if k in Args.__dataclass_fields__ and k != "algo"}
+    run_algo_flags = {k: v for k, v in saved.items() if k in Algorithm.__dataclass_fields__}
+    return parse_command_line(argv, Args(**run_flags, algo=Algorithm(**run_algo_flags)))
+
+
+def parse_command_line(argv: list[str] | None, defaults: Args) -> Args:
+    """tyro over one dataclass per flag group, so `--help` shows the groups (the method's first) while the flags stay
+    unprefixed (`--seed`, not `--experiment.seed`); the groups are flattened back into `Args`."""
+    groups = {"method": Algorithm, **ARG_GROUPS}
+    Cli = dataclasses.make_dataclass("Cli", list(groups.items()))
+    group_defaults = {}
+    for name, group in ARG_GROUPS.items():
+        group_defaults[name] = group(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(group)})
+    default = Cli(method=defaults.algo, **group_defaults)
+    description = __doc__.split("\n\n")[0] + "\n" + MOST_USED
+    cli = tyro.cli(Cli, args=argv, default=default, config=(tyro.conf.OmitArgPrefixes,), description=description)
+    flags = {}
+    for name in groups:
+        if name != "method":
+            flags.update(asdict(getattr(cli, name)))
+    return Args(**flags, algo=cli.method)
+
+
+def flat_args(args: Args) -> dict:
+    """{flag: value}, the method's flags included (what `args.json`, TensorBoard and W&B record)."""
+    return {k: v for k, v in {**asdict(args), **asdict(args.algo)}.items() if k != "algo"}
+
+
+def saved_args(run_dir: str | None, name: str = "args.json") -> dict:
+    """The flat arguments of a run (its `args.json`), or another JSON file of it; {} if missing or damaged."""
+    saved = {}
+    with suppress(OSError, TypeError, ValueError), open(os.path.join(run_dir, name)) as f:  # TypeError: no run_dir
+        saved = json.load(f)
+    return {**saved, **saved.get("algo", {})}  # older runs nest the method's flags
+
+
+def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
+    """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
+    check_flag_values(args, world, engine)
+    if fsdp1:
+        raise UsageError(
+            "FSDP1 is not supported (its weights cannot be streamed to vLLM): use fsdp_version: 2 (configs/fsdp.yaml)"
+        )
+    if engine != "vllm" and args.rollout_engine == "vllm":
+        raise UsageError("--rollout-engine vllm needs CUDA and `pip install vllm` (use --rollout-engine hf)")
+    resolve_model(args.model)
+    check_writable_dir(args.resume or args.output_dir, "--output-dir", args.output_dir)
+    saved = saved_args(args.resume)
+    if args.resume and saved.get("script") != SCRIPT:
+        why = (
+            f"written by {saved.get('script')}, not {SCRIPT}"
+            if saved
+            else "not a run directory (no readable args.json)"
+        )
+        raise UsageError(f"--resume {args.resume}: {why}")
+    changed = [  # a flag newer than the run has its default
+        f"--{k.replace('_', '-')} {v!r} (the run's: {saved[k]!r})"
+        for k, v in flat_args(args).items()
+        if k not in RESUMABLE and k in saved and saved[k] != v
     ]
+    if changed:
+        raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
+    run_dir = os.path.join(args.output_dir, args.run_name or "")
+    if not args.resume and args.run_name and os.path.exists(run_dir):
+        raise UsageError(
+            f"--run-name {args.run_name}: {run_dir} exists; continue it with --resume, or choose another --run-name"
+        )
 
 
-# ─── SHARED: logging, evaluation, checkpoints ──────────────────────────────────────────────────
+def check_flag_values(args: Args, world: int, engine: str) -> None:
+    """Each flag's allowed values, one row per rule: (flag, allowed, what it must be)."""
+    at_least_one = ["max_new_tokens", "total_steps", "micro_batch_size", "update_epochs", "entropy_chunk_size"]
+    at_least_one += ["hf_generation_batch_size", "keep_checkpoints", "max_gen_batches"]
+    non_negative = ["threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef", "weight_decay"]
+    non_negative += ["lr_warmup_steps", "grader_workers"]
+    positive = ["temperature", "learning_rate", "max_grad_norm", "grader_timeout_s", "eval_temperature"]
+    positive += ["loss_scale_factor"]  # None (its default) allowed
+    seqs = args.prompts_per_step // world * args.group_size  # sequences per process and step
+    rules = [(flag, getattr(args, flag) >= 1, ">= 1") for flag in at_least_one]
+    rules += [(flag, getattr(args, flag) >= 0, ">= 0") for flag in non_negative]
+    rules += [(flag, getattr(args, flag) is None or getattr(args, flag) > 0, "> 0") for flag in positive]
+    rules += [
+        (
+            "prompts_per_step",
+            args.prompts_per_step >= 1 and args.prompts_per_step % world == 0,
+            f"a positive multiple of the {world} processes",
+        ),
+        (
+            "group_size",
+            args.group_size >= 2 or (args.group_size == 1 and args.scale_rewards == "none"),
+            ">= 2 (1 has no group statistics: only with --scale-rewards none)",
+        ),
+        ("top_p", 0 < args.top_p <= 1 and (args.top_p == 1 or engine == "vllm"), "in (0, 1], and 1 with the HF engine"),
+        (
+            "num_minibatches",
+            args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
+            f"a divisor of the {seqs} sequences per process (--prompts-per-step / processes × --group-size)",
+        ),
+        ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
+        ("dual_clip_c", args.dual_clip_c == 0 or args.dual_clip_c > 1, "0 (off) or > 1"),
+        ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
+        ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
+        (
+            "num_eval_problems",
+            args.eval_every == 0 or min(args.num_eval_problems, args.eval_n) >= 1,
+            ">= 1, with --eval-n >= 1 (or --eval-every 0)",
+        ),
+    ]
+    for flag, allowed, requirement in rules:
+        if not allowed:
+            raise UsageError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be {requirement}")
+
+
+def check_writable_dir(path: str, flag: str, given: str | None = None) -> None:
+    """Refuse now, not at the first write, a directory that cannot be created or written: its nearest existing
+    ancestor must be a writable directory. `given`: the flag's value as typed (default: `path`)."""
+    given = path if given is None else given
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag} {given}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"{flag} {given} is not writable ({existing} is read-only)")
+
+
 class Metrics:
-    """Per-process sums and counts (Σ sum / Σ count over processes), and maxima (minima for names ending `_min`)."""
+    """A step's metrics on each process: means (Σ sum / Σ count over processes), maxima and minima."""
 
     def __init__(self):
-        self.sums, self.counts, self.maxes = {}, {}, {}
+        self.sums = {}
+        self.counts = {}
+        self.maxima = {}
+        self.minima = {}
 
     def add(self, name: str, total, count=1.0) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + total
@@ -993,21 +1540,32 @@ class Metrics:
         self.add(name, (values * mask).sum(), mask.sum())
 
     def max(self, name: str, value) -> None:
-        value = -value if name.endswith("_min") else value
-        self.maxes[name] = max(self.maxes.get(name, value), value)
+        self.maxima[name] = max(self.maxima.get(name, value), value)
+
+    def min(self, name: str, value) -> None:
+        self.minima[name] = min(self.minima.get(name, value), value)
 
     def reduce(self, accelerator) -> dict:
-        keys, max_keys = sorted(self.sums), sorted(self.maxes)  # one tensor for all, [0.0] so it is never empty
-        values = (
-            [self.sums[k] for k in keys] + [self.counts[k] for k in keys] + [self.maxes[k] for k in max_keys] + [0.0]
-        )
+        """{name: value} over all processes (one gather), names sorted: the means, then the maxima and minima."""
+        keys = sorted(self.sums)
+        max_keys = sorted(self.maxima)
+        min_keys = sorted(self.minima)
+        values = [self.sums[k] for k in keys] + [self.counts[k] for k in keys]
+        values += [self.maxima[k] for k in max_keys] + [self.minima[k] for k in min_keys]
+        values.append(0.0)  # never an empty tensor
         values = torch.stack(
             [torch.as_tensor(v, dtype=torch.float64).to(accelerator.device).reshape(()) for v in values]
         )
-        values = accelerator.gather(values[None]) if accelerator.num_processes > 1 else values[None]  # [world, n]
-        totals, maxes = values[:, : 2 * len(keys)].sum(0).tolist(), values[:, 2 * len(keys) :].amax(0).tolist()
-        out = {k: s / c if c > 0 else float("nan") for k, s, c in zip(keys, totals, totals[len(keys) :])}
-        return {**out, **{k: -v if k.endswith("_min") else v for k, v in zip(max_keys, maxes)}}
+        values = values[None]  # [1, n]
+        if accelerator.num_processes > 1:
+            values = accelerator.gather(values)  # [world, n]
+        n = len(keys)
+        totals = values[:, : 2 * n].sum(0).tolist()
+        maxima = values[:, 2 * n : 2 * n + len(max_keys)].amax(0).tolist()
+        minima = values[:, 2 * n + len(max_keys) : -1].amin(0).tolist()
+        means = {k: s / c if c > 0 else float("nan") for k, s, c in zip(keys, totals[:n], totals[n:])}
+        extremes = {**dict(zip(max_keys, maxima)), **dict(zip(min_keys, minima))}
+        return {**means, **{k: extremes[k] for k in sorted(extremes)}}
 
 
 def one_line(error: BaseException) -> str:
@@ -1015,32 +1573,30 @@ def one_line(error: BaseException) -> str:
 
 
 def resolve_model(model: str) -> str:
-    """A model folder (repository-relative ones from any directory) or hub id as given; a run or checkpoint: its `hf/`."""
+    """A model folder (repository-relative ones from any directory) or hub id as given; a run or checkpoint folder:
+    its `hf/`."""
     path = os.path.expanduser(model)
     if not os.path.exists(path) and os.path.isdir(os.path.join(REPO_DIR, path)):
         path = os.path.join(REPO_DIR, path)
-    found = [
-        os.path.join(c, "hf")
-        for c in [*checkpoints(path), path]
-        if os.path.isfile(os.path.join(c, "hf", "config.json"))
-    ]
+    candidates = [*checkpoints(path), path]
+    found = [os.path.join(c, "hf") for c in candidates if os.path.isfile(os.path.join(c, "hf", "config.json"))]
     if found:  # a checkpoint folder: its hf/; a run folder: its newest checkpoint's
         return found[-1]
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise UsageError(f"--model {model}: a folder without config.json, hf/ or checkpoints/step_*/hf/")
     parts = model.split("/")  # a hub id is `owner/name`; `runs/x` or `./x` is a folder
-    if not os.path.exists(path) and (
+    looks_like_folder = (
         model.startswith((".", "/", "~"))
         or len(parts) > 2
         or (len(parts) == 2 and (parts[0] == "runs" or os.path.exists(parts[0])))
-    ):
+    )
+    if not os.path.exists(path) and looks_like_folder:
         parent, base = os.path.split(os.path.normpath(path))
-        near = (
-            sorted(d for d in os.listdir(parent or ".") if d.startswith(base)) if os.path.isdir(parent or ".") else []
-        )
-        raise UsageError(
-            f"--model {model}: no such directory" + (f"; did you mean {os.path.join(parent, near[0])}?" if near else "")
-        )
+        near = []
+        if os.path.isdir(parent or "."):
+            near = sorted(d for d in os.listdir(parent or ".") if d.startswith(base))
+        hint = f"; did you mean {os.path.join(parent, near[0])}?" if near else ""
+        raise UsageError(f"--model {model}: no such directory{hint}")
     return path if os.path.exists(path) else model
 
 
@@ -1056,21 +1612,50 @@ def load_pretrained(path: str, what: str = "tokenizer", dtype=torch.float32):
         raise UsageError(f"--model {path}: no loadable {what} ({one_line(error)})") from None
 
 
+def build_policy(args, accelerator, model_path: str, use_bf16: bool):
+    """The policy and its optimizer (prepared: DDP, ZeRO or FSDP), and a frozen reference when the KL term is on."""
+    model = load_pretrained(model_path, "model")
+    for module in model.modules():  # dropout would make the on-policy ratio differ from 1
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if model.config.tie_word_embeddings:  # accelerate warns on every save that the tied lm_head is stored once
+        logging.getLogger("accelerate.utils.other").addFilter(lambda r: "Removed shared tensor" not in r.getMessage())
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    seqs_per_minibatch = args.prompts_per_step // accelerator.num_processes * args.group_size // args.num_minibatches
+    accelerator.gradient_accumulation_steps = math.ceil(seqs_per_minibatch / args.micro_batch_size)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates, clips, then steps
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
+            gradient_clipping=args.max_grad_norm,
+            train_micro_batch_size_per_gpu=args.micro_batch_size,
+        )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if args.kl_coef == 0:  # else a plain (unsharded) frozen copy, also under ZeRO-3
+        return model, optimizer, None
+    no_zero3_init = nullcontext()
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        no_zero3_init = accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False)
+    with no_zero3_init:
+        ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
+    return model, optimizer, ref_model.to(accelerator.device).eval().requires_grad_(False)
+
+
 def checkpoints(run_dir: str) -> list[str]:
     """Finished checkpoints of a run, oldest first (`step_N.tmp` is one that was being written)."""
     root = os.path.join(run_dir, "checkpoints")
-    return (
-        [os.path.join(root, d) for d in sorted(os.listdir(root)) if re.fullmatch(r"step_\d+", d)]
-        if os.path.isdir(root)
-        else []
-    )
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, d) for d in sorted(os.listdir(root)) if re.fullmatch(r"step_\d+", d)]
 
 
 def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, args, first_step: int) -> None:
     """`checkpoints/step_N` (accelerate state with every process's RNG, `hf/`, `trainer_state.json`), written as
     `step_N.tmp` and renamed when complete; keeps the newest `keep_checkpoints` written since `first_step`."""
     root = os.path.join(run_dir, "checkpoints")
-    final, tmp = os.path.join(root, f"step_{state['step']:06d}"), os.path.join(root, f"step_{state['step']:06d}.tmp")
+    final = os.path.join(root, f"step_{state['step']:06d}")
+    tmp = final + ".tmp"
     try:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1086,17 +1671,34 @@ def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, ar
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in [c for c in checkpoints(run_dir) if first_step < int(c[-6:]) <= state["step"]][
-                : -args.keep_checkpoints
-            ]:
+            written_here = [c for c in checkpoints(run_dir) if first_step < int(c[-6:]) <= state["step"]]
+            for old in written_here[: -args.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
     except Exception as error:  # a full disk: OSError, torch's "enforce fail", safetensors' I/O error
         shutil.rmtree(tmp, ignore_errors=True)
+        last = (checkpoints(run_dir) or ["the start"])[-1]
         raise RunError(
             f"could not write checkpoint {final} ({one_line(error)}); free disk space under {root}, then "
-            f"continue from {(checkpoints(run_dir) or ['the start'])[-1]}: {rerun_command(run_dir)}"
+            f"continue from {last}: {rerun_command(run_dir)}"
         ) from None
     accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator, found: list[str]) -> dict:
+    """The trainer state of the newest checkpoint that loads ({} if none); damaged ones are passed over."""
+    for checkpoint in reversed(found):
+        try:
+            accelerator.load_state(checkpoint)
+            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+                state = json.load(f)
+        except Exception as error:  # a truncated or missing file (on any process: all fall back together)
+            print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
+            state = None
+        loaded_everywhere = accelerator.gather(torch.tensor([state is not None], device=accelerator.device)).all()
+        if loaded_everywhere:
+            accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
+            return state
+    return {}
 
 
 def rerun_command(run_dir: str) -> str:
@@ -1104,17 +1706,31 @@ def rerun_command(run_dir: str) -> str:
     return shlex.join(["python", script, "--resume", run_dir])
 
 
+def lock_run(run_dir: str):
+    """One process at a time writes a run: the lock (None if another holds it), held while the file stays open."""
+    os.makedirs(run_dir, exist_ok=True)
+    lock = open(os.path.join(run_dir, ".lock"), "w")
+    with suppress(BlockingIOError):  # another process holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock
+    return None
+
+
 class RunLogger:
     """metrics.jsonl, TensorBoard, W&B, completions.jsonl, args.json; a resume drops what followed its checkpoint."""
 
     def __init__(self, run_dir: str, args, enabled: bool, start_step: int):
-        self.run_dir, self.writer = run_dir, None
+        self.run_dir = run_dir
+        self.writer = None
         if not enabled:
             return
-        for name in ("metrics.jsonl", "completions.jsonl"):  # a line cut short by a crash has no newline
+        for name in ("metrics.jsonl", "completions.jsonl"):
             path = os.path.join(run_dir, name)
-            lines = open(path).readlines() if os.path.exists(path) else []
-            with open(path, "w") as f:
+            lines = []
+            if os.path.exists(path):
+                with open(path) as f:
+                    lines = f.readlines()
+            with open(path, "w") as f:  # a line cut short by a crash has no newline
                 f.writelines(
                     x for x in lines if start_step and x.endswith("\n") and json.loads(x)["step"] <= start_step
                 )
@@ -1131,499 +1747,27 @@ class RunLogger:
                 resume="allow",
             )
         self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)  # no step logged twice
-        self.writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in flat_args(args).items())
-        )
+        table = "\n".join(f"|{k}|{v}|" for k, v in flat_args(args).items())
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)
         with open(os.path.join(run_dir, "args.json"), "w") as f:
             json.dump({"script": SCRIPT, **flat_args(args)}, f, indent=1)
 
     def log(self, step: int, metrics: dict, completions: list[dict] = ()) -> None:
-        if self.writer:
-            for k, v in metrics.items():
-                self.writer.add_scalar(k, v, step)
-            for name, rows in (("metrics.jsonl", [metrics]), ("completions.jsonl", completions)):
-                with open(os.path.join(self.run_dir, name), "a") as f:
-                    f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
-
-
-# ─── SHARED: main loop ─────────────────────────────────────────────────────────────────────────
-def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
-    """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
-    with accelerator.autocast():
-        return generate(
-            accelerator.unwrap_model(model),
-            llm,
-            tokenizer,
-            [p["prompt_ids"] for p in problems],
-            n,
-            temperature,
-            args.max_new_tokens,
-            stop_ids,
-            args.top_p,
-            args.hf_generation_batch_size,
-        )
-
-
-def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
-    """Rewards of the samples (n per problem, in order); `.no_answer` and `.timeouts` count the graded items."""
-    return score(
-        [s["text"] for s in samples],
-        [p["answer"] for p in problems for _ in range(n)],
-        mode=args.answer_mode,
-        timeout_s=args.grader_timeout_s,
-        num_workers=args.grader_workers,
-        reward_range=args.reward_range,
-        multi_box=args.multi_box,
-    )
-
-
-def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step: int) -> dict:
-    """avg@eval_n accuracy, length and no-answer rate, sharded over processes (equal shards: padding not graded)."""
-    world, rank, n = accelerator.num_processes, accelerator.process_index, args.eval_n
-    per_rank = math.ceil(len(problems) / world)
-    shard, real = (problems * world)[rank * per_rank : (rank + 1) * per_rank], problems[rank * per_rank :][:per_rank]
-    if llm is not None:
-        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
-    with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
-        torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
-        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids)
-    if llm is not None and args.vllm_sleep_mode:
-        llm.sleep(level=1)  # free the KV cache for training
-    samples = samples[: len(real) * n]
-    rewards, metrics = grade(samples, real, args, n), Metrics()
-    metrics.add("eval/accuracy", sum(r > 0 for r in rewards), len(samples))
-    metrics.add("eval/response_length_mean", sum(len(s["response_ids"]) for s in samples), len(samples))
-    metrics.add("eval/no_answer_frac", rewards.no_answer, len(samples))
-    return metrics.reduce(accelerator)
-
-
-def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics):
-    """The samples of this process's `prompts_per_step / world` graded groups (`filter_groups`: only groups whose
-    rewards differ, while `max_gen_batches` allows) and the new data position."""
-    world, rank, G = accelerator.num_processes, accelerator.process_index, args.group_size
-    per_rank, kept, dropped, gen_batches = args.prompts_per_step // world, [], [], 0
-    if llm is not None:
-        sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
-    while True:
-        problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
-        data_pos, gen_batches, t1 = data_pos + args.prompts_per_step, gen_batches + 1, time.time()
-        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
-        t2, rewards, t3 = time.time(), grade(samples, problems, args, G), time.time()
-        correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32).view(-1, G)
-        informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
-        once = float(gen_batches == 1)  # the last five: totals over the step's generation batches, counted once
-        for name, total, count in [
-            ("rollout/accuracy", correct.sum(), correct.numel()),
-            ("rollout/reward", sum(rewards), len(rewards)),
-            ("rollout/no_answer_frac", rewards.no_answer, len(rewards)),
-            ("rollout/filtered_group_frac", (~informative).sum() if args.filter_groups else 0, per_rank),
-            ("rollout/all_correct_group_frac", (correct == 1).all(1).sum(), per_rank),
-            ("rollout/all_wrong_group_frac", (correct == 0).all(1).sum(), per_rank),
-            ("rollout/gen_batches", 1, once),
-            ("time/rollout_s", t2 - t1, once),
-            ("time/grading_s", t3 - t2, once),
-            ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s
-            ("rollout/grader_timeouts", rewards.timeouts, once / world),
-        ]:  # summed over processes
-            metrics.add(name, total, count)
-        for g, problem in enumerate(problems):
-            group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
-            (kept if informative[g] or not args.filter_groups else dropped).append(group)
-        if (
-            not args.filter_groups
-            or gen_batches >= args.max_gen_batches
-            or accelerator.gather(torch.tensor([len(kept)], device=accelerator.device)).min() >= per_rank
-        ):
-            break
-    if llm is not None and args.vllm_sleep_mode:
-        llm.sleep(level=1)  # free the KV cache for training
-    # every process trains on exactly `per_rank` groups (the same number of backward calls); when the sampling
-    # budget ran out, all-equal groups fill the gap with their loss masked out
-    groups = kept[:per_rank] + dropped[: max(0, per_rank - len(kept))]
-    return [dict(s, is_padding=g >= len(kept)) for g, group in enumerate(groups) for s in group], data_pos
-
-
-def make_batch(samples, args, accelerator, pad_id, metrics) -> dict:
-    """The batch's tensors with advantages `adv` and the loss mask (no padding groups; `mask_truncated`) [B, R]."""
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    batch = {k: v.to(device) for k, v in collate(samples, pad_id).items()}
-    lengths = batch["response_mask"].sum(-1)
-    rewards = torch.tensor([s["reward"] for s in samples], device=device) + overlong_penalty(
-        lengths, args.max_new_tokens, args.overlong_buffer, args.overlong_penalty_factor
-    )
-    advantages = group_advantages(accelerator.gather(rewards), args.group_size, args.scale_rewards).view(world, -1)[
-        rank
-    ]
-    excluded = torch.tensor([s["is_padding"] for s in samples], device=device)
-    excluded |= batch["truncated"] & args.mask_truncated
-    batch["loss_mask"] = batch["response_mask"] * ~excluded[:, None]
-    batch["adv"] = advantages[:, None].expand_as(batch["loss_mask"]).contiguous()
-    metrics.add("rollout/response_length_mean", lengths.sum(), len(lengths))
-    metrics.max("rollout/response_length_max", lengths.max())
-    metrics.add("rollout/truncated_frac", batch["truncated"].sum(), len(lengths))
-    metrics.add("rollout/advantage_abs_mean", advantages.abs().sum(), len(advantages))
-    return batch
-
-
-@torch.no_grad()
-def stats_pass(model, batch: dict, args, accelerator) -> tuple[torch.Tensor, ...]:
-    """No-grad logp, entropy, G [B, R] of the whole batch, in micro-batches."""
-    model.eval()
-    with accelerator.autocast():
-        rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.micro_batch_size)
-        parts = [micro_batch_stats(model, batch, r, args.entropy_chunk_size, args.temperature) for r in rows]
-    return tuple(torch.cat(p) for p in zip(*parts))
-
-
-def update_policy(
-    model, optimizer, batch, args, algo_state, accelerator, metrics, step: int, fill_old: bool, reduce_sum
-) -> int:
-    """The optimizer steps on a rollout batch, logging entropy flows and the batch's entropy; returns those skipped."""
-    world, n_rows, skipped_updates = accelerator.num_processes, len(batch["adv"]), 0
-    model.train()
-    for epoch in range(args.update_epochs):
-        order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(args.seed * 31 + step * 7 + epoch))
-        for k, mb_rows in enumerate(order.to(batch["adv"].device).split(n_rows // args.num_minibatches)):
-            totals = minibatch_totals(batch["loss_mask"][mb_rows], reduce_sum)
-            accelerator.step = 0  # accumulation boundaries per minibatch (accelerate saves its counter in checkpoints)
-            for rows in mb_rows.split(args.micro_batch_size):
-                # accelerate accumulates (DDP / FSDP: no all-reduce until the last micro-batch; DeepSpeed: its engine
-                # clips and steps there) and divides each loss by the micro-batch count, undone by the factor
-                with accelerator.accumulate(model), accelerator.autocast():
-                    logp, entropy, g = micro_batch_stats(model, batch, rows, args.entropy_chunk_size, args.temperature)
-                    if fill_old:  # no old-policy pass: the batch's old-policy ℓ, H, G are this forward's
-                        batch["logp_old"][rows], batch["entropy_old"][rows], batch["g_old"][rows] = (
-                            logp.detach(),
-                            entropy.detach(),
-                            g,
-                        )
-                    mb = {key: value[rows] for key, value in batch.items()}
-                    if epoch == 0 and k == 0:  # the policy that sampled the batch: r ≡ 1 exactly
-                        mb["logp_old"] = logp.detach()
-                    grad_logp = []
-                    logp.register_hook(grad_logp.append)  # ∂L/∂ℓ_t of the loss below, for the flows
-                    loss, info = compute_loss(mb, logp, entropy, args, algo_state, totals, world)
-                    accelerator.backward(loss * accelerator.gradient_accumulation_steps)
-                # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
-                delta = entropy_change(-grad_logp[0] * totals["tokens"] / world, logp.detach(), entropy.detach(), g)
-                delta = delta * mb["loss_mask"]
-                for name, values in [
-                    ("entropy/flow_increase", delta.clamp(min=0)),
-                    ("entropy/flow_decrease", (-delta).clamp(min=0)),
-                    ("entropy/flow_net", delta),
-                    ("entropy/increase_frac", delta > 0),
-                    ("train/policy_loss", info["token_loss"]),
-                    ("train/ppo_kl", mb["logp_old"] - logp.detach()),
-                    ("train/clip_frac_low", info["clipped_low"]),
-                    ("train/clip_frac_high", info["clipped_high"]),
-                    ("train/kl_ref", info.get("kl_ref")),
-                    ("rollout/is_weight_mean", info.get("is_weight")),
-                    ("rollout/is_capped_frac", info.get("is_capped")),
-                ]:
-                    if values is not None:  # boolean values are fractions (the mask is float)
-                        metrics.mean(name, values.detach(), mb["loss_mask"])
-                for name, value in info.items():  # the method's scalars: mean over micro-batches, or max / min
-                    if name.startswith("algo/"):
-                        metrics.max(name, value) if name.endswith(("_max", "_min")) else metrics.add(name, value)
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm) or 0.0)
-            if math.isfinite(grad_norm):  # never write NaN into the weights (DeepSpeed: the engine already stepped)
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            skipped_updates += not math.isfinite(grad_norm)
-            metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
-    # the sampling policy over the whole batch: entropy, rollout/trainer log-prob gap, Cov(A, ℓ)
-    mask = batch["response_mask"]
-    diff = (batch["rollout_logp"] - batch["logp_old"]).abs() * mask
-    metrics.mean("rollout/logp_diff_mean", diff, mask)
-    metrics.max("rollout/logp_diff_max", diff.max())
-    metrics.mean("entropy/mean", batch["entropy_old"], mask)
-    a, lp, n = reduce_sum(torch.stack([(batch["adv"] * mask).sum(), (batch["logp_old"] * mask).sum(), mask.sum()]))
-    metrics.mean("entropy/cov_adv_logp", (batch["adv"] - a / n) * (batch["logp_old"] - lp / n), mask)
-    return skipped_updates
-
-
-def learning_rate(args: Args, step: int) -> float:
-    """The rate of rollout step `step` (1-based): linear warm-up, then constant or cosine decay to 0."""
-    if step <= args.lr_warmup_steps:
-        return args.learning_rate * step / args.lr_warmup_steps
-    progress = min(1.0, (step - 1 - args.lr_warmup_steps) / max(1, args.total_steps - args.lr_warmup_steps))
-    return args.learning_rate * (0.5 * (1 + math.cos(math.pi * progress)) if args.lr_schedule == "cosine" else 1.0)
-
-
-def build_policy(args, accelerator, model_path: str, use_bf16: bool):
-    """The policy and its optimizer (prepared: DDP, ZeRO or FSDP), and a frozen reference when the KL term is on."""
-    model = load_pretrained(model_path, "model")
-    for module in model.modules():  # dropout would make the on-policy ratio differ from 1
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    if model.config.tie_word_embeddings:  # accelerate warns on every save that the tied lm_head is stored once
-        logging.getLogger("accelerate.utils.other").addFilter(lambda r: "Removed shared tensor" not in r.getMessage())
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    accelerator.gradient_accumulation_steps = math.ceil(
-        args.prompts_per_step
-        // accelerator.num_processes
-        * args.group_size
-        // args.num_minibatches
-        / args.micro_batch_size
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates, clips, then steps
-        accelerator.state.deepspeed_plugin.deepspeed_config.update(
-            gradient_accumulation_steps=accelerator.gradient_accumulation_steps,
-            gradient_clipping=args.max_grad_norm,
-            train_micro_batch_size_per_gpu=args.micro_batch_size,
-        )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if args.kl_coef == 0:  # else a plain (unsharded) frozen copy, also under ZeRO-3
-        return model, optimizer, None
-    with (
-        accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False)
-        if accelerator.distributed_type == DistributedType.DEEPSPEED
-        else nullcontext()
-    ):
-        ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
-    return model, optimizer, ref_model.to(accelerator.device).eval().requires_grad_(False)
-
-
-def load_checkpoint(accelerator, found: list[str]) -> dict:
-    """The trainer state of the newest checkpoint that loads ({} if none); damaged ones are passed over."""
-    for checkpoint in reversed(found):
-        try:
-            accelerator.load_state(checkpoint)
-            with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-                state = json.load(f)
-        except Exception as error:  # a truncated or missing file (on any process: all fall back together)
-            print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
-            state = None
-        if accelerator.gather(torch.tensor([state is not None], device=accelerator.device)).all():
-            accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
-            return state
-    return {}
-
-
-def lock_run(run_dir: str):
-    """One process at a time writes a run: the lock (None if another holds it), held while the file stays open."""
-    os.makedirs(run_dir, exist_ok=True)
-    lock = open(os.path.join(run_dir, ".lock"), "w")
-    with suppress(BlockingIOError):  # another process holds it
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return lock
-    return None
-
-
-def main(args: Args) -> str:
-    # ── setup: accelerator, argument checks (before anything is loaded or written), determinism
-    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and torch.cuda.is_available())
-    # cpu=True without CUDA: processes started by `accelerate launch --multi_gpu` / torchrun use gloo
-    accelerator = Accelerator(mixed_precision="bf16" if use_bf16 else "no", cpu=not torch.cuda.is_available())
-    world, rank = accelerator.num_processes, accelerator.process_index
-    engine = "vllm" if args.rollout_engine in ("vllm", "auto") and vllm_available() else "hf"
-    if args.rollout_is_cap is None:  # C = 2: the lower end of TRL's and ms-swift's caps (3, 2) bounds the variance
-        args.rollout_is_cap = 2.0 if engine == "vllm" else 0.0
-    check_args(
-        args,
-        world,
-        engine,
-        accelerator.distributed_type == DistributedType.FSDP and not getattr(accelerator, "is_fsdp2", False),
-    )
-    check_algorithm_args(args)
-    if args.threads and accelerator.device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    if args.torch_deterministic:  # vLLM sampling stays non-deterministic
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    run_dir = args.resume or os.path.join(
-        args.output_dir,
-        broadcast_object_list(
-            [
-                args.run_name
-                or "__".join([os.path.basename(args.train_data), args.exp_name, str(args.seed), str(int(time.time()))])
-            ]
-        )[0],
-    )
-
-    # ── data first: its errors come before anything is loaded or written
-    model_path = resolve_model(args.model)
-    if model_path != args.model:
-        accelerator.print(f"model: {model_path}")
-    tokenizer = load_pretrained(model_path, "tokenizer")
-    stop_ids = stop_token_ids(tokenizer, model_path, args.template)
-    train_problems = load_prompts(
-        args.train_data,
-        args.train_split,
-        tokenizer,
-        args.template,
-        args.max_prompt_length,
-        args.data_dir,
-        args.skip_invalid,
-        per_step=args.prompts_per_step,
-    )
-    eval_problems = (
-        load_prompts(
-            args.eval_data,
-            args.eval_split,
-            tokenizer,
-            args.template,
-            args.max_prompt_length,
-            args.data_dir,
-            args.skip_invalid,
-            args.num_eval_problems,
-        )
-        if args.eval_every
-        else []
-    )
-    found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
-    done = saved_args(found[-1], "trainer_state.json").get("step", 0) if found else 0  # damaged: not finished
-    if done >= args.total_steps:  # a finished run: nothing changes
-        accelerator.print(
-            f"run {run_dir} is finished ({done} of {args.total_steps} steps); "
-            f"to extend it: {rerun_command(run_dir)} --total-steps N"
-        )
-        return run_dir
-    lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
-    if broadcast_object_list([accelerator.is_main_process and lock is None])[0]:  # every process stops, not only one
-        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)")
-
-    # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
-    llm = (
-        build_vllm_engine(
-            model_path,
-            args.seed + rank,
-            args.vllm_gpu_memory_utilization,
-            args.vllm_max_model_len,
-            args.vllm_sleep_mode,
-            accelerator,
-        )
-        if engine == "vllm"
-        else None
-    )
-    set_seed(args.seed)  # after vLLM, which re-seeds the global RNGs in its worker
-    model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
-    state = load_checkpoint(accelerator, found)
-    if args.resume and not state:
-        accelerator.print(f"no usable checkpoint in {run_dir}: starting it again from step 0")
-    start_step, data_pos = state.get("step", 0), state.get("data_pos", 0)
-    algo_state = state.get("algo_state", init_algorithm_state(args))
-    logger = RunLogger(run_dir, args, accelerator.is_main_process, start_step)
-    accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
-    reduce_sum = (lambda x: accelerator.reduce(x.clone(), reduction="sum")) if world > 1 else (lambda x: x)
-    # the old-policy pass is needed when later minibatches are off-policy or the algorithm needs batch statistics
-    old_policy_pass = needs_old_policy_pass(args) or args.update_epochs * args.num_minibatches > 1
-    if args.eval_every and start_step == 0:  # the starting point of the eval curve
-        logger.log(0, evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, 0))
-
-    # ── the loop (Ctrl-C ends it with what to run next)
-    step, skipped_streak = start_step, 0
-    try:
-        for step in range(start_step + 1, args.total_steps + 1):
-            step_start = time.time()
-            set_seed(args.seed * 10_007 + step * 101 + rank)  # sampling is a function of (seed, step, rank)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(args, step)
-            metrics = Metrics()
-            # 1. rollout and grading; 2. advantages and loss mask
-            samples, data_pos = rollout_and_grade(
-                model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics
-            )
-            batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)
-            # 3. old-policy ℓ_old, H, G (no grad), or filled in by the single on-policy update
-            t0 = time.time()
-            batch["logp_old"], batch["entropy_old"], batch["g_old"] = (
-                stats_pass(model, batch, args, accelerator)
-                if old_policy_pass
-                else torch.zeros((3, *batch["adv"].shape), device=accelerator.device)
-            )
-            if ref_model is not None:
-                batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)[0]
-            algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
-            # 4. policy update
-            skipped = update_policy(
-                model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass, reduce_sum
-            )
-            skipped_streak = skipped_streak + 1 if skipped == args.update_epochs * args.num_minibatches else 0
-            metrics.add("train/skipped_updates", skipped)
-            if args.measure_entropy_change:  # realised entropy change of the same batch
-                metrics.mean(
-                    "entropy/realised_change",
-                    stats_pass(model, batch, args, accelerator)[1] - batch["entropy_old"],
-                    batch["response_mask"],
-                )
-            metrics.add("time/training_s", time.time() - t0)
-            # 5. metrics, evaluation, checkpoints
-            metrics = {**metrics.reduce(accelerator), **algo_metrics, "train/learning_rate": learning_rate(args, step)}
-            metrics.update(
-                {
-                    "time/step_s": time.time() - step_start,
-                    "time/tokens_per_s": metrics["time/tokens_per_s"] / (time.time() - step_start),
-                }
-            )
-            algorithm_step_end(algo_state, args, metrics)
-            if args.eval_every and (step % args.eval_every == 0 or step == args.total_steps):
-                metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
-            logger.log(
-                step,
-                metrics,
-                [
-                    {
-                        "prompt": s["problem"]["question"],
-                        "response": s["text"],
-                        "reward": s["reward"],
-                        "gold": s["problem"]["answer"],
-                    }
-                    for s in samples[: args.num_completions_to_log]
-                ]
-                if args.log_completions_every and step % args.log_completions_every == 0
-                else [],
-            )
-            if skipped_streak == 3:  # nothing is being learnt: stop rather than spin
-                raise RunError(
-                    f"every update of steps {step - 2}-{step} was skipped (non-finite loss or gradients); "
-                    f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}"
-                )
-            shown = {
-                "reward": "rollout/reward",
-                "entropy": "entropy/mean",
-                "flow net": "entropy/flow_net",
-                "len": "rollout/response_length_mean",
-                "eval": "eval/accuracy",
-                "s": "time/step_s",
-            }
-            accelerator.print(
-                f"step {step:4d} | "
-                + " | ".join(f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics)
-            )
-            if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
-                save_checkpoint(
-                    accelerator,
-                    model,
-                    tokenizer,
-                    run_dir,
-                    {"step": step, "data_pos": data_pos, "algo_state": algo_state},
-                    args,
-                    start_step,
-                )
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(
-            f"run {run_dir} stopped at step {step}; its last checkpoint is "
-            f"{(checkpoints(run_dir) or ['none yet'])[-1]}; continue with: {rerun_command(run_dir)}"
-        )
-    logger.writer and logger.writer.close()
-    model_dir = os.path.join(checkpoints(run_dir)[-1] if accelerator.is_main_process else "", "hf")
-    accelerator.print(
-        f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model "
-        f"{shlex.quote(run_dir)}\n  plot:      python plot.py {shlex.quote(run_dir)}\n"
-        f"  continue:  {rerun_command(run_dir)} --total-steps N"
-    )
-    accelerator.end_training()
-    return run_dir
+        if not self.writer:
+            return
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)
+        for name, rows in (("metrics.jsonl", [metrics]), ("completions.jsonl", completions)):
+            with open(os.path.join(self.run_dir, name), "a") as f:
+                f.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
 
 
 if __name__ == "__main__":
     try:
         main(parse_args())
     except (UsageError, DataError, RunError) as error:  # one line; exit status 2: arguments or files, 1: the run
-        print(f"error: {error if isinstance(error, RunError) else ' '.join(str(error).split())}", file=sys.stderr)
+        message = error if isinstance(error, RunError) else " ".join(str(error).split())
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1 if isinstance(error, RunError) else 2)
     except KeyboardInterrupt as interrupt:
         print(f"\ninterrupted: {interrupt or 'before the run started'}", file=sys.stderr)

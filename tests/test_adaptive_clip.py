@@ -331,7 +331,7 @@ def test_policy_token_loss_bounds_and_region_metrics():
     logp = (logp_old + torch.randn(b, R) * 0.3).requires_grad_()
     args = make_args(schedule="constant")
     state = {"upper_weight": 1.0, "lower_weight": 1.0}
-    _, info = fec.policy_token_loss(mb, logp, args, state)
+    _, info = fec.policy_token_loss(mb, {"logp": logp}, args, state)
     r_min, r_max = fec.ratio_bounds(logp_old.exp(), **DEFAULTS)
     ratio = torch.exp(logp.detach() - logp_old)
     assert float(info["algo/ratio_max_mean"]) == pytest.approx(float(r_max.mean()))
@@ -346,14 +346,14 @@ def test_policy_token_loss_bounds_and_region_metrics():
     high = float(info["algo/region_E1_clip_frac"] + info["algo/region_E2_clip_frac"])
     assert high == pytest.approx(float(info["clipped_high"].float().mean()))
     # schedule weights 0 on both sides: plain GRPO clipping at ε_std = 0.2 on both sides
-    loss0, info0 = fec.policy_token_loss(mb, logp, args, {"upper_weight": 0.0, "lower_weight": 0.0})
+    loss0, info0 = fec.policy_token_loss(mb, {"logp": logp}, args, {"upper_weight": 0.0, "lower_weight": 0.0})
     want = grpo.clipped_surrogate(mb["adv"], torch.exp(logp - logp_old), 0.2, 0.2, 10.0)
     torch.testing.assert_close(loss0, want[0])
     assert float(info0["algo/ratio_max_mean"]) == pytest.approx(1.2)
     assert float(info0["algo/ratio_min_mean"]) == pytest.approx(0.8)
     # --eps-std None: the standard thresholds are --clip-low / --clip-high
     args_none = make_args(eps_std=None)
-    _, info1 = fec.policy_token_loss(mb, logp, args_none, {"upper_weight": 0.0, "lower_weight": 0.0})
+    _, info1 = fec.policy_token_loss(mb, {"logp": logp}, args_none, {"upper_weight": 0.0, "lower_weight": 0.0})
     assert float(info1["algo/ratio_max_mean"]) == pytest.approx(1.28)
 
 
@@ -476,10 +476,10 @@ def test_two_step_run_logs_finite_algo_metrics_that_add_up(tmp_path):
         # the lower-side clips are the E3 and E4 tokens below r_min, plus any beyond the dual-clip bound c
         assert row["algo/region_E3_clip_frac"] + row["algo/region_E4_clip_frac"] <= row["train/clip_frac_low"] + 1e-6
     assert sum(r["train/clip_frac_high"] + r["train/clip_frac_low"] for r in rows) > 0, "nothing was clipped"
-    readme = (REPO / "README.md").read_text()
-    glossary = set(re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", readme.split("## Logged metrics")[1]))
+    metrics_doc = (REPO / "docs" / "metrics.md").read_text()
+    glossary = set(re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", metrics_doc.split("# Logged metrics")[1]))
     logged = {k for row in rows for k in row if k != "step"}
-    assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+    assert logged <= glossary, f"metrics missing from the glossary docs/metrics.md: {logged - glossary}"
 
 
 def test_defaults_take_16_updates_per_rollout_and_the_bounds_act(tmp_path):

@@ -257,7 +257,7 @@ def test_clip_cov_loss_uses_its_own_ppo_clip_and_removes_the_drawn_tokens():
     batch = toy_batch()
     assert cc.algorithm_step_begin(state, args, batch, lambda x: x) == {}
     logp = (batch["logp_old"] + torch.linspace(-1.5, 1.0, 24).view(4, 6)).requires_grad_()
-    loss, info = cc.policy_token_loss(dict(batch), logp, args, state)
+    loss, info = cc.policy_token_loss(dict(batch), {"logp": logp}, args, state)
     ratio = torch.exp(logp.detach() - batch["logp_old"])
     ppo, low, high = cc.clipped_surrogate(batch["adv"], ratio, 1.0, 1.0, 0.0)
     keep = (loss.detach() != 0) | (ppo == 0)
@@ -290,7 +290,7 @@ def test_micro_batch_selection_depends_on_the_micro_batch_size():
         cc.algorithm_step_begin(state, args, batch, lambda x: x)
         for rows in torch.arange(8).split(micro):
             mb = {k: v[rows] for k, v in batch.items()}
-            cc.policy_token_loss(mb, mb["logp_old"].clone(), args, state)
+            cc.policy_token_loss(mb, {"logp": mb["logp_old"].clone()}, args, state)
         metrics = {}
         cc.algorithm_step_end(state, args, metrics)
         return round(metrics["algo/selected_frac"] * batch["loss_mask"].sum().item())
@@ -319,7 +319,7 @@ def test_global_mode_chooses_once_per_step_and_every_micro_batch_uses_it(method)
     logp = (batch["logp_old"] + 0.3).requires_grad_()  # a later, off-policy update
     for rows in torch.arange(8).split(3):
         mb = {k: v[rows] for k, v in batch.items()}
-        loss, _ = cc.policy_token_loss(mb, logp[rows], args, state)
+        loss, _ = cc.policy_token_loss(mb, {"logp": logp[rows]}, args, state)
         ratio = torch.exp(logp[rows].detach() - mb["logp_old"])
         if method == "clip-cov":
             ppo = cc.clipped_surrogate(mb["adv"], ratio, 1.0, 1.0, 0.0)[0]
@@ -338,7 +338,7 @@ def test_draws_are_a_function_of_seed_step_and_call():
 
     def draw(state):
         cc.algorithm_step_begin(state, args, batch, lambda x: x)
-        return cc.policy_token_loss(dict(batch), batch["logp_old"].clone(), args, state)[0] == 0
+        return cc.policy_token_loss(dict(batch), {"logp": batch["logp_old"].clone()}, args, state)[0] == 0
 
     first = draw({"step": 4, "calls": 0})
     assert torch.equal(first, draw(json.loads(json.dumps({"step": 4, "calls": 9}))))  # as restored from a checkpoint
@@ -399,9 +399,11 @@ def test_two_step_run_logs_finite_algorithm_metrics(tmp_path, flags):
             assert math.isfinite(row[name]), (name, row[name])
         assert 0 < row["algo/selected_frac"] < 0.1 and row["algo/cov_selected_mean"] > 0
         assert math.isfinite(row["entropy/flow_net"]) and row["train/skipped_updates"] == 0
-    glossary = set(re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
+    glossary = set(
+        re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "docs" / "metrics.md").read_text().split("# Logged metrics")[1])
+    )
     logged = {k for row in rows for k in row if k != "step"}
-    assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+    assert logged <= glossary, f"metrics missing from the glossary docs/metrics.md: {logged - glossary}"
 
 
 @pytest.mark.parametrize("method", ["clip-cov", "kl-cov"])

@@ -27,8 +27,8 @@ def minibatch_grad(theta, features, mask, adv, mode, micro: int, world: int):
         for rows in shard.split(micro):
             logp = (features[rows] @ theta).sin() - 2.0  # a differentiable stand-in for log π, [b, T]
             mb = {"adv": adv[rows], "logp_old": logp.detach() - 0.05, "loss_mask": mask[rows]}
-            loss, _ = grpo.compute_loss(mb, logp, None, args, state, totals, world)
-            loss.backward()
+            loss, _ = grpo.compute_loss(mb, {"logp": logp, "entropy": None}, args, state, totals)
+            (loss * world).backward()  # × world: what update_policy does against DDP's average
         total += theta.grad / world
     return total
 
@@ -129,7 +129,7 @@ def test_entropy_flows_equal_first_order_change_of_the_sgd_step(mode, extra):
     totals = grpo.minibatch_totals(mask, lambda x: x)
     grads = []
     logp.register_hook(grads.append)
-    loss, info = grpo.compute_loss(mb, logp, entropy, args, state, totals, world=1)
+    loss, info = grpo.compute_loss(mb, {"logp": logp, "entropy": entropy}, args, state, totals)
     loss.backward()
     assert (info["clipped_low"] | info["clipped_high"]).any()  # the test covers clipped tokens
     coef = -grads[0] * totals["tokens"]
@@ -151,7 +151,7 @@ def test_on_policy_first_update_has_ratio_exactly_one():
     args = make_args()
     logp = grpo.token_stats(z.view(-1, vocab).float(), tokens.view(-1), 8)[0].view(b, t) * 1.0001  # any values
     mb = {"adv": adv.float(), "loss_mask": mask.float(), "logp_old": logp.detach()}
-    loss, info = grpo.policy_token_loss(mb, logp, args, grpo.init_algorithm_state(args))
+    loss, info = grpo.policy_token_loss(mb, {"logp": logp}, args, grpo.init_algorithm_state(args))
     assert torch.equal(info["ratio"], torch.ones_like(logp))
     assert not (info["clipped_low"] | info["clipped_high"]).any()
 
@@ -168,7 +168,7 @@ def test_truncated_importance_weight():
         "logp_old": torch.zeros(1, 3),
         "rollout_logp": torch.tensor([[0.0, -0.5, -3.0]]),
     }
-    loss, info = grpo.compute_loss(mb, logp, None, args, state, grpo.minibatch_totals(mb["loss_mask"], lambda x: x), 1)
+    loss, info = grpo.compute_loss(mb, {"logp": logp}, args, state, grpo.minibatch_totals(mb["loss_mask"], lambda x: x))
     torch.testing.assert_close(info["is_weight"], torch.tensor([[1.0, math.exp(0.5), 2.0]]))
     assert info["is_capped"].tolist() == [[False, False, True]]
     loss.backward()

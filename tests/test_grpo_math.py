@@ -131,9 +131,8 @@ def test_k3_kl_nonnegative_zero_at_equality_and_added_to_the_loss():
         "rollout_logp": logp,
         "logp_ref": logp_ref,
     }
-    _, info = grpo.compute_loss(
-        mb, logp, None, args, grpo.init_algorithm_state(args), grpo.minibatch_totals(mb["loss_mask"], lambda x: x), 1
-    )
+    totals = grpo.minibatch_totals(mb["loss_mask"], lambda x: x)
+    _, info = grpo.compute_loss(mb, {"logp": logp}, args, grpo.init_algorithm_state(args), totals)
     kl = info["kl_ref"]
     assert torch.all(kl >= 0) and torch.all(kl[0, 10:] > 0) and torch.equal(kl[0, :10], torch.zeros(10))
     torch.testing.assert_close(kl, (logp_ref - logp).exp() - (logp_ref - logp) - 1)
@@ -148,7 +147,7 @@ def test_pos_weight_schedule():
     args = grpo.Args(algo=grpo.Algorithm(pos_weight=0.3))
     state = grpo.init_algorithm_state(args)
     mb = {"logp_old": torch.zeros(2, 2), "adv": torch.tensor([[1.0, 1.0], [-1.0, -1.0]])}
-    loss, _ = grpo.policy_token_loss(mb, torch.zeros(2, 2), args, state)
+    loss, _ = grpo.policy_token_loss(mb, {"logp": torch.zeros(2, 2)}, args, state)
     assert torch.allclose(loss, torch.tensor([[-0.3, -0.3], [1.0, 1.0]]))  # λ on A>0 tokens only
 
 
@@ -306,7 +305,7 @@ def test_metrics_means_extremes_and_empty():
     metrics.mean("b", torch.tensor([1.0, 5.0, 9.0]), torch.tensor([1.0, 1.0, 0.0]))
     metrics.add("c", 0.0, 0)
     for value in (5.0, 2.0, 7.0):
-        metrics.max("x_min", value)
+        metrics.min("x_min", value)
         metrics.max("y_max", value)
     out = metrics.reduce(one_process)
     assert {k: v for k, v in out.items() if k != "c"} == {"a": 4 / 3, "b": 3.0, "x_min": 2.0, "y_max": 7.0}

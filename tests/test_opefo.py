@@ -194,7 +194,7 @@ def test_token_loss_is_the_weighted_policy_gradient_with_ratio_one_and_no_clippi
     weight = torch.tensor([[1.5, 0.5], [1.0, 0.5]])
     logp = torch.tensor([[-0.1, -3.0], [-0.2, -5.0]], requires_grad=True)
     mb = {"adv": adv, "logp_old": logp.detach(), "flow_weight": weight, "loss_mask": torch.ones(2, 2)}
-    loss, info = opefo.policy_token_loss(mb, logp, args, opefo.init_algorithm_state(args))
+    loss, info = opefo.policy_token_loss(mb, {"logp": logp}, args, opefo.init_algorithm_state(args))
     assert torch.equal(info["ratio"], torch.ones(2, 2))
     assert not info["clipped_low"].any() and not info["clipped_high"].any()
     torch.testing.assert_close(loss.detach(), -weight * adv)
@@ -230,7 +230,9 @@ def test_real_gradient_cancels_the_first_order_entropy_change(mode):
         if not weighted:
             batch["flow_weight"] = torch.ones_like(adv)
         mb = {**batch, "logp_old": logp.detach()}
-        loss, _ = opefo.compute_loss(mb, logp, entropy, args, state, opefo.minibatch_totals(mask, lambda x: x), 1)
+        loss, _ = opefo.compute_loss(
+            mb, {"logp": logp, "entropy": entropy}, args, state, opefo.minibatch_totals(mask, lambda x: x)
+        )
         (grad_z,) = torch.autograd.grad(loss, logits)
         p = logits.detach().softmax(-1)
         grad_entropy = -p * (p.log() + entropy.detach().reshape(-1, 1))  # ∂H_t/∂z_t
@@ -349,9 +351,11 @@ def test_two_step_run_logs_finite_algo_metrics_and_every_reading(tmp_path, flags
         assert row["algo/flow_increase"] >= 0 and row["algo/flow_decrease"] >= 0
         assert row["algo/flow_net"] == pytest.approx(row["algo/flow_increase"] - row["algo/flow_decrease"])
         assert row["train/ppo_kl"] == 0.0 and row["train/clip_frac_low"] == row["train/clip_frac_high"] == 0.0
-    glossary = set(re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
+    glossary = set(
+        re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "docs" / "metrics.md").read_text().split("# Logged metrics")[1])
+    )
     logged = {k for row in rows for k in row if k != "step"}
-    assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+    assert logged <= glossary, f"metrics missing from the glossary docs/metrics.md: {logged - glossary}"
     state = json.loads((tmp_path / "e2e" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["algo_state"] == {"high_lambda_steps": 0}
 
@@ -400,17 +404,27 @@ def test_paper_expected_flow_is_the_vocabulary_mean_of_the_paper_formula():
     torch.testing.assert_close((p * exact_all).sum(-1), torch.zeros_like(g), atol=1e-12, rtol=0)
 
 
-def test_g3_of_forward_finds_the_logits_of_the_shared_kernel():
-    """As micro_batch_stats builds ℓ: token_stats on [b·(w + 1), V], the last column dropped, padded to R."""
-    logits, tokens, _ = fixed_softmax_batch(n_rows=4, width=6)
-    logits = logits.clone().requires_grad_(True)
-    logp = opefo.token_stats(logits, tokens)[0].view(4, 6)[:, :5]
-    logp = torch.nn.functional.pad(logp, (0, 3))
-    g3 = opefo.g3_of_forward(logp)
-    expected = opefo.g3_of_logits(logits).view(4, 6)[:, :5]
-    torch.testing.assert_close(g3[:, :5], expected)
-    assert torch.all(g3[:, 5:] == 0)
-    assert opefo.g3_of_forward(logp.detach()) is None
+def test_micro_batch_stats_gives_g3_of_the_update_forward():
+    """`needs_g3` methods get G₃ of the same forward as ℓ, H, G (current["g3"]): on the testbed model, G₃ at each
+    response position equals g3_of_logits of that position's logits / T (positions after a row's response are
+    masked out of the loss, whatever they hold); absent unless asked."""
+    model = opefo.load_pretrained(opefo.TESTBED_MODEL, "model").eval()
+    samples = [
+        {"prompt_ids": [5, 6, 7], "response_ids": [8, 9, 10], "rollout_logp": [0.0] * 3, "truncated": False},
+        {"prompt_ids": [7, 8], "response_ids": [11], "rollout_logp": [0.0], "truncated": False},
+    ]
+    batch = opefo.collate(samples, pad_id=0)
+    rows = torch.arange(2)
+    with torch.no_grad():
+        stats = opefo.micro_batch_stats(model, batch, rows, chunk_size=3, temperature=0.7, with_g3=True)
+        assert "g3" not in opefo.micro_batch_stats(model, batch, rows, chunk_size=3, temperature=0.7)
+        for i, sample in enumerate(samples):
+            ids = torch.tensor([sample["prompt_ids"] + sample["response_ids"]])
+            logits = model(input_ids=ids).logits[0] / 0.7  # row j predicts token j + 1
+            prompt = len(sample["prompt_ids"])
+            expected = opefo.g3_of_logits(logits[prompt - 1 : -1])
+            torch.testing.assert_close(stats["g3"][i, : len(sample["response_ids"])], expected, rtol=1e-4, atol=1e-6)
+    assert opefo.needs_g3(opefo.Args())
 
 
 def test_readings_on_a_fixed_batch():

@@ -5,20 +5,20 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import PRESENT_SCRIPTS
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["grpo.py", "opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py"]
 BANNER = re.compile(r"^# ─── (SHARED|ALGORITHM): (.+?) ─+$", re.M)
-REQUIRED = [
+REQUIRED = [  # execution order: what runs first comes first; run management last
     ("SHARED", "imports"),
     ("SHARED", "arguments"),
     ("ALGORITHM", "arguments"),
-    ("SHARED", "token statistics and entropy change"),
-    ("SHARED", "advantages and loss aggregation"),
     ("ALGORITHM", "loss"),
+    ("SHARED", "token statistics and loss"),
+    ("SHARED", "update"),
     ("SHARED", "rollout"),
-    ("SHARED", "logging, evaluation, checkpoints"),
     ("SHARED", "main loop"),
+    ("SHARED", "run management"),
 ]
 
 
@@ -31,15 +31,11 @@ def sections(path: Path) -> list[tuple[str, str, str]]:
     ]
 
 
-def present_scripts():
-    return [s for s in SCRIPTS if (REPO / s).exists()]
-
-
 def test_grpo_has_every_section_in_order():
     assert [(kind, name) for kind, name, _ in sections(REPO / "grpo.py")] == REQUIRED
 
 
-@pytest.mark.parametrize("script", present_scripts())
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS)
 def test_shared_sections_identical_to_grpo(script):
     reference = {name: body for kind, name, body in sections(REPO / "grpo.py") if kind == "SHARED"}
     mine = sections(REPO / script)
@@ -49,7 +45,7 @@ def test_shared_sections_identical_to_grpo(script):
             assert body == reference[name], f"{script}: SHARED section '{name}' drifted from grpo.py"
 
 
-@pytest.mark.parametrize("script", present_scripts())
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS)
 def test_every_argument_has_a_help_text(script):
     """Every field of the argument dataclasses has its --help text: a comment on its line or a docstring below it."""
     text = (REPO / script).read_text()

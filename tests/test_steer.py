@@ -219,7 +219,7 @@ def test_policy_token_loss_is_weight_times_dual_clip_ppo(stats, mode):
     rows = torch.tensor([0, 2, 5])
     mb = {k: v[rows] for k, v in batch.items()}
     logp = (mb["logp_old"] + 0.4 * torch.randn_like(mb["logp_old"])).requires_grad_()  # an off-policy minibatch
-    loss, info = steer.policy_token_loss(mb, logp, args, {})
+    loss, info = steer.policy_token_loss(mb, {"logp": logp}, args, {})
     ratio = torch.exp(logp.detach() - mb["logp_old"])
     ppo, clipped_low, clipped_high = grpo.clipped_surrogate(mb["adv"], ratio, 0.2, 0.28, 10.0)
     omega = steer.steer_omega(mb["adv"], logp, mb["logp_old"], mb["entropy_old"])
@@ -256,11 +256,11 @@ def test_clip_indicator_form_zeroes_omega_of_clipped_tokens():
     omega = steer.steer_omega(batch["adv"], logp, batch["logp_old"], batch["entropy_old"]) * unclipped
     want = steer.steer_weights(omega, batch["loss_mask"])
     args = steer.Args(algo=steer.Algorithm(omega_clip_indicator=True))
-    loss, info = steer.policy_token_loss(batch, logp, args, {})
+    loss, info = steer.policy_token_loss(batch, {"logp": logp}, args, {})
     ppo = grpo.clipped_surrogate(batch["adv"], ratio, 0.2, 0.28, 10.0)[0]
     torch.testing.assert_close(loss.detach(), want * ppo)
     assert ((want == 1) | ~(batch["loss_mask"] > 0))[~unclipped].all() and (~unclipped & (batch["loss_mask"] > 0)).any()
-    _, info_code = steer.policy_token_loss(batch, logp, steer.Args(), {})
+    _, info_code = steer.policy_token_loss(batch, {"logp": logp}, steer.Args(), {})
     assert float(info["algo/omega_abs_mean"]) < float(info_code["algo/omega_abs_mean"])
 
 
@@ -275,7 +275,7 @@ def test_global_and_micro_batch_statistics_differ_on_a_subset():
         args = steer.Args(algo=steer.Algorithm(weight_stats=stats))
         b = dict(batch)
         steer.algorithm_step_begin({}, args, b, lambda x: x)
-        loss, info = steer.policy_token_loss({k: v[rows] for k, v in b.items()}, logp, args, {})
+        loss, info = steer.policy_token_loss({k: v[rows] for k, v in b.items()}, {"logp": logp}, args, {})
         weights[stats] = info["algo/weight_min"]
     assert weights["micro-batch"] == pytest.approx(0.8)  # the micro-batch's own largest |Ω| gets λ_min
     assert weights["global"] > 0.8  # the batch's largest |Ω| lies in another row
@@ -286,7 +286,7 @@ def test_first_update_ratio_is_one_and_weights_use_old_entropy():
     args = steer.Args()
     batch = make_batch(seed=6)
     logp = batch["logp_old"].clone().requires_grad_()
-    loss, info = steer.policy_token_loss(batch, logp, args, {})
+    loss, info = steer.policy_token_loss(batch, {"logp": logp}, args, {})
     assert torch.equal(info["ratio"], torch.ones_like(logp))
     pi = logp.detach().exp()
     omega = batch["adv"] * (1 - pi) * (logp.detach() + batch["entropy_old"])
@@ -382,9 +382,11 @@ def test_two_step_run_logs_finite_algo_metrics(tmp_path, flags, low, high):
         assert low - 1e-6 <= row["algo/weight_min"] <= row["algo/weight_mean"] <= row["algo/weight_max"] <= high + 1e-6
         assert 0 <= row["algo/omega_abs_mean"] <= row["algo/omega_abs_max"]
         assert math.isfinite(row["entropy/flow_net"]) and row["train/skipped_updates"] == 0
-    glossary = set(re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1]))
+    glossary = set(
+        re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "docs" / "metrics.md").read_text().split("# Logged metrics")[1])
+    )
     logged = {k for row in rows for k in row if k != "step"}
-    assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+    assert logged <= glossary, f"metrics missing from the glossary docs/metrics.md: {logged - glossary}"
 
 
 def test_defaults_are_the_authors_structure_and_the_weights_act(tmp_path):
