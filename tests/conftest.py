@@ -6,13 +6,23 @@ skipped with the reason below (``pytest -rs`` lists it). Use ``DATA_DIR`` with t
 ``data_dir()`` inside a test.
 
 At the end of a test run, the fault-injection suite's counts (issue: hardening): faults injected, bad inputs
-tried, runs resumed, and work lost (a resumed run whose metrics differ from the uninterrupted run's fails its test)."""
+tried, runs resumed, and work lost (a resumed run whose metrics differ from the uninterrupted run's fails its test).
 
+Also shared by the test files: ``REPO``; the training scripts (``SCRIPTS``: ``grpo.py`` and its forks ``FORKS``;
+``PRESENT_SCRIPTS``, those in this checkout); the ``pool`` fixture (a started grading pool); and ``tmpfs``, a
+small (read-only) tmpfs mounted for a test, which skips it where mounting is not allowed."""
+
+import contextlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+FORKS = ("opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py")  # the algorithms forked from grpo.py
+SCRIPTS = ("grpo.py", *FORKS)  # every training script
+PRESENT_SCRIPTS = [s for s in SCRIPTS if (REPO / s).exists()]
 DATA_DIR_ENV = "RLVR_DATA_DIR"
 
 
@@ -39,6 +49,30 @@ def data_dir() -> Path:
     if DATA_DIR is None:
         pytest.skip(DATA_SKIP_REASON)
     return DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A started grading pool of 2 workers (so timings exclude start-up); stopped after the module."""
+    from common import reward
+
+    with reward._POOL_LOCK:
+        reward._get_pool().wait_ready(2)
+    yield reward._POOL
+    reward.shutdown_workers()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str = "ro,size=64k", why: str = "a read-only tmpfs (root ignores file permissions)"):
+    """A tmpfs mounted on ``path`` (created) with ``options`` for the ``with`` block, unmounted after; skips the
+    test, naming ``why`` it needs one, where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip(f"needs permission to mount {why}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
 
 
 FAULTS = ("test_faults.py", "test_grpo_nonfinite.py", "test_reward_cpu_limit.py", "timeout", "kill", "pathological")

@@ -14,9 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from conftest import DATA_DIR, needs_data
 
 from common.data import (

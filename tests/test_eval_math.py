@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR, needs_data  # ($RLVR_DATA_DIR; skipped without it)
+
+import eval_math as em
+from common.data import BENCHMARKS
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from conftest import DATA_DIR, needs_data  # noqa: E402  ($RLVR_DATA_DIR; skipped without it)
-
-import eval_math as em  # noqa: E402
-from common.data import BENCHMARKS  # noqa: E402
-
 TESTBED = REPO / "testbed" / "model"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import PRESENT_SCRIPTS, tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = [s for s in ["grpo.py", "opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py"] if (REPO / s).exists()]
 TINY = [
     "--prompts-per-step",
     "4",
@@ -47,7 +47,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-@pytest.mark.parametrize("script", SCRIPTS[:1])  # the fallback is shared code
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS[:1])  # the fallback is shared code
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, script):
     common = [
         *TINY,
@@ -74,39 +74,33 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_intact_one(tmp_pat
     assert metrics(cut) == metrics(tmp_path / "full")
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS)
 def test_resume_with_other_arguments_or_another_script_is_refused(tmp_path, script):
     run(script, [*TINY, "--total-steps", "1", "--output-dir", str(tmp_path), "--run-name", "r"])
     proc = run(
         script, [*TINY, "--total-steps", "2", "--learning-rate", "1e-3", "--resume", str(tmp_path / "r")], expect=2
     )
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --resume") and "--learning-rate 0.001" in proc.stderr
-    other = next((s for s in SCRIPTS if s != script), None)
+    other = next((s for s in PRESENT_SCRIPTS if s != script), None)
     if other:
         proc = run(other, [*TINY, "--total-steps", "2", "--resume", str(tmp_path / "r")], expect=2)
         assert f"written by {script}, not {other}" in proc.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS[:1])
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS[:1])
 def test_full_disk_while_checkpointing_says_what_happened_and_what_to_run(tmp_path, script):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("needs permission to mount a small tmpfs (a real full disk)")
-    try:
+    with tmpfs(tmp_path / "small", "size=600k", "a small tmpfs (a real full disk)") as mount:
         proc = run(
             script,
             [*TINY, "--total-steps", "2", "--checkpoint-every", "1", "--output-dir", str(mount), "--run-name", "full"],
             expect=1,
         )
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: could not write checkpoint") and "No space left on device" in line
     assert "--resume" in line and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS[:1])
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS[:1])
 def test_ctrl_c_names_the_run_and_how_to_continue(tmp_path, script):
     proc = subprocess.Popen(
         [
@@ -139,7 +133,7 @@ def test_ctrl_c_names_the_run_and_how_to_continue(tmp_path, script):
     assert f"--resume {tmp_path / 'int'}" in err
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", PRESENT_SCRIPTS)
 def test_kill_9_while_writing_a_checkpoint_then_resume_matches_the_uninterrupted_run(tmp_path, script):
     """SIGKILL the moment the step-3 checkpoint starts being written (its `.tmp` directory appears): the resumed run
     ignores the partial checkpoint, continues from step 2, and ends with the uninterrupted run's metrics."""
@@ -175,14 +169,6 @@ def test_kill_9_while_writing_a_checkpoint_then_resume_matches_the_uninterrupted
 
 
 def test_read_only_output_directory_fails_at_start(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
-    ).returncode:
-        pytest.skip("needs permission to mount a read-only tmpfs (root ignores file permissions)")
-    try:
-        proc = run(SCRIPTS[0], [*TINY, "--output-dir", str(mount)], expect=2)
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
+    with tmpfs(tmp_path / "ro") as mount:
+        proc = run(PRESENT_SCRIPTS[0], [*TINY, "--output-dir", str(mount)], expect=2)
     assert proc.stderr.strip().splitlines()[-1] == f"error: --output-dir {mount} is not writable ({mount} is read-only)"

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import gpu_check
 
-from benchmarks import gpu_check  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tiny_configuration_runs_every_script(tmp_path):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -215,16 +216,8 @@ def test_eval_of_a_run_uses_its_newest_model_and_names_it(tmp_path):
 
 def test_eval_with_an_unwritable_output_dir_fails_before_evaluating(tmp_path):
     """Case 5: checked before any model is loaded, not after hours of generation."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
-    ).returncode:
-        pytest.skip("needs permission to mount a read-only tmpfs (root ignores file permissions)")
-    try:
+    with tmpfs(tmp_path / "ro") as mount:
         proc = run(["--limit", "2", "--output-dir", str(mount / "out")], expect=2, script="eval_math.py")
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
     assert proc.stderr.strip().splitlines() == [
         f"error: --output-dir {mount / 'out'} is not writable ({mount} is read-only)"
     ]

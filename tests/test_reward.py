@@ -6,15 +6,11 @@ pytest tests/test_reward.py -q
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from conftest import data_dir, needs_data
 
 from common import reward
@@ -22,15 +18,6 @@ from common.reward import Scores, extract_answer, is_equiv, score, shutdown_work
 
 POWER_TOWER = "\\boxed{9^{9^{9^{9^{9}}}}}"  # rejected before the parser (MAX_MAGNITUDE_DIGITS)
 SLOW = "\\boxed{(x+y+z)^{60}}"  # passes every static check; math-verify needs ~10 s of CPU against "1"
-
-
-@pytest.fixture(scope="module")
-def pool():
-    """A started pool of 2 workers (so timings below exclude start-up); stopped after the module."""
-    with reward._POOL_LOCK:
-        reward._get_pool().wait_ready(2)
-    yield reward._POOL
-    shutdown_workers()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from common import reward
 from common.reward import score, shutdown_workers
 

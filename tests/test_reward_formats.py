@@ -9,28 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from conftest import data_dir, needs_data
 
 from common import reward
-from common.reward import ANSWER_MODES, AUTO_ORDER, extract_answer, score, shutdown_workers
+from common.reward import ANSWER_MODES, AUTO_ORDER, extract_answer, score
 
 MINERVA = "Final Answer: The final answer is {}. I hope it is correct."
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with reward._POOL_LOCK:
-        reward._get_pool().wait_ready(2)
-    yield reward._POOL
-    shutdown_workers()
 
 
 def test_modes_and_auto_order_are_documented():

@@ -5,16 +5,11 @@ exact ranges)."""
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / "testbed" / "model"
-sys.path.insert(0, str(REPO))
-
-from common.data import (  # noqa: E402
+from common.data import (
     DEFAULT_TASK,
     PATHS_SEPARATORS,
     SYNTHETIC_TASKS,
@@ -25,7 +20,10 @@ from common.data import (  # noqa: E402
     paths_format,
     paths_solution,
 )
-from common.reward import score  # noqa: E402
+from common.reward import score
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "testbed" / "model"
 
 
 def test_paths_task_splits_solutions_and_formats():

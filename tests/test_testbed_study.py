@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import testbed_study
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import testbed_study  # noqa: E402
 
 RUNS_FILE = REPO / "docs" / "testbed_study_runs.jsonl"
 
