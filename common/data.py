@@ -48,6 +48,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from common.reward import last_boxed
+
 # ----------------------------------------------------------------------------------------------
 # Synthetic testbed task: multi-step integer arithmetic with worked solutions ending in \boxed{}.
 # ----------------------------------------------------------------------------------------------
@@ -81,6 +83,28 @@ def _arith_sample(rng: random.Random, min_terms: int, max_terms: int, max_value:
     return question, solution, str(value)
 
 
+def _generate(task: str, num: int, split: str, seed: int, sample, is_test) -> list[dict]:
+    """``num`` distinct problems of one split of a synthetic task: ``sample(rng)`` draws a record (``question``,
+    ``answer``, ``solution``, ...) and the split keeps those whose ``is_test(question)`` matches it."""
+    if split not in ("train", "test"):
+        raise ValueError(f"{task} split must be 'train' or 'test', got {split!r}")
+    rng = random.Random(f"{task}-{split}-{seed}")
+    records: list[dict] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(records) < num:
+        attempts += 1
+        if attempts > 100 * num + 10_000:
+            raise RuntimeError(f"could not generate {num} distinct {task} {split} problems; widen the task")
+        record = sample(rng)
+        if is_test(record["question"]) != (split == "test") or record["question"] in seen:
+            continue
+        seen.add(record["question"])
+        head = {"id": f"{task}-{split}-{len(records)}", "question": record["question"], "answer": record["answer"]}
+        records.append({**head, "source": task, **record})
+    return records
+
+
 def make_arith_problems(
     num: int,
     split: str = "train",
@@ -95,31 +119,12 @@ def make_arith_problems(
     deterministic given ``seed``. Each record also carries ``solution`` (a worked solution ending in
     ``\\boxed{gold}``) for supervised fine-tuning.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"arith split must be 'train' or 'test', got {split!r}")
-    want_test = split == "test"
-    rng = random.Random(f"arith-{split}-{seed}")
-    records: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(records) < num:
-        attempts += 1
-        if attempts > 100 * num + 10_000:
-            raise RuntimeError(f"could not generate {num} distinct arith {split} problems; widen the task")
+
+    def sample(rng: random.Random) -> dict:
         question, solution, gold = _arith_sample(rng, min_terms, max_terms, max_value)
-        if _arith_is_test(question) != want_test or question in seen:
-            continue
-        seen.add(question)
-        records.append(
-            {
-                "id": f"arith-{split}-{len(records)}",
-                "question": question,
-                "answer": gold,
-                "source": "arith",
-                "solution": solution,
-            }
-        )
-    return records
+        return {"question": question, "answer": gold, "solution": solution}
+
+    return _generate("arith", num, split, seed, sample, _arith_is_test)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,35 +195,18 @@ def make_paths_problems(num: int, split: str = "train", seed: int = 0, careful_s
     """Generate ``num`` distinct ``paths`` problems of one split (disjoint by a hash of the question,
     deterministic given ``seed``). Each record carries ``terms`` and a ``solution`` (careful with
     probability ``careful_share``, else a random pairwise path) for supervised fine-tuning."""
-    if split not in ("train", "test"):
-        raise ValueError(f"paths split must be 'train' or 'test', got {split!r}")
-    want_test = split == "test"
-    rng = random.Random(f"paths-{split}-{seed}")
-    records: list[dict] = []
-    seen: set[str] = set()
-    attempts = 0
-    while len(records) < num:
-        attempts += 1
-        if attempts > 100 * num + 10_000:
-            raise RuntimeError(f"could not generate {num} distinct paths {split} problems")
+
+    def sample(rng: random.Random) -> dict:
         terms = (rng.randint(10, 99), rng.randint(10, 99), rng.randint(10, 99))
-        question = f"Compute {terms[0]}+{terms[1]}+{terms[2]}."
         fmt = "careful" if rng.random() < careful_share else "pairwise"
-        solution = paths_solution(terms, fmt, rng)
-        if _paths_is_test(question) != want_test or question in seen:
-            continue
-        seen.add(question)
-        records.append(
-            {
-                "id": f"paths-{split}-{len(records)}",
-                "question": question,
-                "answer": str(sum(terms)),
-                "source": "paths",
-                "solution": solution,
-                "terms": list(terms),
-            }
-        )
-    return records
+        return {
+            "question": f"Compute {terms[0]}+{terms[1]}+{terms[2]}.",
+            "answer": str(sum(terms)),
+            "solution": paths_solution(terms, fmt, rng),
+            "terms": list(terms),
+        }
+
+    return _generate("paths", num, split, seed, sample, _paths_is_test)
 
 
 SYNTHETIC_TASKS = ("paths", "arith")  # generated, not downloaded; both have a train and a test split
@@ -570,23 +558,6 @@ def _gold(value, field: str) -> str:
     return value.strip()
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (brace-matched, so nested braces survive), or None."""
-    start = text.rfind("\\boxed")
-    while start >= 0:
-        i = start + len("\\boxed")
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, len(text)):
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                if depth == 0:
-                    return text[i + 1 : j]
-        start = text.rfind("\\boxed", 0, start)
-    return None
-
-
 def _boxed_gold(row: dict, field: str = "solution") -> str:
     gold = last_boxed(_text(row, field))
     if gold is None:
@@ -849,8 +820,8 @@ def check_source(source: str) -> None:
         raise DataNotFoundError(f"{source}: no such file")
     if not (_HUB_ID_RE.match(source) and path.parts[0] not in (".", "..")):
         raise DataError(
-            f"unknown data set {source!r}: use one of {', '.join((*DATASETS, *SYNTHETIC_TASKS))}, a local .jsonl/.json/.parquet "
-            f"file, or a Hugging Face dataset id (owner/name)"
+            f"unknown data set {source!r}: use one of {', '.join((*DATASETS, *SYNTHETIC_TASKS))}, "
+            "a local .jsonl/.json/.parquet file, or a Hugging Face dataset id (owner/name)"
         )
 
 
@@ -877,14 +848,10 @@ def load_problems(
     fields_given = question_field is not None or answer_field is not None
     name = _ALIASES.get(source.lower(), source.lower())
 
-    if name == "arith":
-        arith_split = split or "train"
-        num = limit if limit is not None else (20000 if arith_split == "train" else 500)
-        return Problems(make_arith_problems(num, arith_split, seed=0))
-    if name == "paths":
-        paths_split = split or "train"
-        num = limit if limit is not None else (20000 if paths_split == "train" else 500)
-        return Problems(make_paths_problems(num, paths_split, seed=0))
+    if name in SYNTHETIC_TASKS:
+        split = split or "train"
+        num = limit if limit is not None else (20000 if split == "train" else 500)
+        return Problems((make_arith_problems if name == "arith" else make_paths_problems)(num, split, seed=0))
 
     if name in _BENCHMARK_SPECS:
         record_fn, files = _BENCHMARK_SPECS[name]

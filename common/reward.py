@@ -140,7 +140,16 @@ from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 from functools import lru_cache
 
-__all__ = ["ANSWER_MODES", "AUTO_ORDER", "Scores", "extract_answer", "is_equiv", "score", "shutdown_workers"]
+__all__ = [
+    "ANSWER_MODES",
+    "AUTO_ORDER",
+    "Scores",
+    "extract_answer",
+    "is_equiv",
+    "last_boxed",
+    "score",
+    "shutdown_workers",
+]
 
 MAX_ANSWER_CHARS = 1000  # longer extracted answers (or golds) are judged by the fast path only
 MAX_NESTING = 8  # answers nested deeper in {} () [] are judged by the fast path only (golds: at most 4)
@@ -190,30 +199,30 @@ _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
 _DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 
 
+_BRACE_TOKEN_RE = re.compile(r"\\.|[{}]", re.S)  # an escape (skipped whole) or a brace
+
+
+def _braces(text: str, start: int = 0):
+    """(index, ``{`` or ``}``) of every brace from ``start`` on that is not escaped (``\\{``/``\\}``)."""
+    for m in _BRACE_TOKEN_RE.finditer(text, start):
+        if m.group() in "{}":
+            yield m.start(), m.group()
+
+
 def _match_brace(text: str, open_idx: int) -> int | None:
     """Index of the ``}`` closing the ``{`` at ``open_idx`` (escaped ``\\{``/``\\}`` skipped), or None."""
-    depth, i, n = 0, open_idx, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    depth = 0
+    for i, c in _braces(text, open_idx):
+        depth += 1 if c == "{" else -1
+        if depth == 0:
+            return i
     return None
 
 
-def _last_box_start(text: str) -> tuple[int, int] | None:
-    """(start, end of command name) of the last ``\\boxed``/``\\fbox`` not followed by a letter."""
-    last = None
-    for last in _BOX_RE.finditer(text):
-        pass
-    return None if last is None else (last.start(), last.end())
+def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+    """The last match of ``pattern`` in ``text`` (None if none), in one pass."""
+    found = deque(pattern.finditer(text), maxlen=1)
+    return found[0] if found else None
 
 
 def _box_at(text: str, i: int, close: int | None | bool = False) -> tuple[str | None, int]:
@@ -233,26 +242,22 @@ def _box_at(text: str, i: int, close: int | None | bool = False) -> tuple[str | 
     return None, i
 
 
-def _extract_boxed(text: str) -> str | None:
-    found = _last_box_start(text)
-    if found is None:
-        return None
-    return _box_at(text, found[1])[0] or None
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (brace matched, so nested braces survive; the space
+    form ``\\boxed 5`` too), stripped; None without a box, for an empty box or an unclosed last box (a truncated
+    response). The one box reader: answers here, gold solutions in ``common.data``."""
+    last = _last_match(_BOX_RE, text)
+    return None if last is None else _box_at(text, last.end())[0] or None
 
 
 def _brace_partners(text: str) -> dict[int, int]:
     """{index of ``{``: index of its ``}``} for every closed brace pair, in one pass (escapes skipped)."""
-    partners, stack, i, n = {}, [], 0, len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
+    partners, stack = {}, []
+    for i, c in _braces(text):
         if c == "{":
             stack.append(i)
-        elif c == "}" and stack:
+        elif stack:
             partners[stack.pop()] = i
-        i += 1
     return partners
 
 
@@ -293,7 +298,7 @@ def _tidy(ans: str) -> str | None:
     without a final period. None if nothing is left."""
     ans = ans.strip()
     if _BOX_RE.search(ans):
-        boxed = _extract_boxed(ans)
+        boxed = last_boxed(ans)
         if boxed:
             return boxed
     for _ in range(2):
@@ -342,7 +347,7 @@ def _first_statement(rest: str) -> str | None:
             break
     line = rest.partition("\n")[0]
     if _BOX_RE.search(line):
-        boxed = _extract_boxed(line)
+        boxed = last_boxed(line)
         if boxed:
             return boxed
     m = _SENTENCE_END_RE.search(line)
@@ -351,9 +356,7 @@ def _first_statement(rest: str) -> str | None:
 
 def _extract_answer_is(text: str) -> str | None:
     tail = text[-ANSWER_WINDOW:]
-    last = None
-    for last in _LABEL_RE.finditer(tail):
-        pass
+    last = _last_match(_LABEL_RE, tail)
     return None if last is None else _first_statement(tail[last.end() :])
 
 
@@ -363,9 +366,7 @@ def _extract_minerva(text: str) -> str | None:
         return None
     window_start = max(0, end - MINERVA_WINDOW)
     window = text[window_start:end]
-    last = None
-    for last in _MINERVA_HEAD_RE.finditer(window):
-        pass
+    last = _last_match(_MINERVA_HEAD_RE, window)
     if last is None:
         return None
     return _tidy(window[last.end() :])
@@ -377,7 +378,7 @@ def _extract_answer_line(text: str) -> str | None:
         return None
     ans = matches[-1].strip()
     if any(cmd in ans for cmd in _BOX_CMDS):
-        boxed = _extract_boxed(ans)
+        boxed = last_boxed(ans)
         if boxed is not None:
             ans = boxed
     ans = ans.strip().rstrip(".").strip().strip("$").strip()
@@ -385,7 +386,7 @@ def _extract_answer_line(text: str) -> str | None:
 
 
 _EXTRACTORS = {
-    "boxed": _extract_boxed,
+    "boxed": last_boxed,
     "minerva": _extract_minerva,
     "the-answer-is": _extract_answer_is,
     "answer": _extract_answer_line,

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import DATA_DIR, needs_data
 
+from common import reward
 from common.data import (
     BENCHMARKS,
     DAPO_INSTRUCTION,
@@ -544,9 +545,38 @@ def test_repair_control_chars():
     assert repair_control_chars(untouched) == untouched
 
 
-def test_last_boxed():
-    assert last_boxed("\\boxed{1} then \\boxed{\\frac{a}{b^{2}}} end") == "\\frac{a}{b^{2}}"
-    assert last_boxed("\\boxed {x}") == "x" and last_boxed("none") is None and last_boxed("\\boxed{open") is None
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\\boxed{1} then \\boxed{\\frac{a}{b^{2}}} end", "\\frac{a}{b^{2}}"),  # the last box, nested braces
+        ("so \\boxed{\\{1, \\{2\\}\\}}.", "\\{1, \\{2\\}\\}"),  # escaped braces do not count
+        ("\\fbox{3}", "3"),  # \\fbox as well as \\boxed
+        ("\\boxed{1} and \\fbox{2}", "2"),
+        ("\\boxed 3", "3"),  # the space form
+        ("$\\boxed 3$", "3"),
+        ("\\boxed {x}", "x"),
+        ("\\boxed{ 7 }", "7"),
+        ("no box here", None),
+        ("\\boxed{}", None),  # empty
+        ("\\boxed{1} then \\boxed{open", None),  # an unclosed last box (a truncated solution) is no answer
+        ("\\boxedx{1}", None),  # another command
+    ],
+)
+def test_last_boxed(text, expected):
+    """One box reader for gold solutions (``common.data``) and model answers (``common.reward``)."""
+    assert last_boxed is reward.last_boxed
+    assert last_boxed(text) == expected
+    assert reward.extract_answer(text, "boxed") == expected
+
+
+def test_gold_from_a_solution_box(tmp_path):
+    path = tmp_path / "s.jsonl"
+    rows = [{"problem": "a", "solution": "so \\fbox{3}"}, {"problem": "b", "solution": "\\boxed{\\frac{1}{2}}."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p["answer"] for p in load_problems(str(path))] == ["3", "\\frac{1}{2}"]
+    path.write_text(json.dumps({"problem": "c", "solution": "no box"}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: solution: no \\boxed\{"):
+        load_problems(str(path))
 
 
 # ---------------------------------------------------------------------------------------------
