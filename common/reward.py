@@ -83,7 +83,9 @@ entry in order; the row break ``\\\\`` survives normalisation (also when a space
 spacing command ``\\ `` must not swallow). An inequality in one letter with constant bounds is read
 as the interval it defines, with its ends: ``-2 \\le x \\le 7 = x \\in [-2,7] = [-2,7]``,
 ``-2 < x \\le 7 = (-2,7] != [-2,7]``, ``x > 3 = (3,\\infty)``, ``5 \\ge x = (-\\infty,5]``, ``x >= 3 = [3,\\infty)``
-(ASCII ``<=``/``>=`` too); ``x \\in S`` is ``S`` for an interval, union or set ``S``
+(ASCII ``<=``/``>=`` too); a negated letter turns the relation round: ``-x > -1 = x < 1``, ``-x \\ge -1 = x \\le 1``
+(``-x > 1 != x < 1``); a relation written with its backslash doubled (``-2 \\\\le x \\\\le 7``, a JSON-escaping slip)
+reads as the single one; ``x \\in S`` is ``S`` for an interval, union or set ``S``
 (``x \\in (-\\infty,1) \\cup (2,3] = (-\\infty,1) \\cup (2,3]``); inequalities in the same letter joined by "or"
 (``\\text{ or }``, ``\\lor``, ``\\cup``) are the union of their intervals
 (``x < 1 \\text{ or } 2 < x \\le 3 = (-\\infty,1) \\cup (2,3]``).
@@ -435,8 +437,11 @@ _REL = (
     r"|\\geq?(?:slant|q)?(?![A-Za-z])|≥|⩾)"
 )
 _REL_RE = re.compile(_REL)
-_CHAIN_RE = re.compile(r"^(.+?)\s*" + _REL + r"\s*([A-Za-z])\s*" + _REL + r"\s*(.+)$")
-_ONE_SIDED_RE = re.compile(r"^(?:([A-Za-z])\s*" + _REL + r"\s*(.+)|(.+?)\s*" + _REL + r"\s*([A-Za-z]))$")
+_VAR = r"(-?\s*[A-Za-z])"  # the variable of an inequality, maybe negated: "-x > -1" is "x < 1"
+_CHAIN_RE = re.compile(r"^(.+?)\s*" + _REL + r"\s*" + _VAR + r"\s*" + _REL + r"\s*(.+)$")
+_ONE_SIDED_RE = re.compile(r"^(?:" + _VAR + r"\s*" + _REL + r"\s*(.+)|(.+?)\s*" + _REL + r"\s*" + _VAR + r")$")
+# "\\le" written with the backslash doubled (a JSON-escaping slip) is "\le", not a row break and the letters "le"
+_DOUBLED_REL_RE = re.compile(r"\\\\(?=(?:lt|gt|leq?(?:slant|q)?|geq?(?:slant|q)?)(?![A-Za-z]))")
 _VAR_IN_RE = re.compile(r"^[A-Za-z]\s*\\in(?![A-Za-z])\s*(?=[\[(]|\\\{)")
 # "or" between the inequalities of a union: "x < 1 \text{ or } 2 < x \le 3", "x<1 \lor x>2", "x < 1 or x > 2"
 _OR_RE = re.compile(
@@ -497,20 +502,35 @@ def _constant_bound(b: str) -> bool:
     )
 
 
+def _negated(bound: str) -> str:
+    """``-bound`` written out: ``-1`` -> ``1``, ``\\pi`` -> ``-\\pi``, ``1+\\sqrt{2}`` -> ``-(1+\\sqrt{2})``."""
+    bound = bound.strip()
+    body = bound[1:].strip() if bound[:1] in "+-" else bound
+    depth = 0
+    for c in body:
+        depth += (c in "{([") - (c in "})]")
+        if depth == 0 and c in "+-":  # a sum: negate it whole
+            return f"-({bound})"
+    return body if bound.startswith("-") else "-" + body
+
+
 def _one_interval(s: str) -> tuple[str, str] | None:
-    """(variable, interval) of ``a < x \\le b`` / ``x \\ge a`` / ``b > x`` (one letter, constant bounds) or of
-    ``x \\in S`` (an interval or set ``S``); None for anything else."""
+    """(variable, interval) of ``a < x \\le b`` / ``x \\ge a`` / ``b > x`` (one letter, maybe negated: ``-x > -1`` is
+    ``x < 1``; constant bounds) or of ``x \\in S`` (an interval or set ``S``); None for anything else."""
     m = _VAR_IN_RE.match(s)
     if m:
         return s[0], s[m.end() :]
     m = _CHAIN_RE.match(s)
     if m:
         a, r1, var, r2, b = m.groups()
-        if _constant_bound(a) and _constant_bound(b) and (r1 in _LESS) == (r2 in _LESS):
-            if r1 not in _LESS:  # "b > x > a"
-                a, r1, b, r2 = b, r2, a, r1
-            return var, ("(" if r1 in _STRICT else "[") + f"{a.strip()}, {b.strip()}" + (")" if r2 in _STRICT else "]")
-        return None
+        if not (_constant_bound(a) and _constant_bound(b)) or (r1 in _LESS) != (r2 in _LESS):
+            return None
+        negated = var.startswith("-")
+        if negated:  # "a < -x < b" is "-a > x > -b"
+            a, b = _negated(a), _negated(b)
+        if (r1 in _LESS) == negated:  # "b > x > a"
+            a, r1, b, r2 = b, r2, a, r1
+        return var[-1], ("(" if r1 in _STRICT else "[") + f"{a.strip()}, {b.strip()}" + (")" if r2 in _STRICT else "]")
     m = _ONE_SIDED_RE.match(s)
     if m:
         if m.group(1) is not None:  # "x < b", "x \ge a"
@@ -519,9 +539,11 @@ def _one_interval(s: str) -> tuple[str, str] | None:
             var, rel, bound, upper = m.group(6), m.group(5), m.group(4), m.group(5) not in _LESS
         if not _constant_bound(bound):
             return None
+        if var.startswith("-"):  # "-x < b" is "x > -b"
+            bound, upper = _negated(bound), not upper
         if upper:
-            return var, f"(-\\infty, {bound.strip()}" + (")" if rel in _STRICT else "]")
-        return var, ("(" if rel in _STRICT else "[") + f"{bound.strip()}, \\infty)"
+            return var[-1], f"(-\\infty, {bound.strip()}" + (")" if rel in _STRICT else "]")
+        return var[-1], ("(" if rel in _STRICT else "[") + f"{bound.strip()}, \\infty)"
     return None
 
 
@@ -549,6 +571,7 @@ def _ineq_to_interval(s: str) -> str:
 def _clean(s: str) -> str:
     """Meaning-preserving cleanup applied to both sides before the fast path and before math-verify."""
     s = _unwrap_outer(s)
+    s = _DOUBLED_REL_RE.sub(r"\\", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "").replace("%", "")
     s = s.replace("{,}", ",")

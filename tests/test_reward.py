@@ -235,6 +235,22 @@ INTERVALS_EQUAL = [
     ("x < 1 \\text{ or } 2 < x \\le 3", "x \\in (-\\infty, 1) \\cup (2, 3]"),
     ("x \\le -1 \\text{ or } x \\ge 1", "(-\\infty, -1] \\cup [1, \\infty)"),
     ("x<1 \\lor x>2", "(-\\infty,1)\\cup(2,\\infty)"),
+    # a negated letter: both sides times -1, the relation turned round (issue 33)
+    ("-x > -1", "x < 1"),
+    ("-x >= -1", "x <= 1"),
+    ("-x \\ge -1", "x \\le 1"),
+    ("-x \\geq -1", "x \\leq 1"),
+    ("-x ≥ -1", "x ≤ 1"),
+    ("-x < 2", "x > -2"),
+    ("3 > -x", "(-3, \\infty)"),
+    ("-x \\le \\frac{1}{2}", "x \\ge -\\frac{1}{2}"),
+    ("1 < -x \\le 3", "-3 \\le x < -1"),
+    ("-x < 1 \\text{ or } -x > 2", "(-\\infty, -2) \\cup (-1, \\infty)"),
+    # the backslash doubled (a JSON-escaping slip) reads as one
+    ("-2 \\\\le x \\\\le 7", "x \\in [-2,7]"),
+    ("-2 \\\\le x \\\\le 7", "-2 \\le x \\le 7"),
+    ("x \\\\ge 3", "[3, \\infty)"),
+    ("-2 \\\\leq x < 7", "[-2, 7)"),
 ]
 
 INTERVALS_UNEQUAL = [
@@ -251,6 +267,13 @@ INTERVALS_UNEQUAL = [
     ("x \\in (-\\infty, 1) \\cup (2, 3]", "(-\\infty, 1] \\cup (2, 3]"),
     ("x \\in (-\\infty, 1) \\cup (2, 3]", "(-\\infty, 1)"),  # a part missing
     ("x < 1 \\text{ or } 2 < x \\le 3", "(-\\infty, 1) \\cup [2, 3]"),
+    ("-x > 1", "x < 1"),  # negated: x < -1
+    ("-x > -1", "x > 1"),  # the relation not turned round
+    ("-x > -1", "x < -1"),  # the bound not negated
+    ("-x \\ge -1", "x < 1"),  # closed against open
+    ("x \\le 7", "x < 7"),
+    ("-2 \\\\le x \\\\le 7", "x \\in (-2,7]"),
+    ("-2 \\\\le x \\\\le 7", "x \\in [-2,8]"),
 ]
 
 
@@ -282,6 +305,21 @@ def test_or_joins_only_inequalities_in_one_letter():
     assert reward._clean("x = 1 \\text{ or } x = 2") == "x = 1 \\text{ or } x = 2"
     assert reward._clean("x < 1 \\text{ or } x < a") == "x < 1 \\text{ or } x < a"
     assert reward._clean("x \\ge 1 \\text{ or } x \\le -1") == "[1, \\infty) \\cup (-\\infty, -1]"
+
+
+def test_negated_letter_and_doubled_backslash_read_as_intervals():
+    """Decided by the fast path (the same canonical interval), not left to math-verify, whose reading of a
+    relation is asymmetric (gold first)."""
+    assert reward._clean("-x > -1") == reward._clean("x < 1") == "(-\\infty, 1)"
+    assert reward._clean("-1 \\ge -x") == reward._clean("x \\ge 1") == "[1, \\infty)"
+    assert reward._clean("-x \\ge 1+\\sqrt{2}") == "(-\\infty, -(1+\\sqrt{2})]"  # a sum negated whole
+    assert reward._clean("-2 < -x < 5") == "(-5, 2)"
+    assert reward._clean("-2 \\\\le x \\\\le 7") == reward._clean("-2 \\le x \\le 7") == "[-2, 7]"
+    assert reward._clean("-x^2 > -1") == "-x^2 > -1"  # not one letter
+    assert reward._clean("-x > y") == "-x > y"  # not a constant bound
+    matrix = "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"
+    assert reward._clean(matrix) == matrix  # a row break before a space stays one
+    assert reward._clean("a \\\\lex") == "a \\\\lex"  # a row break before a word that is no relation stays one
 
 
 @pytest.mark.parametrize("pred, gold", EQUAL)
