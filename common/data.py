@@ -716,10 +716,14 @@ def _read_file_rows(path: Path):
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    yield f"{path}:line {line_no}", json.loads(line), None
+                try:  # without its newline: a row cut short is an error at its end, not at "line 2, column 1"
+                    yield f"{path}:line {line_no}", json.loads(line.rstrip("\n")), None
                 except json.JSONDecodeError as e:
-                    yield f"{path}:line {line_no}", None, f"malformed JSON ({e.msg} at column {e.colno})"
+                    yield (
+                        f"{path}:line {line_no}",
+                        None,
+                        f"malformed JSON ({e.msg} at line {line_no}, column {e.colno})",
+                    )
     elif suffix == ".json":
         with open(path, encoding="utf-8") as f:
             text = f.read()

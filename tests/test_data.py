@@ -310,6 +310,28 @@ def test_empty_file_is_an_error_naming_it(tmp_path, name, content):
         assert str(err.value) == f"{path}: the file is empty: no rows to load"
 
 
+@pytest.mark.parametrize(
+    "line, message, column",
+    [
+        ('{"problem": "what is 1+1?", "answer": "2"', "Expecting ',' delimiter", 42),  # cut short: just after its end
+        ('{"problem": "what is 1+1?", "answer": }', "Expecting value", 39),
+        ('{"problem": "q", "answer": "1"} {"x": 1}', "Extra data", 33),
+    ],
+)
+def test_malformed_jsonl_line_names_its_line_and_column(tmp_path, line, message, column):
+    """The real column of the error in the file's line (a row cut short was reported at "column 1", the
+    position after its newline)."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"problem": "q", "answer": "1"}\n\n' + line + "\n")
+    with pytest.raises(DataError) as err:
+        load_problems(str(path))
+    assert str(err.value).startswith(f"{path}:line 3: <json>: malformed JSON ({message} at line 3, column {column})")
+    skipped = load_problems(str(path), skip_invalid=True)
+    assert len(skipped) == 1 and skipped.skipped_rows == [
+        f"{path}:line 3: <json>: malformed JSON ({message} at line 3, column {column})"
+    ]
+
+
 def test_unreadable_json_and_parquet_files_name_the_file(tmp_path):
     (tmp_path / "bad.json").write_text('[{"problem": "q", "answer": "1"},')
     with pytest.raises(DataError, match=r"bad\.json: malformed JSON \(.* at line 1, column \d+\)"):
