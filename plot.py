@@ -25,10 +25,11 @@ average over the last W logged points of each run before averaging over seeds, t
 only: evaluation points (`eval/...`) are drawn as logged. `--no-group` draws every run on its own.
 
 A run argument may be a run directory or a `metrics.jsonl` file. A directory without `metrics.jsonl` is an
-error (non-zero exit, the path named), except plot.py's own output folder `plots/`, which is skipped. A partial
+error (the path named), except plot.py's own output folder `plots/`, which is skipped. A partial
 (unparseable) last line, as a run killed or still writing leaves it, is skipped with a note naming the file and
 line; a bad line before the last is an error. A run that has logged nothing yet (empty `metrics.jsonl`) is left
-out with one note; when no run has logged anything, one error line says so. The figure
+out with one note; when no run has logged anything, one error line says so. Errors (bad arguments, no runs, a
+bad metrics file) are one `error: ...` line on stderr and exit status 2. The figure
 goes to `--out`, by default `plots/plot_<time>.png` in the runs' parent directory (e.g. `runs/`).
 """
 
@@ -83,11 +84,11 @@ class Args:
     runs: tyro.conf.Positional[tuple[str, ...]]
     """run directories (each with a metrics.jsonl) or metrics.jsonl files"""
     out: str | None = None
-    """output image file, the format follows the extension: .png, .pdf, .svg (default: plots/plot_<time>.png in the runs' parent directory)"""
+    """output image, its format by the extension: .png, .pdf, .svg (default: plots/plot_<time>.png beside the runs)"""
     metric: tyro.conf.UseAppendAction[tuple[str, ...]] = ()
     """metric to draw instead of the default panels (repeatable: --metric a --metric b)"""
     smooth: int = DEFAULT_SMOOTH
-    """trailing moving-average window over the logged points of per-step curves (1 = no smoothing; evaluation points are never smoothed)"""
+    """window (logged points) of the trailing moving average of per-step curves (1: none; eval is never smoothed)"""
     band: Literal["minmax", "std"] = "minmax"
     """band around the mean over seeds: min-max over seeds, or ± one standard deviation"""
     group: bool = True
@@ -99,7 +100,7 @@ class Args:
 
 
 class PlotError(Exception):
-    """A user-facing error: printed and the script exits with status 1."""
+    """A user-facing error (arguments, run folders, metrics files): one `error:` line, exit status 2."""
 
 
 # ─── loading and grouping ───────────────────────────────────────────────────────────────────────
@@ -491,5 +492,6 @@ def plot(args: Args) -> str:
 if __name__ == "__main__":
     try:
         plot(tyro.cli(Args))
-    except PlotError as e:
-        sys.exit(f"error: {e}")
+    except PlotError as error:  # one line, exit status 2 (arguments or files), as in the other scripts
+        print("error: " + " ".join(str(error).split()), file=sys.stderr)
+        sys.exit(2)

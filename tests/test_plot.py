@@ -309,7 +309,7 @@ def test_empty_metrics_file_is_one_line(tmp_path):
     empty.mkdir()
     (empty / "metrics.jsonl").write_text("")
     proc = run_plot_cli(empty, "--out", tmp_path / "x.png")
-    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
         f"error: nothing to draw: no metrics logged yet in {empty / 'metrics.jsonl'} (empty)"
     ]
@@ -322,6 +322,24 @@ def test_empty_metrics_file_is_one_line(tmp_path):
         f"note: {empty / 'metrics.jsonl'}: no metrics logged yet (empty); run left out"
     ]
     assert is_png(tmp_path / "y.png")
+
+
+def test_usage_errors_exit_2_with_one_error_line(tmp_path):
+    """Bad arguments and runs that cannot be found or drawn: exit status 2 and one `error:` line, no traceback."""
+    good = make_run(tmp_path, "arith__grpo__1__1700000000", 1)
+    (tmp_path / "plots").mkdir()
+    cases = [
+        ([], "error: no run directories given"),
+        ([tmp_path / "plots"], "error: no run directories given"),  # only plot.py's own output folder
+        ([tmp_path / "nope"], f"error: {tmp_path / 'nope'}: no such run directory or file"),
+        ([good, "--smooth", "0"], "error: --smooth must be >= 1"),
+        ([good, "--metric", "nope/metric"], "error: metric(s) nope/metric not logged by any run"),
+    ]
+    for argv, error in cases:
+        proc = run_plot_cli(*argv, "--out", tmp_path / "x.png")
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(error), (argv, proc.stderr)
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_missing_default_panels_are_one_note(tmp_path, capsys):
