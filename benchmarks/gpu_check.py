@@ -1,14 +1,18 @@
 """A first GPU hour, prepared: every training script, 20 steps each, on two models, then one evaluation.
 
-    python benchmarks/gpu_check.py                  # one GPU: 5 scripts x 2 models x 20 steps, bf16 (8 min at most)
+    python benchmarks/gpu_check.py                  # one GPU: 5 scripts x 2 models x 20 steps, bf16 (7.5 min at most)
     python benchmarks/gpu_check.py --tiny           # CPU smoke test: 2 steps, tiny random Qwen2 (~1M), fp32 (~1-2 min)
+    bash benchmarks/gpu_check.sh [--tiny ...]       # the lent GPU machine (no network): install the carried wheels
+                                                    # (.whl/, from benchmarks/fetch_gpu_wheels.sh), then run this
     python benchmarks/gpu_check.py --out gpu_check.md --keep /tmp/gpu_check   # also write the table, keep runs and logs
 
 What it runs, with nothing downloaded (no internet, no vLLM, no DeepSpeed needed):
 
 * the five scripts (grpo.py, opefo.py, steer.py, clip_cov.py, adaptive_clip.py), each for `--steps` (20) steps with
   the Hugging Face engine (`--rollout-engine hf`) in bf16 (`--precision bf16`; fp32 with `--tiny`), no evaluation
-  during training and one checkpoint at the end, on
+  during training and one checkpoint at the end, and DAPO's dynamic sampling capped at `--max-gen-batches` (2)
+  generation rounds per step (clip_cov.py filters groups by default, and a random-initialised model earns no
+  reward, so every group is filtered out and each step would take the scripts' default 10 rounds), on
   - the testbed model (testbed/model, the scripts' default `--model`), and
   - a randomly initialised Qwen2-architecture model of ~150M parameters (hidden 1024, 12 layers, 16 query and 4
     key/value heads, MLP 3072, tied embeddings) built from a `Qwen2Config` and saved with the testbed tokenizer
@@ -17,23 +21,26 @@ What it runs, with nothing downloaded (no internet, no vLLM, no DeepSpeed needed
 * `eval_math.py --model <run dir>` on the first run that finished (the testbed's test split, `--limit` problems).
 
 Each run is its own subprocess: a small wrapper imports the script as a module, parses its flags with
-`tyro.cli(module.Args, ...)`, calls `module.main(args)` and records `torch.cuda.max_memory_allocated()`. Only the
-scripts' command-line flags, `Args`, `main`, `token_stats` and `_compiled` are used, nothing else of their internals.
+the script's `parse_args` (else `tyro.cli(module.Args, ...)`), calls `module.main(args)` and records
+`torch.cuda.max_memory_allocated()`. Only the scripts' command-line flags, `parse_args`, `Args`, `main`, `token_stats`
+and `_compiled` are used, nothing else of their internals.
 From each run's `metrics.jsonl` it reports the median step time (`time/step_s`, steps 2 on; the first step, with
 warm-up and compilation, apart), the entropy (`entropy/mean`, first -> last step), the largest `|train/ppo_kl|` and
 `rollout/logp_diff_max`, and whether the chunked entropy kernel ran compiled (the scripts' `token_stats(...,
 compile=None)` compiles on CUDA; read from the script's `_compiled` cache and torch's dynamo counters, "unknown"
 when the script does not expose them). A separate probe calls `grpo.token_stats` on a small CUDA tensor (forward
 and backward) and says whether `torch.compile` of the kernel worked. A failing run is one row with its error (the
-last line of its output); the check goes on. `--budget-s` (480 s) bounds the whole check: each run is cut at what
-is left of it (a timed-out run is a row with its error) and no run starts with less than 30 s left (it is listed
-as skipped). The kernel probe runs while the random model is built. The result is a Markdown table, ready for the README.
+last line of its output); the check goes on. `--budget-s` bounds the whole check: each run is cut at what is left
+of it (a timed-out run is a row with its error) and no run starts with less than 30 s left (it is listed as
+skipped). Its default on the GPU, 450 s, leaves half a minute of 8 for gpu_check.sh's wheel install and start-up.
+The kernel probe runs while the random model is built. The result is a Markdown table, ready for the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -82,6 +89,8 @@ TINY_RUN = [
     "1",
 ]
 GPU_EVAL = ["--n", "2", "--limit", "100"]
+MAX_GEN_BATCHES = 2  # DAPO filtering's generation rounds per step (clip_cov.py filters by default; the scripts: 10)
+GPU_BUDGET_S, TINY_BUDGET_S = 450.0, 600.0
 TINY_EVAL = ["--n", "1", "--limit", "4", "--max-new-tokens", "8", "--grader-workers", "1"]
 
 # Runs one script in this subprocess: argv[1] script path, argv[2] JSON list of its flags, argv[3] result file.
@@ -98,8 +107,9 @@ WRAPPER = textwrap.dedent("""
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-        try:
-            args = tyro.cli(module.Args, args=argv, config=(tyro.conf.OmitArgPrefixes,))
+        try:  # the script's own parser (its flag groups), else tyro over its flat Args
+            parse = getattr(module, "parse_args", None)
+            args = parse(argv) if parse else tyro.cli(module.Args, args=argv, config=(tyro.conf.OmitArgPrefixes,))
         except SystemExit as e:
             raise RuntimeError(f"the script refused its flags (exit status {e.code}; see its output)") from None
         if out["cuda"]:
@@ -202,10 +212,15 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Step count, median step time (steps 2 on), first step time, entropy first/last, max |ppo_kl|, max logp diff."""
+    """Step count, median step time (steps 2 on), first step time, entropy first/last, max |ppo_kl|, max logp diff
+    (finite values only), and the steps whose ppo_kl is not finite: those without an update (e.g. DAPO's filter left
+    no group: `rollout/filtered_group_frac` 1, counted apart) or diverged."""
+
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     def series(key):
-        return [r[key] for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+        return [r[key] for r in rows if number(r.get(key)) and math.isfinite(r[key])]
 
     step_s = [(r["step"], r["time/step_s"]) for r in rows if isinstance(r.get("time/step_s"), (int, float))]
     later = [t for s, t in step_s if s != step_s[0][0]] if step_s else []
@@ -217,7 +232,27 @@ def summarise(rows: list[dict]) -> dict:
         "entropy": (entropy[0], entropy[-1]) if entropy else None,
         "ppo_kl": max(abs(v) for v in kl) if kl else None,
         "logp_diff_max": max(diff) if diff else None,
+        "ppo_kl_nan": sum(1 for r in rows if number(r.get("train/ppo_kl")) and not math.isfinite(r["train/ppo_kl"])),
+        "ppo_kl_nan_filtered": sum(
+            1
+            for r in rows
+            if number(r.get("train/ppo_kl"))
+            and not math.isfinite(r["train/ppo_kl"])
+            and r.get("rollout/filtered_group_frac") == 1
+        ),
     }
+
+
+def kl_cell(row: dict) -> str:
+    """max |train/ppo_kl| of a row, and its non-finite steps: "nan (2 steps, every group filtered)"."""
+    cell, nan = fmt(row.get("ppo_kl"), ".2g"), row.get("ppo_kl_nan") or 0
+    if not nan:
+        return cell
+    filtered = row.get("ppo_kl_nan_filtered") or 0
+    why = (
+        ", every group filtered" if filtered == nan else (f", {filtered} with every group filtered" if filtered else "")
+    )
+    return ("nan" if row.get("ppo_kl") is None else f"{cell}, nan") + f" ({nan} step{'s' * (nan > 1)}{why})"
 
 
 def last_line(path: str) -> str:
@@ -365,13 +400,38 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['script']} | {r['model']} | {r.get('steps', 0)} | {fmt(r.get('wall_s'), '.0f')} | "
             f"{fmt(r.get('step_s'))} | "
-            f"{fmt(r.get('first_step_s'))} | {peak} | {entropy} | {fmt(r.get('ppo_kl'), '.2g')} | "
+            f"{fmt(r.get('first_step_s'))} | {peak} | {entropy} | {kl_cell(r)} | "
             f"{fmt(r.get('logp_diff_max'), '.2g')} | {r.get('compiled', 'unknown')} | {error or 'none'} |"
         )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def common_flags(args: argparse.Namespace) -> list[str]:
+    """The flags every training run gets, whatever its model: precision, engine, batch shape, the DAPO cap."""
+    return [
+        "--total-steps",
+        str(args.steps),
+        "--rollout-engine",
+        "hf",
+        "--precision",
+        "fp32" if args.tiny else "bf16",
+        "--eval-every",
+        "0",
+        "--checkpoint-every",
+        "0",
+        "--max-gen-batches",
+        str(args.max_gen_batches),
+        *(TINY_RUN if args.tiny else GPU_RUN),
+    ]
+
+
+def training_flags(args: argparse.Namespace, model_path: str, work: str, tag: str) -> list[str]:
+    """The command line of one training run (parsed by the script's own `Args`)."""
+    return ["--model", model_path, "--output-dir", os.path.join(work, "runs"), "--run-name", tag, *common_flags(args)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The check's flags, with the defaults that depend on `--tiny` filled in; a refused flag exits (status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--tiny", action="store_true", help="CPU smoke test: 2 steps, small batch, ~1M random Qwen2, fp32"
@@ -383,7 +443,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="wall-clock budget of the whole check: each run is cut at what is left of it, and no run "
-        f"starts with less than {MIN_RUN_S:.0f} s left (default 480; 600 with --tiny)",
+        f"starts with less than {MIN_RUN_S:.0f} s left (default {GPU_BUDGET_S:.0f}; {TINY_BUDGET_S:.0f} with --tiny)",
+    )
+    parser.add_argument(
+        "--max-gen-batches",
+        type=int,
+        default=MAX_GEN_BATCHES,
+        help="most generation rounds per step of DAPO's dynamic sampling, passed to every script (default "
+        f"{MAX_GEN_BATCHES}; only scripts that filter groups, clip_cov.py by default, use it)",
     )
     parser.add_argument(
         "--run-timeout-s", type=float, default=None, help="limit per run (default 240; 180 with --tiny)"
@@ -395,14 +462,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the report (Markdown) to this file")
     args = parser.parse_args(argv)
 
-    scripts = [s.strip() for s in args.scripts.split(",") if s.strip()]
-    unknown = [s for s in scripts if not os.path.isfile(os.path.join(REPO, s))]
+    args.scripts = [s.strip() for s in args.scripts.split(",") if s.strip()]
+    unknown = [s for s in args.scripts if not os.path.isfile(os.path.join(REPO, s))]
     if unknown:
         parser.error(f"--scripts: no such script(s) in {REPO}: {', '.join(unknown)}")
-    steps = args.steps or (2 if args.tiny else 20)
-    budget = args.budget_s if args.budget_s is not None else (600.0 if args.tiny else 480.0)
-    run_timeout = args.run_timeout_s or (180.0 if args.tiny else 240.0)
-    precision = "fp32" if args.tiny else "bf16"
+    if not args.scripts:
+        parser.error("--scripts: no script named")
+    for flag in ("steps", "max_gen_batches"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("budget_s", "run_timeout_s"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be > 0")
+    args.steps = args.steps or (2 if args.tiny else 20)
+    args.budget_s = args.budget_s if args.budget_s is not None else (TINY_BUDGET_S if args.tiny else GPU_BUDGET_S)
+    args.run_timeout_s = args.run_timeout_s or (180.0 if args.tiny else 240.0)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    scripts, steps, budget, run_timeout = args.scripts, args.steps, args.budget_s, args.run_timeout_s
     work = args.keep or tempfile.mkdtemp(prefix="gpu_check_")
     for sub in ("runs", "logs", "results", "models"):
         os.makedirs(os.path.join(work, sub), exist_ok=True)
@@ -433,7 +513,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{probe.get('compiled')}" + (f"; error: {probe['error']}" if probe.get("error") else ""),
     ]
 
-    run_flags = TINY_RUN if args.tiny else GPU_RUN
     rows, evaluation = [], None
     for model_label, model_path, model_error in models:
         for script in scripts:
@@ -448,25 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                     {**row, "error": f"skipped: {max(left, 0):.0f} s of the time budget (--budget-s {budget:.0f}) left"}
                 )
                 continue
-            flags = [
-                "--total-steps",
-                str(steps),
-                "--rollout-engine",
-                "hf",
-                "--precision",
-                precision,
-                "--output-dir",
-                os.path.join(work, "runs"),
-                "--run-name",
-                tag,
-                "--eval-every",
-                "0",
-                "--checkpoint-every",
-                "0",
-                "--model",
-                model_path,
-                *run_flags,
-            ]
+            flags = training_flags(args, model_path, work, tag)
             result = run_script(script, flags, work, tag, env, min(run_timeout, left))
             rows.append({**row, **result})
             print(
@@ -498,8 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     report = [
         "## GPU check" + (" (--tiny, CPU)" if args.tiny else ""),
         "",
-        f"{steps} steps per run, `--rollout-engine hf --precision {precision} {' '.join(run_flags)}`, "
-        f"`--eval-every 0 --checkpoint-every 0`.",
+        f"{steps} steps per run, `{' '.join(common_flags(args)[2:])}`.",
         "",
         *[f"- {line}" for line in header],
         "",
