@@ -1,6 +1,6 @@
 """The testbed study: every method on the `paths` testbed, tuned alike, several seeds, each checked to act.
 
-    python benchmarks/testbed_study.py                   # the README study (about 90 min on 2 cores, 2 jobs at once)
+    python benchmarks/testbed_study.py                   # the study in docs/study.md (~90 min, 2 cores, 2 jobs)
     python benchmarks/testbed_study.py --report FILE     # tables and claims again from a runs file (no training)
     python benchmarks/testbed_study.py --tiny            # every method, 1 seed, 2 steps (what CI runs)
 
@@ -17,6 +17,8 @@ Each method is checked to act from its own metrics (clip fractions, selected tok
 whose mechanism never moved from its no-op value is reported as not acting and left out of the claims.
 One row per run goes to `<out>/runs.jsonl`; `<out>/study.md` (tables and claims) is generated from it, and
 plot.py draws `<out>/study_<regime>.png`. The study resumes: a finished run (its `row.json`) is not run again.
+The write-up is docs/study.md: its tables are `--report docs/testbed_study_runs.jsonl` (the committed runs file),
+which tests/test_testbed_study.py checks line by line.
 """
 
 import argparse

@@ -123,10 +123,10 @@ def test_two_step_run_writes_metrics_and_a_checkpoint_with_its_model(tmp_path):
         assert "entropy/realised_change" in row
     assert "eval/accuracy" in rows[1]
     glossary = set(
-        re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", (REPO / "README.md").read_text().split("## Logged metrics")[1])
+        re.findall(r"`([a-z]+/[A-Za-z0-9_]+)`", (REPO / "docs" / "metrics.md").read_text().split("# Logged metrics")[1])
     )
     logged = {k for row in [initial, *rows] for k in row if k != "step"}
-    assert logged <= glossary, f"metrics missing from the README glossary: {logged - glossary}"
+    assert logged <= glossary, f"metrics missing from the glossary docs/metrics.md: {logged - glossary}"
     assert (run_dir / "checkpoints" / "step_000002" / "trainer_state.json").exists()
     assert (run_dir / "completions.jsonl").exists()
     from transformers import AutoModelForCausalLM
