@@ -51,11 +51,22 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+
+def exit_quietly_on_interrupt(signum, frame):
+    """Ctrl-C before the run starts (the libraries below take seconds to load): one line, exit status 130."""
+    print("\ninterrupted: before the run started", file=sys.stderr, flush=True)
+    os._exit(130)  # no unwinding through half-imported C extensions (an exception there can abort the process)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, exit_quietly_on_interrupt)
 
 import torch
 import transformers
@@ -1137,10 +1148,6 @@ def main(args: Args) -> str:
             f"to extend it: {rerun_command(run_dir)} --total-steps N"
         )
         return run_dir
-    lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
-    locked_out = broadcast_object_list([accelerator.is_main_process and lock is None])[0]  # every process stops
-    if locked_out:
-        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)")
 
     # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
     llm = None
@@ -1152,6 +1159,11 @@ def main(args: Args) -> str:
     set_seed(args.seed)  # after vLLM, which re-seeds the global RNGs in its worker
     model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
     state = load_checkpoint(accelerator, found)
+    # the run folder is created only now, once the model has loaded: a failed start leaves nothing behind
+    lock = lock_run(run_dir) if accelerator.is_main_process else None  # held until main returns
+    locked_out = broadcast_object_list([accelerator.is_main_process and lock is None])[0]  # every process stops
+    if locked_out:
+        raise UsageError(f"{run_dir} is in use by another process (running, or being resumed)")
     if args.resume and not state:
         accelerator.print(f"no usable checkpoint in {run_dir}: starting it again from step 0")
     start_step = state.get("step", 0)
@@ -1263,6 +1275,15 @@ def log_step(logger, args, step: int, metrics: dict, samples: list[dict], accele
                 }
             )
     logger.log(step, metrics, completions)
+    logger.steps_without_answers = logger.steps_without_answers + 1 if metrics["rollout/no_answer_frac"] == 1 else 0
+    if step == 5 and logger.steps_without_answers == 5:  # once: the first 5 steps, every response without an answer
+        print(
+            f"warning: no response of the first 5 steps had an answer the grader could read (--template "
+            f"{args.template}, --train-data {args.train_data}, --answer-mode {args.answer_mode}): the model does not "
+            "write its answers the way this template asks. Try the template the model was trained with (--template "
+            "plain for the testbed model), or an --answer-mode that reads how it writes its final answer.",
+            file=sys.stderr,
+        )
     shown = {
         "reward": "rollout/reward",
         "entropy": "entropy/mean",
@@ -1339,6 +1360,12 @@ def saved_args(run_dir: str | None, name: str = "args.json") -> dict:
 
 def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None:
     """Refuse, before anything is loaded or written, settings that would fail late, train on nothing or change a run."""
+    if world == 1 and "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ:  # set for --num_processes > 1
+        print(
+            "warning: accelerate launch was asked for several processes but started one: on CPU add --multi_gpu "
+            "(accelerate launch --multi_gpu --num_processes N ...)",
+            file=sys.stderr,
+        )
     check_flag_values(args, world, engine)
     if fsdp1:
         raise UsageError(
@@ -1363,6 +1390,12 @@ def check_args(args: Args, world: int, engine: str, fsdp1: bool = False) -> None
     ]
     if changed:
         raise UsageError(f"--resume {args.resume}: arguments differ from the run's: {'; '.join(changed)}")
+    made_with = processes_of(checkpoints(args.resume)[-1]) if args.resume and checkpoints(args.resume) else world
+    if made_with not in (0, world):  # the data order and every process's RNG state depend on the process count
+        raise UsageError(
+            f"--resume {args.resume}: the run was made with {made_with} processes, this launch has {world}; "
+            f"continue it with: {rerun_command(args.resume, made_with)}"
+        )
     run_dir = os.path.join(args.output_dir, args.run_name or "")
     if not args.resume and args.run_name and os.path.exists(run_dir):
         raise UsageError(
@@ -1605,9 +1638,20 @@ def load_checkpoint(accelerator, found: list[str]) -> dict:
     return {}
 
 
-def rerun_command(run_dir: str) -> str:
+def rerun_command(run_dir: str, world: int | None = None) -> str:
+    """The command that continues the run: with as many processes as this one (or `world`)."""
     script = sys.argv[0] if os.path.basename(sys.argv[0]) == SCRIPT else SCRIPT  # as invoked, so it works from here
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world  # set by accelerate launch / torchrun
+    if world > 1:  # --multi_gpu: without it, accelerate launch on CPU starts one process whatever --num_processes says
+        return shlex.join(
+            ["accelerate", "launch", "--multi_gpu", "--num_processes", str(world), script, "--resume", run_dir]
+        )
     return shlex.join(["python", script, "--resume", run_dir])
+
+
+def processes_of(checkpoint: str) -> int:
+    """How many processes wrote a checkpoint: accelerate saves one RNG state file per process."""
+    return len([f for f in os.listdir(checkpoint) if re.fullmatch(r"random_states_\d+\.pkl", f)])
 
 
 def lock_run(run_dir: str):
@@ -1626,6 +1670,7 @@ class RunLogger:
     def __init__(self, run_dir: str, args, enabled: bool, start_step: int):
         self.run_dir = run_dir
         self.writer = None
+        self.steps_without_answers = 0  # steps in a row in which no response had an answer the grader could read
         if not enabled:
             return
         for name in ("metrics.jsonl", "completions.jsonl"):
@@ -1667,6 +1712,7 @@ class RunLogger:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C raises KeyboardInterrupt
     try:
         main(parse_args())
     except (UsageError, DataError, RunError) as error:  # one line; exit status 2: arguments or files, 1: the run
