@@ -80,7 +80,14 @@ import tyro
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
 
 from common.data import DataError, load_prompts, take_prompts
 from common.reward import score
@@ -136,7 +143,8 @@ class Rollout:
     """truncated IS: loss × min(π_old/π_rollout, C); 0: off; None: 2 with vLLM, else 0"""
     vllm_gpu_memory_utilization: float = 0.3  # fraction of GPU memory vLLM may take (colocated with training)
     vllm_sleep_mode: bool = False  # offload vLLM weights and free its KV cache between rollouts (sleep level 1)
-    vllm_max_model_len: int = 4096  # vLLM context length (prompt + response)
+    vllm_max_model_len: int | None = None
+    """vLLM context length (None: the longest prompt + max_new_tokens, at most the model's max_position_embeddings)"""
 
 
 @dataclass
@@ -961,6 +969,23 @@ def build_vllm_engine(
     return llm
 
 
+def start_vllm(args, model_path: str, problems: list[dict], accelerator):
+    """This process's engine, its context as long as the run needs (the longest prompt + max_new_tokens) and the model
+    allows (max_position_embeddings): vLLM refuses a longer one at start-up."""
+    allowed = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    needed = max(len(p["prompt_ids"]) for p in problems) + args.max_new_tokens
+    length = args.vllm_max_model_len or (min(needed, allowed) if allowed else needed)
+    if allowed and length > allowed:
+        raise UsageError(
+            f"--vllm-max-model-len {length}: the model allows {allowed} positions (max_position_embeddings)"
+        )
+    if length < needed:
+        print(f"warning: vLLM context {length} < the longest prompt + --max-new-tokens ({needed})", file=sys.stderr)
+    seed = args.seed + accelerator.process_index
+    memory = args.vllm_gpu_memory_utilization
+    return build_vllm_engine(model_path, seed, memory, length, args.vllm_sleep_mode, accelerator)
+
+
 def full_parameter_chunks(model, accelerator):
     """(HF name, bf16 tensor) lists, a decoder layer at a time, gathered (ZeRO-3, FSDP2) only while held; no tied
     `lm_head.weight` (vLLM rejects it)."""
@@ -1262,12 +1287,7 @@ def main(args: Args) -> str:
         return run_dir
 
     # ── rollout engine (before any optimizer state: vLLM checks free memory at start-up), policy, resume
-    llm = None
-    if engine == "vllm":
-        memory = args.vllm_gpu_memory_utilization
-        llm = build_vllm_engine(
-            model_path, args.seed + rank, memory, args.vllm_max_model_len, args.vllm_sleep_mode, accelerator
-        )
+    llm = start_vllm(args, model_path, train_problems + eval_problems, accelerator) if engine == "vllm" else None
     set_seed(args.seed)  # after vLLM, which re-seeds the global RNGs in its worker
     model, optimizer, ref_model = build_policy(args, accelerator, model_path, use_bf16)
     state = load_checkpoint(accelerator, found)
@@ -1539,6 +1559,13 @@ def check_flag_values(args: Args, world: int, engine: str) -> None:
             ">= 2 (1 has no group statistics: only with --scale-rewards none)",
         ),
         ("top_p", 0 < args.top_p <= 1 and (args.top_p == 1 or engine == "vllm"), "in (0, 1], and 1 with the HF engine"),
+        (
+            "top_p",
+            args.top_p == 1 or not args.rollout_is_cap,
+            "1 with truncated IS (--rollout-is-cap 0 to turn it off): vLLM's log-probs are then renormalised over "
+            "the nucleus, the trainer's are not, and the IS weight would be biased low",
+        ),
+        ("temperature", args.temperature <= 2 or engine != "vllm", "<= 2 with vLLM (it refuses more)"),
         (
             "num_minibatches",
             args.num_minibatches >= 1 and seqs % args.num_minibatches == 0,
