@@ -52,8 +52,10 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import time
+import urllib.parse
 from contextlib import nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -1561,7 +1563,29 @@ def resolve_model(model: str) -> str:
             near = sorted(d for d in os.listdir(parent or ".") if d.startswith(base))
         hint = f"; did you mean {os.path.join(parent, near[0])}?" if near else ""
         raise UsageError(f"--model {model}: no such directory{hint}")
+    if not os.path.exists(path):
+        check_hub_reachable(model)
     return path if os.path.exists(path) else model
+
+
+def check_hub_reachable(model: str) -> None:
+    """A hub id not in the local cache needs the hub: without network, say so now, not after the hub client's
+    retries (a minute of them)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model, "config.json"), str):
+        return  # cached: transformers loads it without the network
+    host = urllib.parse.urlparse(constants.ENDPOINT)
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((host.hostname, host.port or 443), timeout=3).close()
+    except OSError as error:
+        raise UsageError(
+            f"--model {model}: not a local folder, not in the Hugging Face cache, and the hub {constants.ENDPOINT} "
+            f"cannot be reached ({error}); download the model where there is network, copy its folder here and pass "
+            "--model PATH (with HF_HUB_OFFLINE=1)"
+        ) from None
 
 
 def load_pretrained(path: str, what: str = "tokenizer", dtype=torch.float32):

@@ -48,6 +48,20 @@ def test_continuing_with_another_process_count_is_refused_with_the_launch_comman
     assert f"accelerate launch --multi_gpu --num_processes 2 {REPO / 'grpo.py'} --resume {out / 'two'}" in line, line
 
 
+def test_a_hub_id_without_network_is_one_line_within_seconds(tmp_path):
+    """No local folder, not cached, hub unreachable (here: a closed loopback port as the hub): one error line that
+    says how to use a local folder, before the hub client would retry for a minute."""
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    code = "import time, grpo; t = time.time()\ntry: grpo.resolve_model('Qwen/Qwen2.5-0.5B')\n"
+    code += "except grpo.UsageError as e: print(round(time.time() - t, 1), e)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+    seconds, message = result.stdout.split(" ", 1)
+    assert float(seconds) < 5, result.stdout
+    assert "cannot be reached" in message and "--model PATH" in message and "HF_HUB_OFFLINE=1" in message
+
+
 def test_a_launch_that_starts_fewer_processes_than_asked_is_reported(tmp_path):
     """`accelerate launch --num_processes 2 grpo.py` on CPU without --multi_gpu starts one process, with these set."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
