@@ -42,7 +42,9 @@ Run:  python eval_math.py                  # CPU, the testbed model on the synth
 The named benchmarks are downloaded on first use into the data dir (`--data-dir`, else $RLVR_DATA_DIR, else
 ~/.cache/rlvr-entropy/data) and checked against pinned checksums (common/data.py). The arguments are checked
 before anything is loaded, the output folder's writability included: a mistake prints one line `error: ...`
-naming the flag to change, exit status 2.
+naming the flag to change, exit status 2. While a benchmark generates, a progress bar shows on a terminal (stderr);
+Ctrl-C prints one line `interrupted: while <stage>; ...` and exits with status 130. `--threads` is the training
+scripts' own: torch threads on CPU, 1 by default (0: torch's default).
 """
 
 from __future__ import annotations
@@ -58,24 +60,39 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-import numpy as np
-import torch
-import tyro
-from transformers import AutoModelForCausalLM
+try:  # Ctrl-C while torch and transformers load: the one `interrupted:` line of __main__, no traceback
+    import numpy as np
+    import torch
+    import tyro
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
 
-from common.data import BENCHMARKS, DEFAULT_TASK, SYNTHETIC_TASKS, DataError, build_prompt, check_source, load_problems
-from common.reward import extract_answer, is_equiv, score
-from grpo import (
-    RunError,
-    UsageError,
-    build_vllm_engine,
-    generate,
-    load_pretrained,
-    one_line,
-    resolve_model,
-    stop_token_ids,
-    vllm_available,
-)
+    from common.data import (
+        BENCHMARKS,
+        DEFAULT_TASK,
+        SYNTHETIC_TASKS,
+        DataError,
+        build_prompt,
+        check_source,
+        load_problems,
+    )
+    from common.reward import extract_answer, is_equiv, score
+    from grpo import (
+        RunError,
+        UsageError,
+        build_vllm_engine,
+        generate,
+        load_pretrained,
+        one_line,
+        resolve_model,
+        stop_token_ids,
+        vllm_available,
+    )
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    print("interrupted: while starting (importing torch and transformers)", file=sys.stderr)
+    sys.exit(130)
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 OPEFO_N = {"aime24": 32, "aime25": 32, "amc23": 32, "math500": 1, "minerva_math": 1, "olympiadbench": 1}
@@ -88,9 +105,8 @@ class Args:
     model: str = (
         "testbed/model"  # HF model id or folder, a training run folder (its newest model) or a checkpoint folder
     )
-    benchmarks: str | None = (
-        None  # comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)
-    )
+    # comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)
+    benchmarks: str | None = None
     data_dir: str | None = None  # benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) rows without a usable question or answer instead of stopping
     template: Literal["plain", "qwen-math", "dapo"] | None = None  # prompt template (None: qwen-math for chat models)
@@ -99,6 +115,7 @@ class Args:
     top_p: float = 1.0  # nucleus sampling
     max_new_tokens: int | None = None  # response length limit (None: 64 plain, 3000 chat templates and OPEFO)
     seed: int = 0  # sampling seed (the samples of a benchmark do not depend on the others)
+    threads: int = 1  # torch threads on CPU, as the training scripts' --threads (0: torch's default)
     batch_size: int = 64  # sequences per HF `generate` call
     limit: int | None = None  # first problems of each benchmark only
     output_dir: str | None = None  # where results go (None: eval_out/<model name>__<time>)
@@ -133,6 +150,7 @@ def check_args(args: Args) -> list[tuple[str, int]]:
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for flag, ok, requirement in [
+        ("threads", args.threads >= 0, ">= 0 (0 = torch's default)"),
         ("temperature", args.temperature is None or args.temperature >= 0, ">= 0 (0 = greedy)"),
         ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
         ("grader_timeout_s", args.grader_timeout_s > 0, "> 0"),
@@ -148,20 +166,25 @@ def check_args(args: Args) -> list[tuple[str, int]]:
             check_source(name)
     except (ValueError, FileNotFoundError) as e:
         raise UsageError(f"--benchmarks: {e}") from None
-    for flag, value in (("--data-dir", args.data_dir), ("--output-dir", args.output_dir)):
-        if (
-            value is not None
-            and os.path.exists(os.path.expanduser(value))
-            and not os.path.isdir(os.path.expanduser(value))
-        ):
-            raise UsageError(f"{flag} {value}: a file, not a directory")
-    existing = os.path.abspath(os.path.expanduser(args.output_dir or "eval_out"))  # hours of GPU time must not be lost
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK):
-        raise UsageError(f"--output-dir {args.output_dir or 'eval_out'} is not writable ({existing} is read-only)")
+    data_dir = os.path.expanduser(args.data_dir or "")
+    if args.data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise UsageError(f"--data-dir {args.data_dir}: a file, not a directory")
+    check_writable_dir(args.output_dir or "eval_out", "--output-dir")  # hours of GPU time must not be lost
     resolve_model(args.model)
     return benchmarks
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+    """Refuse, before anything is loaded, a folder that could not be created or written: the nearest path at or
+    above `path` that exists must be a writable directory (not a file: `afile/out`). Raises UsageError naming `flag`."""
+    existing = os.path.normpath(os.path.expanduser(path))
+    while not os.path.lexists(existing):  # lexists: a dangling link stops the walk (makedirs fails on it)
+        existing = os.path.dirname(existing) or os.getcwd()
+    if not os.path.isdir(existing):
+        kind = "a file, not a directory" if os.path.isfile(existing) else "not a directory"
+        raise UsageError(f"{flag} {path}: {existing} is {kind}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path} is not writable ({os.path.abspath(existing)} is read-only)")
 
 
 def parse_benchmarks(spec: str | None, protocol: str, default_n: int) -> list[tuple[str, int]]:
@@ -574,84 +597,46 @@ def grade_benchmark(name: str, d: dict, args, gen_s: float) -> tuple[dict, list[
     return metrics, rows
 
 
-def main(args: Args) -> dict:
-    t_start = time.time()
-    benchmarks = check_args(args)
-    temperature = args.temperature if args.temperature is not None else 1.0
-    if temperature == 0 and any(n > 1 for _, n in benchmarks):
-        print("temperature 0 (greedy): every sample would be identical, so n is set to 1 for every benchmark")
-        benchmarks = [(name, 1) for name, _ in benchmarks]
-    loaded = load_benchmarks(benchmarks, args)
-    model_path = resolve_model(args.model)
-    if model_path != args.model:  # a run folder: its newest model, which the training scripts name by step
-        print(f"model: {args.model} -> {model_path}")
-    tokenizer = load_pretrained(model_path, "tokenizer")
-    template = args.template or (
-        "qwen-math" if args.protocol == "opefo" or getattr(tokenizer, "chat_template", None) else "plain"
-    )
-    max_new_tokens = args.max_new_tokens or (
-        OPEFO_MAX_NEW_TOKENS if args.protocol == "opefo" else DEFAULT_MAX_NEW_TOKENS[template]
-    )
-    stop_ids = stop_token_ids(tokenizer, model_path, template)
-    data = {}
-    for name, (n, problems) in loaded.items():
-        prompts = [build_prompt(p["question"], template, tokenizer) for p in problems]
-        data[name] = {
-            "n": n,
-            "problems": problems,
-            "prompts": prompts,
-            "prompt_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts],
-        }
-    if args.dry_run:
-        dry_run(data, args, template, max_new_tokens, stop_ids)
-        return {}
+class _WithProgressBar:
+    """A vLLM engine as `grpo.vllm_generate` calls it, but with vLLM's own progress bar (prompts done) on a terminal."""
 
-    # ── generation (grpo.generate, as in training), then the entropy of every response token
-    engine = "vllm" if args.engine in ("vllm", "auto") and vllm_available() else "hf"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {
-        "auto": torch.bfloat16 if device == "cuda" else torch.float32,
-        "float32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-    }[args.dtype]
-    llm = (
-        build_vllm_engine(
-            model_path,
-            args.seed,
-            args.vllm_gpu_memory_utilization,
-            args.vllm_max_model_len,
-            dtype="auto" if args.dtype == "auto" else args.dtype,
-        )
-        if engine == "vllm"
-        else None
-    )
-    model = None if llm else load_pretrained(model_path, "model", dtype).to(device).eval()
-    gen_s = {}
-    for name, d in data.items():
-        torch.manual_seed(args.seed)  # each benchmark's samples do not depend on the others
-        t0 = time.time()
-        flat = generate(
-            model,
-            llm,
-            tokenizer,
-            d["prompt_ids"],
-            d["n"],
-            temperature,
-            max_new_tokens,
-            stop_ids,
-            args.top_p,
-            args.batch_size,
-            seed=args.seed,
-        )
-        d["samples"] = [flat[i * d["n"] : (i + 1) * d["n"]] for i in range(len(d["prompt_ids"]))]
-        gen_s[name] = time.time() - t0
-        print(f"{name}: {len(flat)} responses in {gen_s[name]:.1f} s")
-    if llm is not None:  # free the GPU before any HF forward pass (--entropy full); the engine holds reference cycles
-        del llm
-        gc.collect()
-        torch.cuda.empty_cache()
-    for name, d in data.items():
+    def __init__(self, llm):
+        self.llm = llm
+
+    def generate(self, *args, **kwargs):
+        return self.llm.generate(*args, **{**kwargs, "use_tqdm": sys.stderr.isatty()})
+
+
+def generate_benchmark(name: str, d: dict, model, llm, tokenizer, args, temperature, max_new_tokens, stop_ids):
+    """`grpo.generate` for one benchmark, seeded on its own, with a progress bar on a terminal (stderr). HF: in
+    chunks of whole batches (lcm(n, --batch-size) sequences), so the batches, and the samples, are exactly those of
+    a single call; vLLM: one call (its own bar)."""
+    torch.manual_seed(args.seed)  # each benchmark's samples do not depend on the others
+    ids, n = d["prompt_ids"], d["n"]
+    step = len(ids) if llm is not None else args.batch_size // math.gcd(n, args.batch_size)  # prompts per call
+    flat: list[dict] = []
+    with tqdm(total=len(ids) * n, desc=name, unit=" responses", disable=True if llm else None, file=sys.stderr) as bar:
+        for start in range(0, len(ids), step):
+            flat += generate(
+                model,
+                llm and _WithProgressBar(llm),
+                tokenizer,
+                ids[start : start + step],
+                n,
+                temperature,
+                max_new_tokens,
+                stop_ids,
+                args.top_p,
+                args.batch_size,
+                seed=args.seed,
+            )
+            bar.update(len(flat) - bar.n)
+    return flat
+
+
+def add_entropy(data: dict, args, model, model_path, dtype, device, temperature, pad_id) -> None:
+    """Each sample's `entropy_sum` and `entropy_count` (None when unavailable), as --entropy chooses."""
+    for d in data.values():
         flat = [s for samples in d["samples"] for s in samples]
         if args.entropy == "full":
             model = model or AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
@@ -659,7 +644,7 @@ def main(args: Args) -> dict:
                 model,
                 [(ids, s["response_ids"]) for ids, samples in zip(d["prompt_ids"], d["samples"]) for s in samples],
                 temperature,
-                tokenizer.pad_token_id,
+                pad_id,
                 args.entropy_batch_size,
                 args.entropy_chunk_size,
             )
@@ -668,14 +653,10 @@ def main(args: Args) -> dict:
         for s, e in zip(flat, ents):
             s["entropy_sum"], s["entropy_count"] = (None, None) if e is None else (float(sum(e)), len(e))
 
-    # ── grading, metrics and files
-    results, completions = {"settings": {}, "benchmarks": {}, "average": {}}, []
-    for name, d in data.items():
-        results["benchmarks"][name], rows = grade_benchmark(name, d, args, gen_s[name])
-        completions += rows
-    for key in ("avg@n", "maj@n", "response_length_mean", "truncation_rate", "answer_rate"):
-        results["average"][key] = float(np.mean([m[key] for m in results["benchmarks"].values()]))
-    results["settings"] = {
+
+def run_settings(args, data, model_path, template, engine, device, dtype, temperature, max_new_tokens, stop_ids, t0):
+    """The `settings` of results.json: what was run, exactly, and with which versions."""
+    return {
         "model": args.model,
         "model_path": os.path.abspath(model_path) if os.path.isdir(model_path) else model_path,
         "benchmarks": {name: d["n"] for name, d in data.items()},
@@ -701,29 +682,123 @@ def main(args: Args) -> dict:
         "command": " ".join(sys.argv),
         "versions": _versions(),
         "git": _git_commit(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
-        "wall_s": round(time.time() - t_start, 2),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+        "wall_s": round(time.time() - t0, 2),
     }
-    output_dir = args.output_dir or os.path.join(
-        "eval_out", f"{model_display_name(model_path)}__{time.strftime('%Y%m%d-%H%M%S', time.localtime(t_start))}"
-    )
-    table = markdown_table(results, args.entropy)
+
+
+def main(args: Args) -> dict:
+    """Evaluate; results.json's content ({} for --dry-run). Ctrl-C raises KeyboardInterrupt naming the stage."""
+    stage = ["checking the arguments"]
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        for name, text in (
-            ("results.json", json.dumps(results, indent=1)),
-            ("results.md", table),
-            ("completions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions)),
-        ):
-            with open(os.path.join(output_dir, name), "w") as f:
-                f.write(text)
-    except OSError as error:  # the table is still printed, then exit status 1
-        print(f"\n{table}", file=sys.stderr)
-        raise RunError(
-            f"could not write {output_dir} ({one_line(error)}); the table above is all that is left"
-        ) from None
-    print(f"\n{table}\nwrote {output_dir}/results.json, results.md, completions.jsonl")
-    return results
+        t_start = time.time()
+        benchmarks = check_args(args)
+        if args.threads and not torch.cuda.is_available():  # as the training scripts: 1 by default, 0: torch's own
+            torch.set_num_threads(args.threads)
+        temperature = args.temperature if args.temperature is not None else 1.0
+        if temperature == 0 and any(n > 1 for _, n in benchmarks):
+            print("temperature 0 (greedy): every sample would be identical, so n is set to 1 for every benchmark")
+            benchmarks = [(name, 1) for name, _ in benchmarks]
+        stage[0] = "loading the benchmarks"
+        loaded = load_benchmarks(benchmarks, args)
+        model_path = resolve_model(args.model)
+        if model_path != args.model:  # a run folder: its newest model, which the training scripts name by step
+            print(f"model: {args.model} -> {model_path}")
+        stage[0] = f"loading the tokenizer of {model_path}"
+        tokenizer = load_pretrained(model_path, "tokenizer")
+        template = args.template or (
+            "qwen-math" if args.protocol == "opefo" or getattr(tokenizer, "chat_template", None) else "plain"
+        )
+        max_new_tokens = args.max_new_tokens or (
+            OPEFO_MAX_NEW_TOKENS if args.protocol == "opefo" else DEFAULT_MAX_NEW_TOKENS[template]
+        )
+        stop_ids = stop_token_ids(tokenizer, model_path, template)
+        data = {}
+        for name, (n, problems) in loaded.items():
+            prompts = [build_prompt(p["question"], template, tokenizer) for p in problems]
+            data[name] = {
+                "n": n,
+                "problems": problems,
+                "prompts": prompts,
+                "prompt_ids": [tokenizer(t, add_special_tokens=False)["input_ids"] for t in prompts],
+            }
+        if args.dry_run:
+            stage[0] = "checking the golds (--dry-run)"
+            dry_run(data, args, template, max_new_tokens, stop_ids)
+            return {}
+
+        # ── generation (grpo.generate, as in training), then the entropy of every response token
+        engine = "vllm" if args.engine in ("vllm", "auto") and vllm_available() else "hf"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {
+            "auto": torch.bfloat16 if device == "cuda" else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }[args.dtype]
+        stage[0] = f"loading the model {model_path} ({engine})"
+        llm = (
+            build_vllm_engine(
+                model_path,
+                args.seed,
+                args.vllm_gpu_memory_utilization,
+                args.vllm_max_model_len,
+                dtype="auto" if args.dtype == "auto" else args.dtype,
+            )
+            if engine == "vllm"
+            else None
+        )
+        model = None if llm else load_pretrained(model_path, "model", dtype).to(device).eval()
+        gen_s = {}
+        for k, (name, d) in enumerate(data.items(), 1):
+            stage[0] = f"generating {name} (benchmark {k} of {len(data)})"
+            t0 = time.time()
+            flat = generate_benchmark(name, d, model, llm, tokenizer, args, temperature, max_new_tokens, stop_ids)
+            d["samples"] = [flat[i * d["n"] : (i + 1) * d["n"]] for i in range(len(d["prompt_ids"]))]
+            gen_s[name] = time.time() - t0
+            print(f"{name}: {len(flat)} responses in {gen_s[name]:.1f} s")
+        if llm is not None:  # free the GPU before any HF forward (--entropy full); the engine holds reference cycles
+            del llm
+            gc.collect()
+            torch.cuda.empty_cache()
+        stage[0] = f"computing the entropy (--entropy {args.entropy})"
+        add_entropy(data, args, model, model_path, dtype, device, temperature, tokenizer.pad_token_id)
+
+        # ── grading, metrics and files
+        results, completions = {"settings": {}, "benchmarks": {}, "average": {}}, []
+        for name, d in data.items():
+            stage[0] = f"grading {name}"
+            results["benchmarks"][name], rows = grade_benchmark(name, d, args, gen_s[name])
+            completions += rows
+        for key in ("avg@n", "maj@n", "response_length_mean", "truncation_rate", "answer_rate"):
+            results["average"][key] = float(np.mean([m[key] for m in results["benchmarks"].values()]))
+        results["settings"] = run_settings(
+            args, data, model_path, template, engine, device, dtype, temperature, max_new_tokens, stop_ids, t_start
+        )
+        output_dir = args.output_dir or os.path.join(
+            "eval_out", f"{model_display_name(model_path)}__{time.strftime('%Y%m%d-%H%M%S', time.localtime(t_start))}"
+        )
+        table = markdown_table(results, args.entropy)
+        stage[0] = f"writing {output_dir}"
+        try:
+            os.makedirs(output_dir, exist_ok=True)
+            for name, text in (
+                ("results.json", json.dumps(results, indent=1)),
+                ("results.md", table),
+                ("completions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in completions)),
+            ):
+                with open(os.path.join(output_dir, name), "w") as f:
+                    f.write(text)
+        except OSError as error:  # the table is still printed, then exit status 1
+            print(f"\n{table}", file=sys.stderr)
+            raise RunError(
+                f"could not write {output_dir} ({one_line(error)}); the table above is all that is left"
+            ) from None
+        print(f"\n{table}\nwrote {output_dir}/results.json, results.md, completions.jsonl")
+        return results
+    except KeyboardInterrupt:
+        done = "its files may be incomplete" if stage[0].startswith("writing") else "no results written"
+        raise KeyboardInterrupt(f"while {stage[0]}; {done}") from None
 
 
 if __name__ == "__main__":
@@ -732,3 +807,6 @@ if __name__ == "__main__":
     except (UsageError, RunError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)  # one line, no traceback
         sys.exit(2 if isinstance(e, UsageError) else 1)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C: one line, exit status 130 (the training scripts' convention)
+        print(("\n" if sys.stderr.isatty() else "") + f"interrupted: {interrupt or 'while starting'}", file=sys.stderr)
+        sys.exit(130)

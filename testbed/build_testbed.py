@@ -46,6 +46,7 @@ from common.data import build_prompt, load_problems, make_arith_problems, make_p
 from testbed.measure import measure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TASKS = ("paths", "arith")
 
 
 @dataclass
@@ -133,7 +134,8 @@ def encode_sft_batch(tokenizer, problems: list[dict]) -> tuple[torch.Tensor, tor
 def sampled_accuracy(
     model, tokenizer, problems: list[dict], seed: int, max_new_tokens: int = 64
 ) -> tuple[float, float, float]:
-    """(accuracy, mean sampled-token entropy, share of careful-format responses) at temperature 1.0, top-p 1, top-k off."""
+    """(accuracy, mean sampled-token entropy, share of careful-format responses) at temperature 1.0, top-p 1, top-k
+    off."""
     model.eval()
     prompts = [build_prompt(p["question"], "plain") for p in problems]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -170,7 +172,19 @@ def sampled_accuracy(
     return correct / len(problems), ent_sum / max(ent_n, 1), careful
 
 
+def check_args(args: Args) -> None:
+    """Refuse, before anything is built, settings that would fail later: raises ValueError (one `error:` line)."""
+    if args.task not in TASKS:
+        raise ValueError(f"--task {args.task}: unknown task, use one of {', '.join(TASKS)}")
+    for flag in ("num_layers", "num_heads", "num_kv_heads", "batch_size", "max_steps", "eval_every", "threads"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not (0 <= args.careful_share <= 1 and 0 <= args.careful_choice < 1):
+        raise ValueError("--careful-share must be in [0, 1] and --careful-choice in [0, 1)")
+
+
 def main(args: Args) -> None:
+    check_args(args)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -209,11 +223,9 @@ def main(args: Args) -> None:
         for p in train:
             p["untrained_choice"] = p["solution"].startswith("units") and choice_rng.random() >= keep
         val = make_paths_problems(args.num_eval, "test", seed=12345)
-    elif args.task == "arith":
+    else:  # arith (check_args refused any other task)
         train = make_arith_problems(args.batch_size * args.max_steps, "train", seed=args.seed)
         val = make_arith_problems(args.num_eval, "test", seed=12345)
-    else:
-        raise SystemExit(f"unknown --task {args.task!r}: paths or arith")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.0, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup_steps))
 
@@ -240,8 +252,8 @@ def main(args: Args) -> None:
                 }
             )
             print(
-                f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  careful {careful:.3f}  "
-                f"({time.time() - start:.0f}s)",
+                f"step {step:5d}  loss {loss.item():.4f}  val acc@T=1 {acc:.3f}  entropy {ent:.3f}  "
+                f"careful {careful:.3f}  ({time.time() - start:.0f}s)",
                 flush=True,
             )
             if acc >= args.target_accuracy:
@@ -294,4 +306,10 @@ def main(args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli_args = tyro.cli(Args)
+    try:
+        check_args(cli_args)  # before the model is built
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    main(cli_args)
