@@ -272,9 +272,8 @@ class Algorithm:
     od_min_entropy_frac: float = 0.2
     """OD: H_min = this × H_init (H_init: the first step's batch entropy), the switch-to-boost threshold τ_low and
     the end point of the decaying switch-to-suppress threshold τ_high"""
-    od_start_boost: bool = (
-        False  # OD: start in the boost state (s = 1) instead of suppress (s = 0, the DERIVED default)
-    )
+    od_start_boost: bool = False
+    """OD: start in the boost state (s = 1) instead of suppress (s = 0, the DERIVED default)"""
     gradient_preserving: bool = False
     """GPPO / CE-GPPO (arXiv 2508.07629, 2509.20712): tokens beyond their bound keep the gradient −β r_bound A ∇ℓ
     instead of none (not part of FEC as published)"""

@@ -102,11 +102,10 @@ DEFAULT_MAX_NEW_TOKENS = {"plain": 64, "qwen-math": 3000, "dapo": 3000}
 
 @dataclass
 class Args:
-    model: str = (
-        "testbed/model"  # HF model id or folder, a training run folder (its newest model) or a checkpoint folder
-    )
-    # comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)
+    model: str = "testbed/model"
+    """HF model id or folder, a training run folder (its newest model) or a checkpoint folder"""
     benchmarks: str | None = None
+    """comma-separated names or files, `name@n` sets n (None: the testbed task paths; the six with --protocol opefo)"""
     data_dir: str | None = None  # benchmark files (None: $RLVR_DATA_DIR, else the download cache)
     skip_invalid: bool = False  # skip (and count) rows without a usable question or answer instead of stopping
     template: Literal["plain", "qwen-math", "dapo"] | None = None  # prompt template (None: qwen-math for chat models)

@@ -110,9 +110,12 @@ def test_parse_benchmarks_and_opefo_preset():
         em.parse_benchmarks("arith,arith", "none", 1)
 
 
-def test_resolve_model_for_runs_and_checkpoints(tmp_path):
+def test_resolve_model_for_runs_and_checkpoints(tmp_path, monkeypatch):
     """A run folder is its newest finished checkpoint's model (a stale older model is never picked), a checkpoint
-    folder its hf/, a hub id itself."""
+    folder its hf/, a hub id itself (the hub taken as reachable: tests/test_startup_faults.py covers it offline)."""
+    import grpo
+
+    monkeypatch.setattr(grpo, "check_hub_reachable", lambda model: None)
     run = tmp_path / "arith__grpo__1__123"
     for sub in ("checkpoints/step_000010/hf", "checkpoints/step_000020/hf", "checkpoints/step_000030.tmp/hf"):
         (run / sub).mkdir(parents=True)

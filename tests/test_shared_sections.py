@@ -45,7 +45,7 @@ def test_shared_sections_identical_to_grpo(script):
             assert body == reference[name], f"{script}: SHARED section '{name}' drifted from grpo.py"
 
 
-@pytest.mark.parametrize("script", PRESENT_SCRIPTS)
+@pytest.mark.parametrize("script", [*PRESENT_SCRIPTS, "eval_math.py", "plot.py"])
 def test_every_argument_has_a_help_text(script):
     """Every field of the argument dataclasses has its --help text: a comment on its line or a docstring below it."""
     text = (REPO / script).read_text()
@@ -56,7 +56,8 @@ def test_every_argument_has_a_help_text(script):
         for n in tree.body
         if isinstance(n, ast.ClassDef) and any(getattr(d, "id", None) == "dataclass" for d in n.decorator_list)
     ]
-    assert {"Args", "Algorithm"} <= {c.name for c in classes}, f"{script}: no Args or Algorithm dataclass"
+    expected = {"Args", "Algorithm"} if script in PRESENT_SCRIPTS else {"Args"}
+    assert expected <= {c.name for c in classes}, f"{script}: no {expected} dataclasses"
     for cls in classes:
         for i, node in enumerate(cls.body):
             if isinstance(node, ast.AnnAssign):
