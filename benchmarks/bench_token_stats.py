@@ -25,6 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def naive(logits, tokens):
     logp_all = torch.log_softmax(logits.float(), dim=-1)  # [N, V] fp32
@@ -99,7 +101,7 @@ def child(method, n, vocab, dtype, device, chunk, repeats):
 def measure_cpu_peak(method, args):
     """Peak RSS of a child that only allocates the inputs, versus one that also runs the method once."""
     code = (
-        f"import sys, resource, torch; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r});"
+        f"import sys, resource, torch; sys.path.insert(0, {REPO_ROOT!r});"
         f"from benchmarks.bench_token_stats import make_inputs, naive; import grpo;"
         f"l, t = make_inputs({args.tokens}, {args.vocab}, torch.{args.dtype}, 'cpu');"
         f"r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"

@@ -444,8 +444,8 @@ def report(rows: list[dict], eval_n: int) -> str:
         "",
         f"Per method (mean ± std over seeds; entropy in nats per token; eval: `eval_math.py` on the test "
         f"split, {eval_n} samples per problem; careful: share of eval responses in the rare careful format):\n",
-        f"| method | regime, lr | seeds | acts | entropy initial | entropy final | entropy mean | eval avg@{eval_n} % | "
-        f"eval pass@{eval_n} % | careful % | response length | step time ÷ GRPO |",
+        f"| method | regime, lr | seeds | acts | entropy initial | entropy final | entropy mean | eval avg@{eval_n} % "
+        f"| eval pass@{eval_n} % | careful % | response length | step time ÷ GRPO |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, rs in by_method.items():

@@ -286,8 +286,8 @@ def metrics(run_dir) -> list[dict]:
 
 
 def test_one_optimizer_step_per_rollout_and_the_real_flow_cancels(tmp_path, monkeypatch):
-    """In-process, `--flow-estimator exact --lambda-rule balance`: one optimizer step per rollout step, and the shared entropy flows,
-    measured from the gradient of the loss actually taken, have zero net."""
+    """In-process, `--flow-estimator exact --lambda-rule balance`: one optimizer step per rollout step, and the shared
+    entropy flows, measured from the gradient of the loss actually taken, have zero net."""
     steps = []
     original = torch.optim.AdamW.step
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
