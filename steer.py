@@ -1110,7 +1110,8 @@ def collate(samples: list[dict], pad_id: int) -> dict:
     attention_mask = []
     rollout_logp = []
     for s in samples:
-        prompt, response = s["prompt_ids"], s["response_ids"]
+        prompt = s["prompt_ids"]
+        response = s["response_ids"]
         input_ids.append([pad_id] * (P - len(prompt)) + prompt + response + [pad_id] * (R - len(response)))
         attention_mask.append([0] * (P - len(prompt)) + [1] * (len(prompt) + len(response)) + [0] * (R - len(response)))
         rollout_logp.append(s["rollout_logp"][: len(response)] + [0.0] * (R - len(response)))
