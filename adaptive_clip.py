@@ -198,6 +198,13 @@ class Loss:
     loss_scale_factor: float | None = None  # L of seq-mean-token-sum-norm (None: max_new_tokens)
     kl_coef: float = 0.0  # β of the k3 KL penalty to the initial model (loaded only when > 0)
     ent_coef: float = 0.0  # α of the entropy bonus −α·H_t (the "Entropy-Reg" baseline)
+    adaptive_ent_coef: bool = False  # adapt α every step to hold the entropy at --ent-target (Skywork-OR1)
+    ent_coef_init: float = 0.0  # adaptive: α at step 1
+    ent_coef_min: float = 0.0  # adaptive: lower bound of α
+    ent_coef_max: float = 0.005  # adaptive: upper bound of α
+    ent_coef_delta: float = 1e-4  # adaptive: Δ, the change of α per step
+    ent_target: float = 1.0  # adaptive: target entropy, in nats (absolute) or × H₀ (relative)
+    ent_target_mode: Literal["absolute", "relative"] = "relative"  # relative: --ent-target × H₀ (step 1's entropy)
 
 
 @dataclass
@@ -661,6 +668,8 @@ def compute_loss(mb: dict, current: dict, args, algo_state: dict, totals: dict):
         token_loss = token_loss + args.kl_coef * info["kl_ref"]
     if args.ent_coef > 0:
         token_loss = token_loss - args.ent_coef * current["entropy"]
+    if "ent_coef" in mb:  # --adaptive-ent-coef: this step's α, on steps where the bonus applies
+        token_loss = token_loss - mb["ent_coef"] * current["entropy"]
     max_len = args.loss_scale_factor or args.max_new_tokens
     coef = aggregation_weights(mb["loss_mask"], args.loss_agg_mode, totals, max_len)
     info["token_loss"] = token_loss.detach()
@@ -1287,6 +1296,7 @@ def main(args: Args) -> str:
     start_step = state.get("step", 0)
     data_pos = state.get("data_pos", 0)
     algo_state = state.get("algo_state", init_algorithm_state(args))
+    ent_state = state.get("ent_state", {"ent_coef": args.ent_coef_init, "applied": False, "initial_entropy": None})
     logger = RunLogger(run_dir, args, accelerator.is_main_process, start_step)
     accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
     reduce_sum = sum_over_processes(accelerator)
@@ -1317,6 +1327,7 @@ def main(args: Args) -> str:
             if ref_model is not None:
                 batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)["logp"]
             algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
+            algo_metrics.update(entropy_control_begin(ent_state, args, batch))
             # 4. policy update (without an old-policy pass, its forward fills in ℓ_old, H_old, G_old)
             skipped = update_policy(
                 model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass, reduce_sum
@@ -1333,6 +1344,7 @@ def main(args: Args) -> str:
             metrics["time/step_s"] = step_s
             metrics["time/tokens_per_s"] = metrics["time/tokens_per_s"] / step_s
             algorithm_step_end(algo_state, args, metrics)
+            entropy_control_end(ent_state, args, metrics)
             if args.eval_every and (step % args.eval_every == 0 or step == args.total_steps):
                 metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
             log_step(logger, args, step, metrics, samples, accelerator)
@@ -1342,7 +1354,7 @@ def main(args: Args) -> str:
                     f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}"
                 )
             if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
-                trainer_state = {"step": step, "data_pos": data_pos, "algo_state": algo_state}
+                trainer_state = {"step": step, "data_pos": data_pos, "algo_state": algo_state, "ent_state": ent_state}
                 save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, args, start_step)
     except KeyboardInterrupt:
         last = (checkpoints(run_dir) or ["none yet"])[-1]
@@ -1367,6 +1379,31 @@ def add_old_policy_stats(batch: dict, model, args, accelerator, old_policy_pass:
     batch["logp_old"] = old["logp"]
     batch["entropy_old"] = old["entropy"]
     batch["g_old"] = old["g"]
+
+
+def entropy_control_begin(state: dict, args, batch: dict) -> dict:
+    """--adaptive-ent-coef, before the update: this step's α into batch["ent_coef"] [B, R] if the bonus applies (as
+    decided after the previous step; not at step 1, before any entropy was measured). Returns its metrics."""
+    if not args.adaptive_ent_coef:
+        return {}
+    if state["applied"]:
+        batch["ent_coef"] = torch.full_like(batch["adv"], state["ent_coef"])
+    return {"train/ent_coef": state["ent_coef"], "train/ent_coef_applied": float(state["applied"])}
+
+
+def entropy_control_end(state: dict, args, metrics: dict) -> None:
+    """Adaptive entropy control (Skywork-OR1, arXiv 2505.22312), after step k with its entropy H_k (entropy/mean):
+    α ← clip(α + Δ, α_min, α_max) if H_k ≤ target, else clip(α − Δ, α_min, α_max), and the bonus −α·H_t applies at
+    step k + 1 only if H_k ≤ target; target = --ent-target, × H₀ = H_1 with --ent-target-mode relative."""
+    if not args.adaptive_ent_coef:
+        return
+    entropy = metrics["entropy/mean"]
+    if state["initial_entropy"] is None:
+        state["initial_entropy"] = entropy
+    target = args.ent_target * (state["initial_entropy"] if args.ent_target_mode == "relative" else 1.0)
+    state["applied"] = entropy <= target  # NaN: not
+    moved = state["ent_coef"] + (args.ent_coef_delta if state["applied"] else -args.ent_coef_delta)
+    state["ent_coef"] = min(max(moved, args.ent_coef_min), args.ent_coef_max)
 
 
 def print_next_commands(run_dir: str, accelerator) -> None:
@@ -1526,9 +1563,9 @@ def check_flag_values(args: Args, world: int, engine: str) -> None:
     at_least_one = ["max_new_tokens", "total_steps", "micro_batch_size", "update_epochs", "entropy_chunk_size"]
     at_least_one += ["hf_generation_batch_size", "keep_checkpoints", "max_gen_batches"]
     non_negative = ["threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef", "weight_decay"]
-    non_negative += ["lr_warmup_steps", "grader_workers"]
+    non_negative += ["lr_warmup_steps", "grader_workers", "ent_coef_min", "ent_coef_delta"]
     positive = ["temperature", "learning_rate", "max_grad_norm", "grader_timeout_s", "eval_temperature"]
-    positive += ["loss_scale_factor"]  # None (its default) allowed
+    positive += ["loss_scale_factor", "ent_target"]  # None (its default) allowed
     seqs = args.prompts_per_step // world * args.group_size  # sequences per process and step
     rules = [(flag, getattr(args, flag) >= 1, ">= 1") for flag in at_least_one]
     rules += [(flag, getattr(args, flag) >= 0, ">= 0") for flag in non_negative]
@@ -1559,6 +1596,8 @@ def check_flag_values(args: Args, world: int, engine: str) -> None:
         ),
         ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
         ("dual_clip_c", args.dual_clip_c == 0 or args.dual_clip_c > 1, "0 (off) or > 1"),
+        ("ent_coef_init", args.ent_coef_min <= args.ent_coef_init <= args.ent_coef_max, "in [--ent-coef-min, max]"),
+        ("ent_coef", args.ent_coef == 0 or not args.adaptive_ent_coef, "0 with --adaptive-ent-coef"),
         ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
         ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
         (

@@ -11,9 +11,15 @@ Every rollout step:
      r_t = exp(ℓ_t − ℓ_t^old), ℓ_t = log π(a_t | s_t) at the rollout temperature (clip-higher ε_high > ε_low:
      DAPO §3.1; dual clip: arXiv 1912.09729), plus β·KL_k3(π‖π_ref) and −α·H_t if asked, aggregated by
      `--loss-agg-mode` (token-mean is DAPO §3.3). On the first update after a rollout ℓ^old is the detached
-     current ℓ, so strict on-policy training has r ≡ 1 exactly.
+     current ℓ, so strict on-policy training has r ≡ 1 exactly. α is `--ent-coef`, or with `--adaptive-ent-coef`
+     Skywork-OR1's adaptive entropy control (arXiv 2505.22312): α ← clip(α ± Δ, α_min, α_max), + while the step's
+     entropy is at or below the target, and the bonus applied on the next step only then.
   4. Positive-advantage reweighting (arXiv 2511.05993): L_t ← λ L_t on tokens with A > 0, λ constant or
      entropy-guided, λ ← clip(λ − Δ, 0, 1) while the batch entropy is below δ and clip(λ + Δ, 0, 1) above it.
+  5. Forking-token mask ("Beyond the 80/20 Rule", arXiv 2506.01939): with `--top-entropy-quantile` ρ < 1,
+     L_t ← 1[H_t ≥ τ_ρ] L_t, τ_ρ the k-th largest H_t of the N loss tokens of the batch (all processes; or of each
+     response: `--top-entropy-scope sequence`), k = ⌈ρN⌉; ties at τ_ρ are kept; H_t of the policy that sampled the
+     batch; the aggregation still counts every token, as the paper's objective.
 
 Every script of this repository also logs the entropy flows of the update it takes: for each token the
 first-order entropy change of an SGD step on the logits of a tabular softmax (Cui et al., arXiv 2505.22617,
@@ -175,6 +181,13 @@ class Loss:
     loss_scale_factor: float | None = None  # L of seq-mean-token-sum-norm (None: max_new_tokens)
     kl_coef: float = 0.0  # β of the k3 KL penalty to the initial model (loaded only when > 0)
     ent_coef: float = 0.0  # α of the entropy bonus −α·H_t (the "Entropy-Reg" baseline)
+    adaptive_ent_coef: bool = False  # adapt α every step to hold the entropy at --ent-target (Skywork-OR1)
+    ent_coef_init: float = 0.0  # adaptive: α at step 1
+    ent_coef_min: float = 0.0  # adaptive: lower bound of α
+    ent_coef_max: float = 0.005  # adaptive: upper bound of α
+    ent_coef_delta: float = 1e-4  # adaptive: Δ, the change of α per step
+    ent_target: float = 1.0  # adaptive: target entropy, in nats (absolute) or × H₀ (relative)
+    ent_target_mode: Literal["absolute", "relative"] = "relative"  # relative: --ent-target × H₀ (step 1's entropy)
 
 
 @dataclass
@@ -225,13 +238,16 @@ MOST_USED = (
 # ─── ALGORITHM: arguments ──────────────────────────────────────────────────────────────────────
 @dataclass
 class Algorithm:
-    """positive-advantage reweighting (arXiv 2511.05993)"""
+    """positive-advantage reweighting (arXiv 2511.05993) and the forking-token mask (arXiv 2506.01939)"""
 
     pos_weight_schedule: Literal["constant", "entropy-guided"] = "constant"  # weight λ of tokens with A > 0
     pos_weight: float = 1.0  # λ of the constant schedule (1: plain GRPO)
     pos_weight_init: float = 0.0  # λ₀ of the entropy-guided schedule
     pos_weight_target_entropy: float = 0.2  # δ: λ falls while the batch entropy is below δ, rises above it
     pos_weight_step: float = 0.05  # Δ: change of λ per step (entropy-guided)
+    top_entropy_quantile: float = 1.0  # ρ: policy loss on the top-ρ share of tokens by entropy (paper: 0.2; 1: off)
+    top_entropy_scope: Literal["batch", "sequence"] = "batch"
+    """the top-ρ share of: the loss tokens of the step's batch on all processes (the paper), or of each response"""
 
 
 # ─── ALGORITHM: loss ───────────────────────────────────────────────────────────────────────────
@@ -248,6 +264,7 @@ class Algorithm:
 #   rollout_logp     [B, R]  log-probs the rollout engine reported (differ from logp_old only through numerics)
 #   logp_ref         [B, R]  the reference model's ℓ (only with --kl-coef > 0)
 #   truncated        [B]     the response hit max_new_tokens
+#   ent_coef         [B, R]  --adaptive-ent-coef: the step's α (only on steps where its bonus applies)
 #   what algorithm_step_begin added to the batch (sliced to the micro-batch like the rest)
 #
 # `current` (policy_token_loss only): the current policy's statistics of the micro-batch, [b, R]:
@@ -257,8 +274,9 @@ class Algorithm:
 # (or several minibatches / epochs); otherwise they are filled in by the update's own forward.
 def needs_old_policy_pass(args: Args) -> bool:
     """Whether `algorithm_step_begin` needs the old policy's ℓ, H, G of the whole batch before the first gradient
-    (the no-grad pass also runs whenever later minibatches are off-policy). GRPO: no."""
-    return False
+    (the no-grad pass also runs whenever later minibatches are off-policy). GRPO: no; the forking-token mask over
+    the batch: yes (its threshold is a statistic of every token's entropy)."""
+    return args.algo.top_entropy_quantile < 1 and args.algo.top_entropy_scope == "batch"
 
 
 def needs_g3(args: Args) -> bool:
@@ -269,6 +287,8 @@ def needs_g3(args: Args) -> bool:
 def check_algorithm_args(args: Args) -> None:
     if not 0 <= args.algo.pos_weight <= 1 or not 0 <= args.algo.pos_weight_init <= 1:
         raise UsageError("--pos-weight and --pos-weight-init must be in [0, 1]")
+    if not 0 < args.algo.top_entropy_quantile <= 1:
+        raise UsageError(f"--top-entropy-quantile {args.algo.top_entropy_quantile}: must be in (0, 1]")
 
 
 def init_algorithm_state(args: Args) -> dict:
@@ -281,18 +301,57 @@ def init_algorithm_state(args: Args) -> dict:
 def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> dict:
     """Once per step, before the update, with the whole rollout batch (with ℓ_old, H_old, G_old from the old-policy
     pass when `needs_old_policy_pass`); may add per-token tensors to `batch`. Returns metrics."""
-    return {"algo/pos_weight": state["pos_weight"]}
+    metrics = {"algo/pos_weight": state["pos_weight"]}
+    if needs_old_policy_pass(args):  # the forking-token mask, one threshold over the batch of all processes
+        mask = batch["loss_mask"] > 0
+        keep = top_quantile_mask(batch["entropy_old"].reshape(1, -1), mask.reshape(1, -1), args, reduce_sum)
+        batch["entropy_keep"] = keep.view_as(mask)
+        kept = mask_metrics(batch["entropy_keep"], batch["entropy_old"], mask, reduce_sum)
+        metrics.update({name: value.item() for name, value in kept.items()})
+    return metrics
 
 
 def policy_token_loss(mb: dict, current: dict, args: Args, state: dict):
     """Token loss [b, R] of one micro-batch, and `info` (ratio, clip masks, `algo/` scalars to log):
-    dual-clip PPO × λ on tokens with A > 0 (module docstring, steps 3 and 4)."""
+    dual-clip PPO × λ on tokens with A > 0, × the forking-token mask when ρ < 1 (module docstring, steps 3 to 5)."""
     ratio = torch.exp((current["logp"] - mb["logp_old"]).clamp(-20, 20))
     loss, clipped_low, clipped_high = clipped_surrogate(
         mb["adv"], ratio, args.clip_low, args.clip_high, args.dual_clip_c
     )
     weight = torch.where(mb["adv"] > 0, state["pos_weight"], 1.0)
-    return loss * weight, {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high}
+    info = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high}
+    if args.algo.top_entropy_quantile == 1:
+        return loss * weight, info
+    keep = mb.get("entropy_keep")
+    if keep is None:  # per response: the micro-batch holds whole rows, and H_old of its rows (filled in when on-policy)
+        keep = top_quantile_mask(mb["entropy_old"], mb["loss_mask"] > 0, args)
+        info.update(mask_metrics(keep, mb["entropy_old"], mb["loss_mask"] > 0))
+    return torch.where(keep, loss * weight, 0.0), info
+
+
+def top_quantile_mask(entropy, mask, args: Args, reduce_sum=lambda x: x):
+    """Forking-token mask [n, m] (arXiv 2506.01939): per row, the `mask` entries with H ≥ τ, τ the k-th largest H of
+    the row's N entries (N and the counts summed over processes by `reduce_sum`), k = max(⌈ρN⌉, 1). Ties at τ are all
+    kept (the G responses' first tokens share one state), so exactly k unless entropies tie at τ. τ by bisection on
+    the bit patterns of H ≥ 0 as float32 (ordered like the values): 31 steps of counting, exact, without a gather."""
+    bits = entropy.detach().float().clamp(min=0).contiguous().view(torch.int32).long()
+    k = torch.ceil(reduce_sum(mask.sum(-1).double()) * args.algo.top_entropy_quantile - 1e-6).clamp(min=1)
+    low, high = torch.zeros_like(k, dtype=torch.long), torch.full_like(k, 2**31, dtype=torch.long)
+    for _ in range(31):  # invariant: count(bits ≥ low) ≥ k > count(bits ≥ high)
+        mid = (low + high) // 2
+        enough = reduce_sum(((bits >= mid[:, None]) & mask).sum(-1).double()) >= k
+        low, high = torch.where(enough, mid, low), torch.where(enough, high, mid)
+    return (bits >= low[:, None]) & mask
+
+
+def mask_metrics(keep, entropy, mask, reduce_sum=lambda x: x) -> dict:
+    """Share of the loss tokens the forking-token mask keeps, and their mean entropy."""
+    sums = [keep.sum(), mask.sum(), (entropy * keep).sum()]
+    kept, total, kept_entropy = reduce_sum(torch.stack([x.double() for x in sums]))
+    return {
+        "algo/mask_kept_frac": kept / total.clamp(min=1),
+        "algo/mask_kept_entropy": kept_entropy / kept.clamp(min=1),
+    }
 
 
 def pos_weight_update(weight: float, entropy: float, target: float, step: float) -> float:
@@ -463,6 +522,8 @@ def compute_loss(mb: dict, current: dict, args, algo_state: dict, totals: dict):
         token_loss = token_loss + args.kl_coef * info["kl_ref"]
     if args.ent_coef > 0:
         token_loss = token_loss - args.ent_coef * current["entropy"]
+    if "ent_coef" in mb:  # --adaptive-ent-coef: this step's α, on steps where the bonus applies
+        token_loss = token_loss - mb["ent_coef"] * current["entropy"]
     max_len = args.loss_scale_factor or args.max_new_tokens
     coef = aggregation_weights(mb["loss_mask"], args.loss_agg_mode, totals, max_len)
     info["token_loss"] = token_loss.detach()
@@ -1089,6 +1150,7 @@ def main(args: Args) -> str:
     start_step = state.get("step", 0)
     data_pos = state.get("data_pos", 0)
     algo_state = state.get("algo_state", init_algorithm_state(args))
+    ent_state = state.get("ent_state", {"ent_coef": args.ent_coef_init, "applied": False, "initial_entropy": None})
     logger = RunLogger(run_dir, args, accelerator.is_main_process, start_step)
     accelerator.print(f"run directory: {run_dir}  (engine: {engine}, processes: {world}, device: {accelerator.device})")
     reduce_sum = sum_over_processes(accelerator)
@@ -1119,6 +1181,7 @@ def main(args: Args) -> str:
             if ref_model is not None:
                 batch["logp_ref"] = stats_pass(ref_model, batch, args, accelerator)["logp"]
             algo_metrics = algorithm_step_begin(algo_state, args, batch, reduce_sum)
+            algo_metrics.update(entropy_control_begin(ent_state, args, batch))
             # 4. policy update (without an old-policy pass, its forward fills in ℓ_old, H_old, G_old)
             skipped = update_policy(
                 model, optimizer, batch, args, algo_state, accelerator, metrics, step, not old_policy_pass, reduce_sum
@@ -1135,6 +1198,7 @@ def main(args: Args) -> str:
             metrics["time/step_s"] = step_s
             metrics["time/tokens_per_s"] = metrics["time/tokens_per_s"] / step_s
             algorithm_step_end(algo_state, args, metrics)
+            entropy_control_end(ent_state, args, metrics)
             if args.eval_every and (step % args.eval_every == 0 or step == args.total_steps):
                 metrics.update(evaluate(model, llm, accelerator, eval_problems, args, tokenizer, stop_ids, step))
             log_step(logger, args, step, metrics, samples, accelerator)
@@ -1144,7 +1208,7 @@ def main(args: Args) -> str:
                     f"lower --learning-rate or check the data, then continue: {rerun_command(run_dir)}"
                 )
             if (args.checkpoint_every and step % args.checkpoint_every == 0) or step == args.total_steps:
-                trainer_state = {"step": step, "data_pos": data_pos, "algo_state": algo_state}
+                trainer_state = {"step": step, "data_pos": data_pos, "algo_state": algo_state, "ent_state": ent_state}
                 save_checkpoint(accelerator, model, tokenizer, run_dir, trainer_state, args, start_step)
     except KeyboardInterrupt:
         last = (checkpoints(run_dir) or ["none yet"])[-1]
@@ -1169,6 +1233,31 @@ def add_old_policy_stats(batch: dict, model, args, accelerator, old_policy_pass:
     batch["logp_old"] = old["logp"]
     batch["entropy_old"] = old["entropy"]
     batch["g_old"] = old["g"]
+
+
+def entropy_control_begin(state: dict, args, batch: dict) -> dict:
+    """--adaptive-ent-coef, before the update: this step's α into batch["ent_coef"] [B, R] if the bonus applies (as
+    decided after the previous step; not at step 1, before any entropy was measured). Returns its metrics."""
+    if not args.adaptive_ent_coef:
+        return {}
+    if state["applied"]:
+        batch["ent_coef"] = torch.full_like(batch["adv"], state["ent_coef"])
+    return {"train/ent_coef": state["ent_coef"], "train/ent_coef_applied": float(state["applied"])}
+
+
+def entropy_control_end(state: dict, args, metrics: dict) -> None:
+    """Adaptive entropy control (Skywork-OR1, arXiv 2505.22312), after step k with its entropy H_k (entropy/mean):
+    α ← clip(α + Δ, α_min, α_max) if H_k ≤ target, else clip(α − Δ, α_min, α_max), and the bonus −α·H_t applies at
+    step k + 1 only if H_k ≤ target; target = --ent-target, × H₀ = H_1 with --ent-target-mode relative."""
+    if not args.adaptive_ent_coef:
+        return
+    entropy = metrics["entropy/mean"]
+    if state["initial_entropy"] is None:
+        state["initial_entropy"] = entropy
+    target = args.ent_target * (state["initial_entropy"] if args.ent_target_mode == "relative" else 1.0)
+    state["applied"] = entropy <= target  # NaN: not
+    moved = state["ent_coef"] + (args.ent_coef_delta if state["applied"] else -args.ent_coef_delta)
+    state["ent_coef"] = min(max(moved, args.ent_coef_min), args.ent_coef_max)
 
 
 def print_next_commands(run_dir: str, accelerator) -> None:
@@ -1328,9 +1417,9 @@ def check_flag_values(args: Args, world: int, engine: str) -> None:
     at_least_one = ["max_new_tokens", "total_steps", "micro_batch_size", "update_epochs", "entropy_chunk_size"]
     at_least_one += ["hf_generation_batch_size", "keep_checkpoints", "max_gen_batches"]
     non_negative = ["threads", "eval_every", "checkpoint_every", "kl_coef", "ent_coef", "weight_decay"]
-    non_negative += ["lr_warmup_steps", "grader_workers"]
+    non_negative += ["lr_warmup_steps", "grader_workers", "ent_coef_min", "ent_coef_delta"]
     positive = ["temperature", "learning_rate", "max_grad_norm", "grader_timeout_s", "eval_temperature"]
-    positive += ["loss_scale_factor"]  # None (its default) allowed
+    positive += ["loss_scale_factor", "ent_target"]  # None (its default) allowed
     seqs = args.prompts_per_step // world * args.group_size  # sequences per process and step
     rules = [(flag, getattr(args, flag) >= 1, ">= 1") for flag in at_least_one]
     rules += [(flag, getattr(args, flag) >= 0, ">= 0") for flag in non_negative]
@@ -1361,6 +1450,8 @@ def check_flag_values(args: Args, world: int, engine: str) -> None:
         ),
         ("clip_low", 0 <= args.clip_low < 1 and args.clip_high >= 0, "in [0, 1), with --clip-high >= 0"),
         ("dual_clip_c", args.dual_clip_c == 0 or args.dual_clip_c > 1, "0 (off) or > 1"),
+        ("ent_coef_init", args.ent_coef_min <= args.ent_coef_init <= args.ent_coef_max, "in [--ent-coef-min, max]"),
+        ("ent_coef", args.ent_coef == 0 or not args.adaptive_ent_coef, "0 with --adaptive-ent-coef"),
         ("overlong_buffer", 0 <= args.overlong_buffer < args.max_new_tokens, "in [0, --max-new-tokens)"),
         ("rollout_is_cap", args.rollout_is_cap in (None, 0) or args.rollout_is_cap >= 1, "0 (off) or >= 1"),
         (
