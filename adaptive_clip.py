@@ -16,11 +16,15 @@ Probability-dependent thresholds ε(p) = α p + β with α < 0 (loose for unlike
   `--threshold-prob old` evaluates ε at π_old instead: r_max = 1 + ε_h(π_old), r_min = 1 − ε_l(π_old) [DERIVED].
   Token loss: L_t = max(−A r, −A clip(r, r_min, r_max)) and, for A < 0, min(L_t, −A c) (dual clip), with the
   bounds computed from the detached π_old (no gradient through them).
-  Defaults (α_h, β_h) = (−0.25, 0.35), (α_l, β_l) = (−0.2, 0.3), ε_std = 0.2 (flags; the paper's values are not
-  known here): r_max runs from 1.35 (π_old → 0) to 1.08 (π_old = 1), r_min from 0.70 to 0.875, looser than the
-  standard clip for unlikely tokens and tighter for likely ones, as the authors describe. (The coefficients shipped
-  before, (−0.25, 0.5) and (−0.13, 0.3), were never tighter than ε_std above: r_max ≥ 1.2 for every π_old; on a
-  tabular softmax their increasing mode lowered entropy more than the standard clip. tests/test_adaptive_clip.py.)
+  Defaults (α_h, β_h) = (−0.25, 0.35), (α_l, β_l) = (−0.2, 0.3), ε_std = 0.2 (flags). The coefficients are
+  DERIVED: this project's own, shaped to match the authors' description; no published numbers were found.
+  r_max runs from 1.35 (π_old → 0) to 1.08 (π_old = 1), r_min from 0.70 to 0.875: looser than the standard clip
+  for unlikely tokens and tighter for likely ones, as the authors describe. Measured limits (tabular softmax,
+  tests/test_adaptive_clip.py and an independent check): the increasing mode (upper bound) raises the entropy
+  against the standard clip on peaked and medium states (5/5 configurations each), but lowers it on flat states
+  (H₀ ≈ 3) and with Adam on every logit: the bound depends on the absolute p, the E1/E2 split on p = e^−H. (The
+  coefficients shipped before, (−0.25, 0.5) and (−0.13, 0.3), were never tighter than ε_std above: r_max ≥ 1.2 for
+  every π_old; on a tabular softmax their increasing mode lowered entropy more than the standard clip.)
 
 Schedules over the run's T = total_steps rollout steps, step k = 0 … T − 1 (`--schedule`). Each side uses the blend
 E(p) = w ε(p) + (1 − w) ε_std of its probability-dependent threshold with the standard one, solved for r as above:
@@ -263,10 +267,18 @@ class Algorithm:
     """which probability-dependent bounds are in use over the T = --total-steps steps: both (constant), the upper
     only (boost: entropy up), the lower only (suppress: entropy down), the time schedules ID or DID, or the
     entropy-triggered oscillatory decay OD (ID was best in the paper)"""
-    alpha_high: float = -0.25  # α_h of ε_h(p) = α_h p + β_h, r_max = (1 + β_h)/(1 − α_h π_old): 1.35 … 1.08
-    beta_high: float = 0.35  # β_h of the upper threshold (ε_h(p) in [0, ∞) for p in [0, 1])
-    alpha_low: float = -0.2  # α_l of ε_l(p) = α_l p + β_l, r_min = (1 − β_l)/(1 + α_l π_old): 0.70 … 0.875
-    beta_low: float = 0.3  # β_l of the lower threshold (ε_l(p) in [0, 1) for p in [0, 1])
+    alpha_high: float = -0.25
+    """α_h of ε_h(p) = α_h p + β_h, r_max = (1 + β_h)/(1 − α_h π_old): 1.35 … 1.08. DERIVED, like the other three
+    coefficients: this project's values, shaped to the authors' description (no published numbers). They tighten
+    the bounds of high-p tokens and loosen those of low-p ones; on tabular softmaxes the increasing mode raises the
+    entropy against the standard clip on peaked and medium states, but lowers it on flat ones (H₀ ≈ 3) and with
+    Adam on every logit"""
+    beta_high: float = 0.35
+    """β_h of the upper threshold (ε_h(p) in [0, ∞) for p in [0, 1]); DERIVED (see --alpha-high)"""
+    alpha_low: float = -0.2
+    """α_l of ε_l(p) = α_l p + β_l, r_min = (1 − β_l)/(1 + α_l π_old): 0.70 … 0.875; DERIVED (see --alpha-high)"""
+    beta_low: float = 0.3
+    """β_l of the lower threshold (ε_l(p) in [0, 1) for p in [0, 1]); DERIVED (see --alpha-high)"""
     eps_std: float | None = 0.2
     """ε_std, the standard threshold the schedules blend with on both sides (UNVERIFIED default; the paper's
     baseline may be 0.2 or DAPO's 0.28); None: --clip-low on the lower side and --clip-high on the upper"""

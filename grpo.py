@@ -14,8 +14,13 @@ Every rollout step:
      current ℓ, so strict on-policy training has r ≡ 1 exactly. α is `--ent-coef`, or with `--adaptive-ent-coef`
      Skywork-OR1's adaptive entropy control (arXiv 2505.22312): α ← clip(α ± Δ, α_min, α_max), + while the step's
      entropy is at or below the target, and the bonus applied on the next step only then.
-  4. Positive-advantage reweighting (arXiv 2511.05993): L_t ← λ L_t on tokens with A > 0, λ constant or
-     entropy-guided, λ ← clip(λ − Δ, 0, 1) while the batch entropy is below δ and clip(λ + Δ, 0, 1) above it.
+  4. Positive-advantage reweighting (arXiv 2511.05993): L_t ← λ L_t on tokens with A > 0, λ constant (default 1:
+     plain GRPO) or entropy-guided, λ ← clip(λ − Δ, 0, 1) while the batch entropy is below δ and clip(λ + Δ, 0, 1)
+     above it. δ = 0.55 H₀ by default (`--pos-weight-target relative`), H₀ the run's initial entropy: the mean batch
+     entropy (entropy/mean) of its first `--pos-weight-initial-steps` steps (1), kept in the algorithm state and so in
+     the checkpoints. The paper's absolute δ = 0.2 was 0.55 × its model's initial entropy (0.3657); an absolute δ near
+     or above a model's starting entropy holds λ near 0 (almost negative-only training), so it is used only when
+     asked (`--pos-weight-target absolute`, a warning when δ ≥ 0.8 H₀).
   5. Forking-token mask ("Beyond the 80/20 Rule", arXiv 2506.01939): with `--top-entropy-quantile` ρ < 1,
      L_t ← 1[H_t ≥ τ_ρ] L_t, τ_ρ the k-th largest H_t of the N loss tokens of the batch (all processes; or of each
      response: `--top-entropy-scope sequence`), k = ⌈ρN⌉; ties at τ_ρ are kept; H_t of the policy that sampled the
@@ -243,7 +248,17 @@ class Algorithm:
     pos_weight_schedule: Literal["constant", "entropy-guided"] = "constant"  # weight λ of tokens with A > 0
     pos_weight: float = 1.0  # λ of the constant schedule (1: plain GRPO)
     pos_weight_init: float = 0.0  # λ₀ of the entropy-guided schedule
-    pos_weight_target_entropy: float = 0.2  # δ: λ falls while the batch entropy is below δ, rises above it
+    pos_weight_target: Literal["relative", "absolute"] = "relative"
+    """δ of the entropy-guided schedule (λ falls while the batch entropy is below δ, rises above it): relative
+    (default) δ = --pos-weight-target-ratio × H₀, H₀ this run's initial entropy; absolute δ =
+    --pos-weight-target-entropy, only when asked (the paper's 0.2 was 0.55 × its model's initial entropy; near or
+    above a model's starting entropy it holds λ near 0: almost negative-only training)"""
+    pos_weight_target_ratio: float = 0.55
+    """δ / H₀ of --pos-weight-target relative (the paper's δ = 0.2 over its model's initial entropy 0.3657: 0.547)"""
+    pos_weight_target_entropy: float = 0.2  # δ of --pos-weight-target absolute (the paper's value, for its model)
+    pos_weight_initial_steps: int = 1
+    """H₀ = the mean batch entropy (entropy/mean) of the run's first this many steps, kept in the checkpoints; under
+    --pos-weight-target relative λ stays λ₀ until H₀ is known"""
     pos_weight_step: float = 0.05  # Δ: change of λ per step (entropy-guided)
     top_entropy_quantile: float = 1.0  # ρ: policy loss on the top-ρ share of tokens by entropy (paper: 0.2; 1: off)
     top_entropy_scope: Literal["batch", "sequence"] = "batch"
@@ -285,17 +300,38 @@ def needs_g3(args: Args) -> bool:
 
 
 def check_algorithm_args(args: Args) -> None:
-    if not 0 <= args.algo.pos_weight <= 1 or not 0 <= args.algo.pos_weight_init <= 1:
+    a = args.algo
+    default = Algorithm()
+    if not 0 <= a.pos_weight <= 1 or not 0 <= a.pos_weight_init <= 1:
         raise UsageError("--pos-weight and --pos-weight-init must be in [0, 1]")
-    if not 0 < args.algo.top_entropy_quantile <= 1:
-        raise UsageError(f"--top-entropy-quantile {args.algo.top_entropy_quantile}: must be in (0, 1]")
+    if not 0 < a.pos_weight_target_ratio < math.inf or a.pos_weight_initial_steps < 1:
+        raise UsageError("--pos-weight-target-ratio must be > 0 and --pos-weight-initial-steps at least 1")
+    if a.pos_weight_target == "relative" and a.pos_weight_target_entropy != default.pos_weight_target_entropy:
+        raise UsageError(
+            f"--pos-weight-target-entropy {a.pos_weight_target_entropy} is the absolute δ: add --pos-weight-target "
+            "absolute (the default, relative, is δ = --pos-weight-target-ratio × the initial entropy)"
+        )
+    if a.pos_weight_target == "absolute" and a.pos_weight_target_ratio != default.pos_weight_target_ratio:
+        raise UsageError(
+            f"--pos-weight-target-ratio {a.pos_weight_target_ratio} is the relative δ: use --pos-weight-target relative"
+        )
+    saved = saved_args(args.resume)  # a run made before --pos-weight-target existed had the absolute δ
+    old = saved.get("pos_weight_schedule") == "entropy-guided" and "pos_weight_target" not in saved
+    if old and a.pos_weight_target == "relative":
+        raise UsageError(
+            f"--resume {args.resume}: the run's entropy-guided δ is absolute (it predates --pos-weight-target): "
+            "continue it with --pos-weight-target absolute"
+        )
+    if not 0 < a.top_entropy_quantile <= 1:
+        raise UsageError(f"--top-entropy-quantile {a.top_entropy_quantile}: must be in (0, 1]")
 
 
 def init_algorithm_state(args: Args) -> dict:
-    """Per-run algorithm state; saved in checkpoints."""
+    """Per-run algorithm state; saved in checkpoints. Entropy-guided: also H₀ (None until measured) and the
+    entropies of the first steps it is the mean of."""
     if args.algo.pos_weight_schedule == "constant":
         return {"pos_weight": args.algo.pos_weight}
-    return {"pos_weight": args.algo.pos_weight_init}
+    return {"pos_weight": args.algo.pos_weight_init, "initial_entropy": None, "initial_entropies": []}
 
 
 def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> dict:
@@ -360,12 +396,49 @@ def pos_weight_update(weight: float, entropy: float, target: float, step: float)
     return float(min(max(moved, 0.0), 1.0))
 
 
-def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
-    """After the update, with the step's reduced metrics."""
-    if args.algo.pos_weight_schedule == "entropy-guided":
-        state["pos_weight"] = pos_weight_update(
-            state["pos_weight"], metrics["entropy/mean"], args.algo.pos_weight_target_entropy, args.algo.pos_weight_step
+def pos_weight_target(args: Args, initial_entropy: float | None) -> float | None:
+    """δ: --pos-weight-target-ratio × H₀ (relative; None while H₀ is unknown) or --pos-weight-target-entropy."""
+    a = args.algo
+    if a.pos_weight_target == "absolute":
+        return a.pos_weight_target_entropy
+    return None if initial_entropy is None else a.pos_weight_target_ratio * initial_entropy
+
+
+def measure_initial_entropy(state: dict, args: Args, entropy: float) -> None:
+    """H₀ = mean entropy/mean of the first --pos-weight-initial-steps steps, once, into state (so into checkpoints)."""
+    if state.get("initial_entropy") is not None:
+        return
+    seen = state.setdefault("initial_entropies", [])
+    seen.append(entropy)
+    if len(seen) < args.algo.pos_weight_initial_steps:
+        return
+    h0 = state["initial_entropy"] = sum(seen) / len(seen)
+    a, delta = args.algo, pos_weight_target(args, h0)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    if a.pos_weight_target == "relative":
+        print(
+            f"pos-weight: initial entropy H₀ = {h0:.4g} (steps 1-{len(seen)}), "
+            f"δ = {a.pos_weight_target_ratio} H₀ = {delta:.4g}"
         )
+    elif delta >= 0.8 * h0:  # at or near the starting entropy (the paper's δ: 0.55 H₀)
+        print(
+            f"warning: --pos-weight-target-entropy {delta} is {delta / h0:.2f} × the initial entropy H₀ = {h0:.4g} "
+            "(the paper's: 0.55): λ will stay near 0, the update almost negative-only; --pos-weight-target relative "
+            "sets δ = ratio × H₀",
+            file=sys.stderr,
+        )
+
+
+def algorithm_step_end(state: dict, args: Args, metrics: dict) -> None:
+    """After the update, with the step's reduced metrics: the entropy-guided λ, from the step's batch entropy."""
+    a = args.algo
+    if a.pos_weight_schedule != "entropy-guided":
+        return
+    measure_initial_entropy(state, args, metrics["entropy/mean"])
+    target = pos_weight_target(args, state.get("initial_entropy"))
+    if target is not None:  # relative: λ stays λ₀ until H₀ is known
+        state["pos_weight"] = pos_weight_update(state["pos_weight"], metrics["entropy/mean"], target, a.pos_weight_step)
 
 
 # ─── SHARED: token statistics and loss ─────────────────────────────────────────────────────────

@@ -246,28 +246,37 @@ def test_clipping_regions_on_a_tabular_softmax_moves_entropy_as_predicted(seed):
     assert without_raising < 0 < without_lowering
 
 
-def ppo_entropy_change(mode: str, coefficients: dict, lr: float, seed: int, ppo_steps: int = 8) -> float:
-    """Entropy change of a tabular softmax (10 actions, 3 of them rewarded) after `ppo_steps` full-batch SGD steps on
-    the FEC loss of one rollout of 64 sampled actions with group-normalised advantages; the bounds of `mode`:
-    standard (w⁺ = w⁻ = 0), increase (w⁺ = 1, the upper bound: `boost`) or decrease (w⁻ = 1: `suppress`)."""
+def ppo_entropy_change(
+    mode: str, coefficients: dict, lr: float, seed: int, ppo_steps: int = 8, actions=10, scale=1.5, adam=False
+) -> float:
+    """Entropy change of a tabular softmax (`actions` actions, logits N(0, scale²), 3 of them rewarded) after
+    `ppo_steps` full-batch SGD (or Adam) steps on the FEC loss of one rollout of 64 sampled actions with
+    group-normalised advantages; the bounds of `mode`: standard (w⁺ = w⁻ = 0), increase (w⁺ = 1, the upper bound:
+    `boost`) or decrease (w⁻ = 1: `suppress`)."""
     gen = torch.Generator().manual_seed(seed)
-    theta = torch.randn(10, generator=gen, dtype=torch.float64) * 1.5
-    rewarded = torch.zeros(10, dtype=torch.float64)
-    rewarded[torch.randint(0, 10, (3,), generator=gen)] = 1.0
+    theta = torch.randn(actions, generator=gen, dtype=torch.float64) * scale
+    rewarded = torch.zeros(actions, dtype=torch.float64)
+    rewarded[torch.randint(0, actions, (3,), generator=gen)] = 1.0
     upper, lower = {"standard": (0, 0), "increase": (1, 0), "decrease": (0, 1)}[mode]
     alpha_h, beta_h = fec.blended_threshold(upper, coefficients["alpha_h"], coefficients["beta_h"], 0.2)
     alpha_l, beta_l = fec.blended_threshold(lower, coefficients["alpha_l"], coefficients["beta_l"], 0.2)
     p_old = theta.softmax(-1)
-    actions = torch.multinomial(p_old, 64, replacement=True, generator=gen)
-    reward = rewarded[actions]
+    sampled = torch.multinomial(p_old, 64, replacement=True, generator=gen)
+    reward = rewarded[sampled]
     adv = (reward - reward.mean()) / (reward.std() + 1e-6)
-    logp_old = p_old.log()[actions]
+    logp_old = p_old.log()[sampled]
     r_min, r_max = fec.ratio_bounds(logp_old.exp(), alpha_h, beta_h, alpha_l, beta_l)
+    optimizer = torch.optim.Adam([theta.requires_grad_(True)], lr=lr) if adam else None
     for _ in range(ppo_steps):
-        z = theta.clone().requires_grad_(True)
-        ratio = torch.exp(z.log_softmax(-1)[actions] - logp_old)
+        z = theta if adam else theta.clone().requires_grad_(True)
+        ratio = torch.exp(z.log_softmax(-1)[sampled] - logp_old)
         (grad,) = torch.autograd.grad(fec.fec_token_loss(adv, ratio, r_min, r_max, 10.0)[0].mean(), z)
-        theta = theta - lr * grad
+        if adam:
+            theta.grad = grad
+            optimizer.step()
+        else:
+            theta = theta - lr * grad
+    theta = theta.detach()
     entropy = lambda p: float(-(p * p.log()).sum())  # noqa: E731
     return entropy(theta.softmax(-1)) - entropy(p_old)
 
@@ -284,6 +293,28 @@ def test_increasing_bounds_raise_and_decreasing_bounds_lower_the_entropy(lr):
     assert decrease < standard < increase
     if lr == 1.0:
         assert mean("increase", SHIPPED_BEFORE) < standard
+
+
+@pytest.mark.parametrize(
+    "setting, lr",
+    [({"actions": 30, "scale": 0.5}, 0.3), ({"actions": 30, "scale": 0.5}, 1.0), ({"adam": True}, 0.1)],
+)
+def test_the_derived_coefficients_limits_flat_states_and_adam(setting, lr):
+    """The limits stated with the DERIVED coefficients: on a flat state (30 actions, H₀ ≈ 3.3) and with Adam on every
+    logit the increasing mode ends with *less* entropy than the standard clip (the bound depends on the absolute p,
+    the E1/E2 split on p = e^−H), the opposite of the peaked SGD case above."""
+    mean = lambda mode: sum(ppo_entropy_change(mode, DEFAULTS, lr, s, **setting) for s in range(40)) / 40  # noqa: E731
+    standard, increase = mean("standard"), mean("increase")
+    print(f"{setting} lr {lr}: standard {standard:+.4f}, increase {increase:+.4f}")
+    assert increase < standard
+
+
+def test_help_marks_the_coefficients_derived():
+    out = subprocess.run(
+        [sys.executable, "adaptive_clip.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    ).stdout
+    for flag in ("--alpha-high", "--beta-high", "--alpha-low", "--beta-low"):
+        assert "DERIVED" in out.split(flag + " FLOAT", 1)[1].split("--", 1)[0], flag  # in the flag's own help
 
 
 # ── metric weights and the per-micro-batch loss ───────────────────────────────────────────────────────

@@ -162,6 +162,31 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert [timing(r) for r in resumed] == [timing(r) for r in full]
 
 
+def test_pos_weight_initial_entropy_is_measured_saved_and_kept_by_a_resume(tmp_path):
+    """Entropy-guided, relative δ (the default): H₀ is step 1's entropy/mean, saved in the checkpoint; the resumed
+    step 2 uses that H₀ (not its own entropy) for δ = 0.55 H₀, and λ follows the schedule."""
+    import grpo
+
+    common = [*TINY, "--pos-weight-schedule", "entropy-guided", "--eval-every", "0", "--output-dir", str(tmp_path)]
+    proc = run([*common, "--total-steps", "1", "--run-name", "guided"])
+    run_dir = tmp_path / "guided"
+    state = lambda step: json.loads(  # noqa: E731
+        (run_dir / "checkpoints" / f"step_{step:06d}" / "trainer_state.json").read_text()
+    )["algo_state"]
+    (row1,) = metrics(run_dir)
+    h0 = row1["entropy/mean"]
+    assert f"initial entropy H₀ = {h0:.4g}" in proc.stdout
+    assert state(1)["initial_entropy"] == h0 and state(1)["initial_entropies"] == [h0]
+    delta = 0.55 * h0
+    assert state(1)["pos_weight"] == grpo.pos_weight_update(0.0, h0, delta, 0.05) == 0.05  # H₀ > 0.55 H₀: λ rises
+    proc = run([*common, "--total-steps", "2", "--resume", str(run_dir)])
+    assert "initial entropy" not in proc.stdout  # not measured again
+    row1_again, row2 = metrics(run_dir)
+    assert row1_again == row1 and row2["algo/pos_weight"] == 0.05
+    assert state(2)["initial_entropy"] == h0
+    assert state(2)["pos_weight"] == grpo.pos_weight_update(0.05, row2["entropy/mean"], delta, 0.05)
+
+
 def test_two_process_cpu_run_through_accelerate(tmp_path):
     # on a CPU-only machine `--multi_gpu` starts 2 processes (torchrun); grpo.py then uses gloo.
     # (`accelerate launch --cpu` always starts a single process.)
@@ -320,6 +345,7 @@ def test_skipping_the_old_policy_pass_changes_nothing(tmp_path, monkeypatch):
         (["--num-minibatches", "3"], "--num-minibatches 3"),
         (["--resume", "runs/does-not-exist"], "--resume runs/does-not-exist"),
         (["--pos-weight", "2"], "--pos-weight"),
+        (["--pos-weight-target-entropy", "0.3"], "--pos-weight-target-entropy 0.3 is the absolute δ"),
         (["--run-name", "taken"], "--run-name taken"),
         (["--max-grad-norm", "0"], "--max-grad-norm 0.0: must be > 0"),
         (["--keep-checkpoints", "0"], "--keep-checkpoints 0: must be >= 1"),

@@ -1,6 +1,9 @@
 """Unit tests of grpo.py's math: token statistics, entropy change, advantages, clipping, aggregation."""
 
+import dataclasses
+import json
 import math
+import re
 import sys
 from types import SimpleNamespace
 
@@ -149,6 +152,96 @@ def test_pos_weight_schedule():
     mb = {"logp_old": torch.zeros(2, 2), "adv": torch.tensor([[1.0, 1.0], [-1.0, -1.0]])}
     loss, _ = grpo.policy_token_loss(mb, {"logp": torch.zeros(2, 2)}, args, state)
     assert torch.allclose(loss, torch.tensor([[-0.3, -0.3], [1.0, 1.0]]))  # λ on A>0 tokens only
+
+
+def guided(**flags):
+    return grpo.Args(algo=grpo.Algorithm(pos_weight_schedule="entropy-guided", **flags))
+
+
+def test_pos_weight_relative_target_is_ratio_times_the_measured_initial_entropy():
+    """Relative δ (the default): H₀ = the first step's entropy/mean, δ = 0.55 H₀; λ moves from that step on."""
+    args = guided()
+    state = grpo.init_algorithm_state(args)
+    assert state == {"pos_weight": 0.0, "initial_entropy": None, "initial_entropies": []}
+    grpo.algorithm_step_end(state, args, {"entropy/mean": 0.2})  # H₀ = 0.2, δ = 0.11: 0.2 is above it
+    assert state["initial_entropy"] == 0.2 and grpo.pos_weight_target(args, 0.2) == pytest.approx(0.55 * 0.2)
+    assert state["pos_weight"] == pytest.approx(0.05)
+    grpo.algorithm_step_end(state, args, {"entropy/mean": 0.1})  # below δ = 0.11: λ falls; H₀ is not re-measured
+    assert state["initial_entropy"] == 0.2 and state["pos_weight"] == pytest.approx(0.0)
+    # the paper's absolute δ = 0.2 at the same entropies: 0.2 is not below it, 0.1 is
+    absolute = guided(pos_weight_target="absolute")
+    state = grpo.init_algorithm_state(absolute)
+    for entropy, expected in ((0.2, 0.05), (0.1, 0.0)):
+        grpo.algorithm_step_end(state, absolute, {"entropy/mean": entropy})
+        assert state["pos_weight"] == pytest.approx(expected)
+    assert grpo.pos_weight_target(absolute, None) == 0.2 and state["initial_entropy"] == 0.2
+
+
+def test_pos_weight_initial_entropy_over_several_steps_survives_a_resume():
+    """H₀ = mean of the first 3 steps' entropy/mean, λ held at λ₀ until then; the state goes through the checkpoint's
+    JSON at every step and the resumed sequence of λ equals the uninterrupted one."""
+    args = guided(pos_weight_initial_steps=3, pos_weight_init=0.5, pos_weight_target_ratio=0.5)
+    entropies = [0.30, 0.26, 0.22, 0.10, 0.20, 0.05]
+
+    def run(state, values, checkpoint=False):
+        weights = []
+        for entropy in values:
+            grpo.algorithm_step_end(state, args, {"entropy/mean": entropy})
+            state = json.loads(json.dumps(state)) if checkpoint else state  # trainer_state.json
+            weights.append(state["pos_weight"])
+        return state, weights
+
+    full_state, full = run(grpo.init_algorithm_state(args), entropies)
+    assert full[:2] == [0.5, 0.5]  # H₀ not known yet: λ₀
+    assert full_state["initial_entropy"] == pytest.approx(0.26)  # (0.30 + 0.26 + 0.22) / 3; δ = 0.13
+    assert full[2:] == pytest.approx([0.55, 0.50, 0.55, 0.50])  # 0.22 > δ, 0.10 < δ, 0.20 > δ, 0.05 < δ
+    for cut in (1, 2, 3, 4):  # a checkpoint after step `cut` (inside or after the H₀ window), then a resume
+        saved, first = run(grpo.init_algorithm_state(args), entropies[:cut], checkpoint=True)
+        _, rest = run(saved, entropies[cut:], checkpoint=True)
+        assert first + rest == pytest.approx(full)
+
+
+@pytest.mark.parametrize("entropy, warns", [(0.22, True), (0.2, True), (0.4, False)])
+def test_absolute_target_near_the_initial_entropy_warns(capsys, entropy, warns):
+    """The absolute δ = 0.2 at 0.8 H₀ or more (the testbed starts at 0.22) holds λ near 0: one warning; the relative
+    target announces H₀ and δ instead."""
+    args = guided(pos_weight_target="absolute")
+    state = grpo.init_algorithm_state(args)
+    for _ in range(2):
+        grpo.algorithm_step_end(state, args, {"entropy/mean": entropy})
+    assert capsys.readouterr().err.count("warning: --pos-weight-target-entropy 0.2 is") == int(warns)
+    relative = guided()
+    grpo.algorithm_step_end(grpo.init_algorithm_state(relative), relative, {"entropy/mean": entropy})
+    out = capsys.readouterr()
+    assert f"initial entropy H₀ = {entropy:.4g}" in out.out and f"= {0.55 * entropy:.4g}" in out.out and not out.err
+
+
+def test_constant_schedule_state_and_step_end_are_unchanged():
+    """The default (constant λ = 1, plain GRPO) keeps the state it always had and never changes it."""
+    args = grpo.Args()
+    state = grpo.init_algorithm_state(args)
+    assert state == {"pos_weight": 1.0}
+    grpo.algorithm_step_end(state, args, {"entropy/mean": 0.01})
+    assert state == {"pos_weight": 1.0}
+
+
+def test_pos_weight_target_flags_are_checked(tmp_path):
+    grpo.check_algorithm_args(guided())
+    grpo.check_algorithm_args(guided(pos_weight_target="absolute", pos_weight_target_entropy=0.3))
+    grpo.check_algorithm_args(guided(pos_weight_target_ratio=0.4, pos_weight_initial_steps=3))
+    for flags, message in (
+        ({"pos_weight_target_entropy": 0.3}, "--pos-weight-target-entropy 0.3 is the absolute δ"),
+        ({"pos_weight_target": "absolute", "pos_weight_target_ratio": 0.4}, "--pos-weight-target-ratio 0.4 is"),
+        ({"pos_weight_target_ratio": 0.0}, "--pos-weight-target-ratio must be > 0"),
+        ({"pos_weight_initial_steps": 0}, "--pos-weight-initial-steps at least 1"),
+    ):
+        with pytest.raises(grpo.UsageError, match=re.escape(message)):
+            grpo.check_algorithm_args(guided(**flags))
+    # a run made before --pos-weight-target (its δ was absolute) continues only with the absolute target
+    (tmp_path / "args.json").write_text(json.dumps({"script": "grpo.py", "pos_weight_schedule": "entropy-guided"}))
+    with pytest.raises(grpo.UsageError, match="continue it with --pos-weight-target absolute"):
+        grpo.check_algorithm_args(dataclasses.replace(guided(), resume=str(tmp_path)))
+    grpo.check_algorithm_args(dataclasses.replace(guided(pos_weight_target="absolute"), resume=str(tmp_path)))
 
 
 def test_collate():

@@ -187,6 +187,45 @@ def test_lambda_is_that_of_the_whole_batch_when_split_over_processes():
     assert opefo.flow_weights(*shards[0])[1] != pytest.approx(full_lam, rel=1e-3)  # a local λ would differ
 
 
+def test_defaults_are_the_papers_balance_equation_with_the_exact_flow():
+    a = opefo.Algorithm()
+    assert (a.lambda_rule, a.flow_estimator, a.lambda_side, a.static_lambda) == ("balance", "exact", "both", None)
+
+
+def test_net_flow_reading_leaves_most_of_the_net_flow():
+    """λ = (D − I)/N: the weighted net flow is −(D − I)(1 − mean|δ|), mean|δ| = (I + D)/N, not zero; balance's is."""
+    for seed in range(5):
+        adv, logp, entropy, g, mask = random_batch(seed)
+        delta = opefo.entropy_flow(adv, logp, entropy, g, "exact")
+        i, d, n = opefo.flow_totals(delta, mask).tolist()
+        lam = opefo.balancing_lambda(i, d, "both", "net-flow", n)
+        assert opefo.weighted_net_flow(i, d, lam) == pytest.approx(-(d - i) * (1 - (i + d) / n), rel=1e-9)
+        assert opefo.weighted_net_flow(i, d, opefo.balancing_lambda(i, d)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "algo, warns",
+    [
+        ({}, False),  # balance + exact: λ ≈ 0.1–0.2 is the equation's value, not an over-correction
+        ({"lambda_side": "increase"}, False),
+        ({"flow_estimator": "paper"}, True),
+        ({"lambda_rule": "net-flow"}, True),
+        ({"static_lambda": 0.3}, True),
+    ],
+)
+def test_high_lambda_warning_spares_the_default_reading(capsys, algo, warns):
+    """λ > 0.1 for 3 steps in a row warns once, except under the default reading (balance + exact)."""
+    args = opefo.Args(algo=opefo.Algorithm(**algo))
+    state = opefo.init_algorithm_state(args)
+    delta = torch.tensor([0.1, -0.2, -0.1])
+    for _ in range(4):  # I = 0.1, D = 0.3, N = 1: balance λ = 0.5 (one side: 2), net-flow λ = 0.2
+        metrics = opefo.apply_lambda(state, args, {}, delta, 0.1, 0.3, 1.0)
+        assert metrics["algo/lambda"] > 0.1
+    err = capsys.readouterr().err
+    assert err.count("warning: λ > 0.1 for 3 steps") == int(warns), err
+    assert state["high_lambda_steps"] == (4 if warns else 0)
+
+
 # ── the loss and its gradient ────────────────────────────────────────────────────────────────
 def test_token_loss_is_the_weighted_policy_gradient_with_ratio_one_and_no_clipping():
     args = opefo.Args()
@@ -286,8 +325,8 @@ def metrics(run_dir) -> list[dict]:
 
 
 def test_one_optimizer_step_per_rollout_and_the_real_flow_cancels(tmp_path, monkeypatch):
-    """In-process, `--flow-estimator exact --lambda-rule balance`: one optimizer step per rollout step, and the shared
-    entropy flows, measured from the gradient of the loss actually taken, have zero net."""
+    """In-process, the default reading (`--lambda-rule balance --flow-estimator exact`): one optimizer step per rollout
+    step, and the shared entropy flows, measured from the gradient of the loss actually taken, have zero net."""
     steps = []
     original = torch.optim.AdamW.step
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or original(self, *a, **k))
@@ -300,7 +339,7 @@ def test_one_optimizer_step_per_rollout_and_the_real_flow_cancels(tmp_path, monk
         grader_workers=1,
         total_steps=2,
         micro_batch_size=5,
-        algo=opefo.Algorithm(flow_estimator="exact", lambda_rule="balance"),
+        algo=opefo.Algorithm(),  # the defaults: balance + exact
         eval_every=0,
         checkpoint_every=0,
     )
@@ -318,8 +357,9 @@ READINGS = {f"algo/lambda_{r}_{e}" for r in ("net_flow", "balance") for e in ("e
 
 @pytest.mark.parametrize("flags", [[], ["--flow-estimator", "paper-expected", "--micro-batch-size", "16"]])
 def test_two_step_run_logs_finite_algo_metrics_and_every_reading(tmp_path, flags):
-    """The default reading (net flow per token of the exact flow) and paper-expected (G₃ from the update's forward)
-    act: λ is that reading's, every reading's λ is logged and finite, the strict update has ratio 1, no clipping."""
+    """The default reading (the balance equation with the exact flow) and balance + paper-expected (G₃ from the
+    update's forward) act: λ is that reading's, every reading's λ is logged and finite, the strict update has ratio
+    1, no clipping, and the default's weighted net flow is zero."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
@@ -343,7 +383,7 @@ def test_two_step_run_logs_finite_algo_metrics_and_every_reading(tmp_path, flags
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     rows = metrics(tmp_path / "e2e")
     assert [r["step"] for r in rows] == [1, 2]
-    reading = "algo/lambda_net_flow_exact" if not flags else "algo/lambda_net_flow_paper_expected"
+    reading = "algo/lambda_balance_exact" if not flags else "algo/lambda_balance_paper_expected"
     for row in rows:
         assert ALGO_METRICS | READINGS <= set(row), (ALGO_METRICS | READINGS) - set(row)
         assert all(math.isfinite(row[k]) for k in ALGO_METRICS | READINGS)
@@ -351,6 +391,7 @@ def test_two_step_run_logs_finite_algo_metrics_and_every_reading(tmp_path, flags
         assert row["algo/flow_increase"] >= 0 and row["algo/flow_decrease"] >= 0
         assert row["algo/flow_net"] == pytest.approx(row["algo/flow_increase"] - row["algo/flow_decrease"])
         assert row["train/ppo_kl"] == 0.0 and row["train/clip_frac_low"] == row["train/clip_frac_high"] == 0.0
+        assert abs(row["algo/flow_net_weighted"]) < 1e-9 * row["algo/flow_decrease"]  # balance: zero net flow
     glossary = set(
         re.findall(r"`([a-z]+/[a-z_]+)`", (REPO / "docs" / "metrics.md").read_text().split("# Logged metrics")[1])
     )
