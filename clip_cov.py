@@ -90,7 +90,9 @@ from transformers import (
 )
 
 from common.data import DataError, load_prompts, paths_format, take_prompts
+from common.forking import forking_entropy, gather_values
 from common.reward import score
+from common.sampling_noise import NOISE_DOMAINS, KeyedGumbelNoise, NoiseKey, keyed_vllm_params
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")
@@ -137,9 +139,7 @@ class Rollout:
     group_size: int = 8  # responses per prompt (G)
     temperature: float = 1.0  # rollout sampling temperature (the trainer divides its logits by it too)
     top_p: float = 1.0  # rollout nucleus sampling (vLLM only; 1.0 keeps the gradient unbiased)
-    sampling_noise: Literal["stream", "keyed"] = "stream"
-    """stream: one random stream per step; keyed: noise keyed by (seed, step, prompt, sample, position), so runs
-    with the same seed draw the same token wherever their policies agree (docs/internals.md)"""
+    sampling_noise: Literal["stream", "keyed"] = "stream"  # keyed: per-token noise shared by same-seed runs
     max_new_tokens: int = 64  # maximum response length in tokens
     hf_generation_batch_size: int = 256  # sequences per `generate` call of the HF engine
     rollout_is_cap: float | None = None
@@ -811,45 +811,19 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
 
 def log_sampling_policy(metrics, batch: dict, reduce_sum, accelerator) -> None:
     """The policy that sampled the batch, over all its response tokens: entropy, rollout/trainer log-prob gap,
-    Cov(A, ℓ); and over its loss tokens, on all processes: the entropy at the forking positions and at the rest."""
+    Cov(A, ℓ); over the loss tokens of all processes: the entropy at the forking positions and at the rest."""
     mask = batch["response_mask"]
     diff = (batch["rollout_logp"] - batch["logp_old"]).abs() * mask
     metrics.mean("rollout/logp_diff_mean", diff, mask)
     metrics.max("rollout/logp_diff_max", diff.max())
     metrics.mean("entropy/mean", batch["entropy_old"], mask)
-    loss_token_entropy = gather_values(batch["entropy_old"][batch["loss_mask"] > 0], accelerator)
-    forking, nonforking = forking_entropy(loss_token_entropy)
+    forking, rest = forking_entropy(gather_values(batch["entropy_old"][batch["loss_mask"] > 0], accelerator))
     metrics.add("entropy/forking_mean", forking)  # the same value on every process: their mean is it
-    metrics.add("entropy/nonforking_mean", nonforking)
+    metrics.add("entropy/nonforking_mean", rest)
     sums = torch.stack([(batch["adv"] * mask).sum(), (batch["logp_old"] * mask).sum(), mask.sum()])
     adv_sum, logp_sum, n = reduce_sum(sums)
     covariance = (batch["adv"] - adv_sum / n) * (batch["logp_old"] - logp_sum / n)
     metrics.mean("entropy/cov_adv_logp", covariance, mask)
-
-
-FORKING_PERCENT = 20  # forking positions: the 20% highest-entropy loss tokens of the batch (arXiv 2506.01939)
-
-
-def forking_entropy(entropy: torch.Tensor, percent: int = FORKING_PERCENT) -> tuple[float, float]:
-    """(mean of the k = ⌈percent/100 · N⌉ largest of the N token entropies, mean of the other N − k); NaN for an
-    empty set. Ties: a mean of the k largest values does not depend on which of equal values are counted.
-    Example: entropies [0.9, 0.1, 0.5, 0, 0.3, 0, 0, 0.2, 0, 0.1] (N = 10): k = 2, forking (0.9 + 0.5) / 2 = 0.7,
-    the rest (0.3 + 0.2 + 0.1 + 0.1) / 8 = 0.0875."""
-    ranked = entropy.detach().double().flatten().sort(descending=True).values
-    k = -(-len(ranked) * percent // 100)  # integer ceiling: 0.2 · N in floats can land just above an integer
-    forking = ranked[:k].mean().item() if k else float("nan")
-    rest = ranked[k:].mean().item() if len(ranked) > k else float("nan")
-    return forking, rest
-
-
-def gather_values(values: torch.Tensor, accelerator) -> torch.Tensor:
-    """The 1-D `values` of every process, concatenated in process order (each process may hold a different number)."""
-    if accelerator.num_processes == 1:
-        return values
-    sizes = accelerator.gather(torch.tensor([len(values)], device=values.device)).tolist()
-    padded = torch.nn.functional.pad(values, (0, max(sizes) - len(values)))
-    rows = accelerator.gather(padded[None])  # [world, max size]
-    return torch.cat([row[:size] for row, size in zip(rows, sizes)])
 
 
 def learning_rate(args: Args, step: int) -> float:
@@ -863,97 +837,6 @@ def learning_rate(args: Args, step: int) -> float:
 
 
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
-# Keyed sampling noise (`--sampling-noise keyed`). The token at position t of sample j of prompt i is the Gumbel-max
-# draw argmax_v (z_v / T + g_v), g_v = −log(−log u_v): exactly a draw from softmax(z / T). Each u_v is a hash of the
-# key (seed, domain, step, prompt index, sample index, position) and of v, in int64 tensor ops, so it depends on the
-# key alone: not on the other rows of the batch, their number or their order. Two runs with the same seed therefore
-# draw the same token wherever their policies agree, and differ only where the policies do. The hash: two 32-bit
-# lanes, each absorbing one 32-bit word at a time through a bijective mixer (murmur3's finaliser; "lowbias32"), the
-# second lane also absorbing the first; 52 bits of the two lanes give u = (k + 1/2) / 2^52 in (0, 1).
-MASK32 = 0xFFFFFFFF
-LANE_A = (0x85EBCA6B, 0xC2B2AE35, 13, 0x9E3779B9)  # murmur3 fmix32: two multipliers, the middle shift; initial state
-LANE_B = (0x7FEB352D, 0x846CA68B, 15, 0x632BE5AB)  # lowbias32 (C. Wellons); initial state
-NOISE_DOMAINS = {"train": 0, "eval": 1}  # rollouts and evaluation draw from disjoint keys
-
-
-@dataclass
-class NoiseKey:
-    """The key of keyed sampling noise of one `generate` call, less the sample index and position (added per row)."""
-
-    seed: int  # the run's --seed
-    step: int  # the rollout step (evaluation: the step evaluated after)
-    prompt_index: list[int]  # of each prompt of the call, in the run's data order (not its place in this call)
-    domain: int = NOISE_DOMAINS["train"]  # training rollouts or evaluation
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x · c) mod 2^32 for x in [0, 2^32) (int64), in 16-bit halves so that no int64 product overflows."""
-    low = (x & 0xFFFF) * c
-    high = (((x >> 16) * c) & 0xFFFF) << 16
-    return (low + high) & MASK32
-
-
-def _mix32(x: torch.Tensor, lane: tuple) -> torch.Tensor:
-    """A bijective 32-bit mixer (xor-shift-multiply): every input bit flips each output bit with probability ~1/2."""
-    first, second, shift, _ = lane
-    x = x ^ (x >> 16)
-    x = _mul32(x, first)
-    x = x ^ (x >> shift)
-    x = _mul32(x, second)
-    return x ^ (x >> 16)
-
-
-def _key_words(key: NoiseKey, rows: range, n: int, position: int | None, device) -> torch.Tensor:
-    """[len(rows), W] int64 words in [0, 2^32) of the key of each row (row r: prompt r // n, sample r % n)."""
-    r = torch.arange(rows.start, rows.stop, dtype=torch.int64)
-    prompt = torch.tensor(key.prompt_index, dtype=torch.int64)[r // n] & MASK32
-    fixed = [key.seed & MASK32, (key.seed >> 32) & MASK32, key.domain, key.step & MASK32]
-    fixed_words = torch.tensor(fixed, dtype=torch.int64).expand(len(r), len(fixed))
-    words = [fixed_words, prompt[:, None], (r % n)[:, None]]
-    if position is not None:
-        words.append(torch.full((len(r), 1), position, dtype=torch.int64))
-    return torch.cat(words, dim=1).to(device)
-
-
-def _absorb(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two lanes' states [b] after absorbing each row's words [b, W]."""
-    a = torch.full(words.shape[:1], LANE_A[3], dtype=torch.int64, device=words.device)
-    b = torch.full(words.shape[:1], LANE_B[3], dtype=torch.int64, device=words.device)
-    for word in words.unbind(1):
-        a = _mix32(a ^ word, LANE_A)
-        b = _mix32(b ^ word ^ a, LANE_B)
-    return a, b
-
-
-def keyed_gumbel(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Gumbel noise [b, V] (fp64) of each row's key words [b, W] and vocabulary index: a function of (key, v) only."""
-    a, b = _absorb(words)
-    v = torch.arange(vocab_size, dtype=torch.int64, device=words.device)
-    a = _mix32(a[:, None] ^ v, LANE_A)
-    b = _mix32(b[:, None] ^ a, LANE_B)
-    k = (a << 20) | (b >> 12)  # 52 random bits: k + 1/2 is exact in fp64, so 0 < u < 1
-    u = (k.double() + 0.5) * 2.0**-52
-    return -torch.log(-torch.log(u))
-
-
-def keyed_seeds(words: torch.Tensor) -> list[int]:
-    """A 63-bit generator seed per row of key words [b, W] (vLLM: the key without the position seeds a request)."""
-    a, b = _absorb(words)
-    return ((a << 31) | (b >> 1)).tolist()
-
-
-class _KeyedGumbelNoise(LogitsProcessor):
-    """After the recorder (which applies T): adds each row's keyed Gumbel noise; greedy decoding then samples."""
-
-    def __init__(self, key: NoiseKey, rows: range, n: int, prompt_width: int):
-        self.key, self.rows, self.n, self.prompt_width = key, rows, n, prompt_width
-
-    def __call__(self, input_ids, scores):
-        position = input_ids.shape[1] - self.prompt_width  # tokens generated so far
-        words = _key_words(self.key, self.rows, self.n, position, scores.device)
-        return scores.double() + keyed_gumbel(words, scores.shape[-1])
-
-
 class _SampledLogprobRecorder(LogitsProcessor):
     """The last logits processor: applies the temperature and records the log-prob of each sampled token."""
 
@@ -972,17 +855,13 @@ class _SampledLogprobRecorder(LogitsProcessor):
 
 @torch.no_grad()
 def hf_generate(
-    model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size, noise_key=None
+    model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size, key=None
 ) -> list[dict]:
-    """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside.
-    With a `noise_key`, keyed Gumbel-max sampling (top_p 1 only) instead of torch's random stream."""
+    """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside."""
     rows = [ids for ids in prompt_ids for _ in range(n)]
     greedy = temperature == 0
-    keyed = noise_key is not None and not greedy
-    if keyed and top_p != 1:
-        raise ValueError("keyed sampling noise needs top_p = 1")
     settings = {
-        "do_sample": not greedy and not keyed,  # keyed: the noise is added to the logits, then the argmax is taken
+        "do_sample": not greedy and key is None,  # a NoiseKey: Gumbel-max, the keyed noise added, then the argmax
         "eos_token_id": stop_ids,
         "max_new_tokens": max_new_tokens,
         "pad_token_id": pad_id,
@@ -999,10 +878,9 @@ def hf_generate(
             input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=model.device)
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=model.device)
             recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            processors = LogitsProcessorList([recorder])
-            if keyed:
-                rows_here = range(start, start + len(chunk))
-                processors.append(_KeyedGumbelNoise(noise_key, rows_here, n, width))
+            keyed = key is not None and not greedy
+            noise = [KeyedGumbelNoise(key, range(start, start + len(chunk)), n, width, top_p)] if keyed else []
+            processors = LogitsProcessorList([recorder, *noise])
             output = model.generate(input_ids, attention_mask=attention, logits_processor=processors, **settings)
             generated = output[:, width:]  # [b, T_generated]
             recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
@@ -1029,32 +907,28 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
-def vllm_generate(
-    llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None, noise_key=None
-) -> list[dict]:
+def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
     """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
     (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is
-    truncated. With a `noise_key`: one request per sample (n = 1), its generator seeded by the sample's key."""
+    truncated. A NoiseKey `seed`: one request per sample, seeded by its key (common/sampling_noise.py)."""
     from vllm import SamplingParams
 
-    options = {
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": 0,
-        "min_p": 0.0,
-        "repetition_penalty": 1.0,
-        "max_tokens": max_new_tokens,
-        "logprobs": 0,
-        "stop_token_ids": list(stop_ids),
-        "skip_special_tokens": True,
-    }
-    requests = [{"prompt_token_ids": ids} for ids in prompt_ids]
-    params = SamplingParams(n=n, seed=seed, **options)
-    if noise_key is not None and temperature > 0:  # the prefix cache shares each prompt between its n requests
-        requests = [request for request in requests for _ in range(n)]
-        words = _key_words(noise_key, range(len(requests)), n, None, "cpu")
-        params = [SamplingParams(n=1, seed=request_seed, **options) for request_seed in keyed_seeds(words)]
-    outputs = llm.generate(requests, params, use_tqdm=False)
+    keyed = isinstance(seed, NoiseKey) and temperature > 0
+    params = SamplingParams(
+        n=1 if keyed else n,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        min_p=0.0,
+        repetition_penalty=1.0,
+        seed=None if isinstance(seed, NoiseKey) else seed,
+        max_tokens=max_new_tokens,
+        logprobs=0,
+        stop_token_ids=list(stop_ids),
+        skip_special_tokens=True,
+    )
+    requests = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(n if keyed else 1)]
+    outputs = llm.generate(requests, keyed_vllm_params(params, seed, n) if keyed else params, use_tqdm=False)
     samples = []
     for request in outputs:
         for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0)):
@@ -1173,38 +1047,18 @@ def sync_weights_to_vllm(llm, model, accelerator, sleep_mode: bool) -> None:
 
 
 def generate(
-    model,
-    llm,
-    tokenizer,
-    prompt_ids,
-    n,
-    temperature,
-    max_new_tokens,
-    stop_ids,
-    top_p=1.0,
-    batch_size=256,
-    seed=None,
-    noise_key=None,
+    model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, stop_ids, top_p=1.0, batch_size=256, seed=None
 ) -> list[dict]:
     """The one generation path of training and eval_math.py: n samples per prompt, prompt-major, by vLLM (holding the
-    current weights) or HF; keyed sampling noise with a `noise_key`. Each: prompt_ids, response_ids (through the first
-    stop token), rollout_logp (log π_T of each), truncated (no stop token within max_new_tokens), text (decoded
-    without special tokens)."""
+    current weights) or HF; `seed`: vLLM's, or a NoiseKey for keyed noise. Each: prompt_ids, response_ids (through
+    the first stop token), rollout_logp (log π_T of each), truncated (no stop token within max_new_tokens), text
+    (decoded without special tokens)."""
     if llm is not None:
-        samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed, noise_key)
+        samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
     else:  # leaves the model in eval mode: stats_pass and update_policy set the mode they need
-        samples = hf_generate(
-            model.eval(),
-            prompt_ids,
-            n,
-            temperature,
-            top_p,
-            max_new_tokens,
-            stop_ids,
-            tokenizer.pad_token_id,
-            batch_size,
-            noise_key,
-        )
+        key = seed if isinstance(seed, NoiseKey) else None  # an int seed is vLLM's: HF samples from torch's RNG
+        limits = (max_new_tokens, stop_ids, tokenizer.pad_token_id, batch_size)
+        samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, *limits, key)
     texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
     return [{**s, "prompt_ids": prompt_ids[i // n], "text": text} for i, (s, text) in enumerate(zip(samples, texts))]
 
@@ -1221,27 +1075,14 @@ def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
     return sorted(ids)
 
 
-def sample(
-    model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids, noise_key=None
-) -> list[dict]:
-    """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`).
-    `noise_key`: used with `--sampling-noise keyed` only."""
+def sample(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids, key=None) -> list[dict]:
+    """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
     policy = accelerator.unwrap_model(model)
     prompts = [p["prompt_ids"] for p in problems]
+    key = key if args.sampling_noise == "keyed" else None  # the NoiseKey of the samples' keyed noise
+    settings = (args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size, key)
     with accelerator.autocast():
-        return generate(
-            policy,
-            llm,
-            tokenizer,
-            prompts,
-            n,
-            temperature,
-            args.max_new_tokens,
-            stop_ids,
-            args.top_p,
-            args.hf_generation_batch_size,
-            noise_key=noise_key if args.sampling_noise == "keyed" else None,
-        )
+        return generate(policy, llm, tokenizer, prompts, n, temperature, *settings)
 
 
 def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
@@ -1252,12 +1093,9 @@ def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
     return score(texts, answers, **options, reward_range=args.reward_range, multi_box=args.multi_box)
 
 
-def rollout_and_grade(
-    model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics, step: int = 0
-):
+def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics, step=0):
     """The samples of this process's `prompts_per_step / world` graded groups (`filter_groups`: only groups whose
-    rewards differ, while `max_gen_batches` allows) and the new data position. Keyed sampling noise: a prompt's
-    index is its place in the data order (the same on any number of processes)."""
+    rewards differ, while `max_gen_batches` allows) and the new data position (a prompt's keyed-noise index)."""
     world = accelerator.num_processes
     rank = accelerator.process_index
     G = args.group_size
@@ -1268,13 +1106,12 @@ def rollout_and_grade(
     if llm is not None:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     while True:
-        first = data_pos + rank * per_rank
-        problems = take_prompts(train_problems, first, per_rank, args.seed)
-        noise_key = NoiseKey(args.seed, step, list(range(first, first + per_rank)))
+        problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
+        key = NoiseKey(args.seed, step, list(range(data_pos + rank * per_rank, data_pos + (rank + 1) * per_rank)))
         data_pos += args.prompts_per_step
         gen_batches += 1
         t1 = time.time()
-        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids, noise_key)
+        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids, key)
         t2 = time.time()
         rewards = grade(samples, problems, args, G)
         t3 = time.time()
@@ -1392,10 +1229,8 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
         torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
-        noise_key = NoiseKey(
-            args.seed, step, list(range(rank * per_rank, (rank + 1) * per_rank)), NOISE_DOMAINS["eval"]
-        )
-        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids, noise_key)
+        key = NoiseKey(args.seed, step, list(range(rank * per_rank, (rank + 1) * per_rank)), NOISE_DOMAINS["eval"])
+        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids, key)
     if llm is not None and args.vllm_sleep_mode:
         llm.sleep(level=1)  # free the KV cache for training
     samples = samples[: len(real) * n]

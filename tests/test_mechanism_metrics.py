@@ -9,27 +9,28 @@ import pytest
 import torch
 
 import grpo
+from common.forking import forking_entropy, gather_values
 
 ONE_PROCESS = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"), gather=lambda x: x)
 
 
 def test_forking_entropy_is_the_mean_of_the_top_fifth_and_of_the_rest():
     entropy = torch.tensor([0.9, 0.1, 0.5, 0.0, 0.3, 0.0, 0.0, 0.2, 0.0, 0.1])  # the docstring's example
-    forking, rest = grpo.forking_entropy(entropy)
+    forking, rest = forking_entropy(entropy)
     assert forking == pytest.approx(0.7, abs=1e-7) and rest == pytest.approx(0.0875, abs=1e-7)
     # k = ⌈N / 5⌉ (an integer ceiling): N = 11 and 15 -> k = 3; N = 1 -> k = 1 and no other tokens
-    assert grpo.forking_entropy(torch.arange(11.0))[0] == pytest.approx((10 + 9 + 8) / 3)
-    assert grpo.forking_entropy(torch.arange(15.0)) == pytest.approx(((14 + 13 + 12) / 3, sum(range(12)) / 12))
-    forking, rest = grpo.forking_entropy(torch.tensor([0.4]))
+    assert forking_entropy(torch.arange(11.0))[0] == pytest.approx((10 + 9 + 8) / 3)
+    assert forking_entropy(torch.arange(15.0)) == pytest.approx(((14 + 13 + 12) / 3, sum(range(12)) / 12))
+    forking, rest = forking_entropy(torch.tensor([0.4]))
     assert forking == pytest.approx(0.4) and math.isnan(rest)
-    assert all(math.isnan(v) for v in grpo.forking_entropy(torch.tensor([])))
+    assert all(math.isnan(v) for v in forking_entropy(torch.tensor([])))
 
 
 def test_forking_entropy_ties_do_not_depend_on_order():
     """Equal values at the boundary: the means are those of the values, whichever of the equal tokens is counted."""
     values = torch.tensor([1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0])  # k = 2: one 0.5 of four is forking
     for permutation in (torch.arange(10), torch.randperm(10, generator=torch.Generator().manual_seed(0))):
-        assert grpo.forking_entropy(values[permutation]) == pytest.approx((0.75, 1.5 / 8))
+        assert forking_entropy(values[permutation]) == pytest.approx((0.75, 1.5 / 8))
 
 
 def batch_of(entropy_rows, loss_rows, response_rows=None):
@@ -71,8 +72,8 @@ def test_forking_positions_are_ranked_over_all_processes():
         return torch.cat([x, torch.nn.functional.pad(theirs, (0, x.shape[1] - len(theirs)))[None]])
 
     two = SimpleNamespace(num_processes=2, gather=gather)
-    assert grpo.gather_values(mine, two).tolist() == pytest.approx([0.9, 0.1, 0.5, 0.0, 0.3, 0.0, 0.0, 0.2, 0.0, 0.1])
-    assert grpo.forking_entropy(grpo.gather_values(mine, two)) == pytest.approx((0.7, 0.0875))
+    assert gather_values(mine, two).tolist() == pytest.approx([0.9, 0.1, 0.5, 0.0, 0.3, 0.0, 0.0, 0.2, 0.0, 0.1])
+    assert forking_entropy(gather_values(mine, two)) == pytest.approx((0.7, 0.0875))
 
 
 class Rewards(list):

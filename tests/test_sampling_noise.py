@@ -10,29 +10,30 @@ import torch
 from test_eval_math import teacher_forced, tiny_model  # noqa: F401 (a fixture)
 
 import grpo
+from common import sampling_noise as noise
 
 
 def words(prompt_index, n=1, position=0, seed=1, step=3, rows=None):
-    key = grpo.NoiseKey(seed, step, prompt_index)
-    return grpo._key_words(key, rows or range(len(prompt_index) * n), n, position, "cpu")
+    key = noise.NoiseKey(seed, step, prompt_index)
+    return noise.key_words(key, rows or range(len(prompt_index) * n), n, position, "cpu")
 
 
 def test_keyed_noise_is_a_function_of_the_key_only():
     """The same key gives the same draw whatever the other rows of the batch, their number and their order."""
-    batch = grpo.keyed_gumbel(words(list(range(50)), n=4), 11)  # 50 prompts × 4 samples
-    alone = grpo.keyed_gumbel(words([17], n=4), 11)  # prompt 17 in a call of its own
+    batch = noise.keyed_gumbel(words(list(range(50)), n=4), 11)  # 50 prompts × 4 samples
+    alone = noise.keyed_gumbel(words([17], n=4), 11)  # prompt 17 in a call of its own
     assert torch.equal(alone, batch[17 * 4 : 18 * 4])
     shuffled = [31, 17, 2]  # another composition and order: rows of prompt 17 are rows 3-5 here
-    assert torch.equal(grpo.keyed_gumbel(words(shuffled, n=4), 11)[4:8], batch[17 * 4 : 18 * 4])
+    assert torch.equal(noise.keyed_gumbel(words(shuffled, n=4), 11)[4:8], batch[17 * 4 : 18 * 4])
     chunk = words(list(range(50)), n=4, rows=range(70, 75))  # a chunk of the call (the HF engine's batches)
-    assert torch.equal(grpo.keyed_gumbel(chunk, 11), batch[70:75])
+    assert torch.equal(noise.keyed_gumbel(chunk, 11), batch[70:75])
     # every part of the key changes the draw
-    base = grpo.keyed_gumbel(words([17], n=4), 11)
+    base = noise.keyed_gumbel(words([17], n=4), 11)
     for other in (words([18], n=4), words([17], n=4, position=1), words([17], n=4, seed=2), words([17], n=4, step=4)):
-        assert not torch.isclose(grpo.keyed_gumbel(other, 11), base).any()
-    eval_key = grpo.NoiseKey(1, 3, [17], grpo.NOISE_DOMAINS["eval"])
-    assert not torch.isclose(grpo.keyed_gumbel(grpo._key_words(eval_key, range(4), 4, 0, "cpu"), 11), base).any()
-    assert torch.equal(grpo.keyed_gumbel(words([17], n=4), 11), base)  # and nothing else does (no hidden state)
+        assert not torch.isclose(noise.keyed_gumbel(other, 11), base).any()
+    eval_key = noise.NoiseKey(1, 3, [17], noise.NOISE_DOMAINS["eval"])
+    assert not torch.isclose(noise.keyed_gumbel(noise.key_words(eval_key, range(4), 4, 0, "cpu"), 11), base).any()
+    assert torch.equal(noise.keyed_gumbel(words([17], n=4), 11), base)  # and nothing else does (no hidden state)
 
 
 def test_keyed_gumbel_max_samples_the_tempered_softmax():
@@ -41,21 +42,21 @@ def test_keyed_gumbel_max_samples_the_tempered_softmax():
     n = 200_000
     logits = torch.tensor([1.0, 0.5, -0.3, 2.0, 0.0, -4.0])
     temperature = 0.7
-    noise = grpo.keyed_gumbel(words(list(range(n)), position=5), len(logits))
-    assert noise.dtype == torch.float64 and torch.isfinite(noise).all()
-    draws = (logits.double() / temperature + noise).argmax(1)
+    gumbel = noise.keyed_gumbel(words(list(range(n)), position=5), len(logits))
+    assert gumbel.dtype == torch.float64 and torch.isfinite(gumbel).all()
+    draws = (logits.double() / temperature + gumbel).argmax(1)
     freq = torch.bincount(draws, minlength=len(logits)).double() / n
     p = torch.softmax(logits.double() / temperature, 0)
     chi_square = (n * (freq - p).square() / p).sum().item()
     assert chi_square < 20.5 and (freq - p).abs().max() < 0.004, (chi_square, freq, p)
     # the noise itself: Gumbel(0, 1), mean γ = 0.5772, variance π²/6
-    assert noise.mean().item() == pytest.approx(0.5772, abs=0.01)
-    assert noise.var().item() == pytest.approx(torch.pi**2 / 6, abs=0.02)
+    assert gumbel.mean().item() == pytest.approx(0.5772, abs=0.01)
+    assert gumbel.var().item() == pytest.approx(torch.pi**2 / 6, abs=0.02)
 
 
 def test_hf_generate_keyed_same_samples_whatever_the_batch(tiny_model):  # noqa: F811
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [15]]
-    key = lambda index: grpo.NoiseKey(1, 2, index)  # noqa: E731
+    key = lambda index: noise.NoiseKey(1, 2, index)  # noqa: E731
     full = grpo.hf_generate(tiny_model, prompts, 3, 0.7, 1.0, 6, [1], 1, 5, key([0, 1, 2, 3]))  # chunks of 5 rows
     torch.manual_seed(123)  # keyed sampling does not read torch's random stream
     part = grpo.hf_generate(tiny_model, [prompts[2], prompts[0]], 3, 0.7, 1.0, 6, [1], 1, 64, key([2, 0]))
@@ -66,20 +67,21 @@ def test_hf_generate_keyed_same_samples_whatever_the_batch(tiny_model):  # noqa:
     for i, s in enumerate(full):  # the recorded log-probs are those of logits / T
         logp, _ = teacher_forced(tiny_model, prompts[i // 3], s["response_ids"], 0.7)
         assert s["rollout_logp"] == pytest.approx(logp.tolist(), abs=1e-4)
-    with pytest.raises(ValueError, match="top_p = 1"):
+    with pytest.raises(ValueError, match="top_p = 1"):  # the HF engine's keyed noise is the full softmax's
         grpo.hf_generate(tiny_model, prompts, 1, 0.7, 0.9, 6, [1], 1, 5, key([0, 1, 2, 3]))
 
 
 def test_greedy_decoding_ignores_the_key(tiny_model):  # noqa: F811
     prompts = [[5, 6, 7, 8, 9], [10, 11]]
     greedy = grpo.hf_generate(tiny_model, prompts, 1, 0, 1.0, 6, [1], 1, 4)
-    assert grpo.hf_generate(tiny_model, prompts, 1, 0, 1.0, 6, [1], 1, 4, grpo.NoiseKey(1, 2, [0, 1])) == greedy
+    assert grpo.hf_generate(tiny_model, prompts, 1, 0, 1.0, 6, [1], 1, 4, noise.NoiseKey(1, 2, [0, 1])) == greedy
 
 
 def test_keyed_vllm_requests_one_seeded_request_per_sample(monkeypatch):
     """vLLM: n = 1 per sample, seeded from the key less the position (vLLM's generator then advances per token);
-    `LLM.generate` takes one SamplingParams per prompt. Stream mode keeps one request per prompt with n samples."""
-    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=dict))
+    `LLM.generate` takes one SamplingParams per prompt. Stream mode keeps one request per prompt with n samples.
+    SamplingParams is stood in for by a namespace (copied and given its seed as vLLM's ParentRequest does)."""
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=SimpleNamespace))
     calls = []
 
     def fake_generate(requests, params, use_tqdm):
@@ -89,20 +91,22 @@ def test_keyed_vllm_requests_one_seeded_request_per_sample(monkeypatch):
         return [SimpleNamespace(outputs=[one]) for _ in requests]
 
     llm = SimpleNamespace(generate=fake_generate)
-    key = grpo.NoiseKey(1, 2, [40, 41])
-    out = grpo.vllm_generate(llm, [[5, 5], [3]], 2, 1.0, 0.9, 3, [1], noise_key=key)
+    key = noise.NoiseKey(1, 2, [40, 41])
+    out = grpo.vllm_generate(llm, [[5, 5], [3]], 2, 1.0, 0.9, 3, [1], seed=key)
     requests, params = calls[0]
     assert requests == [{"prompt_token_ids": [5, 5]}] * 2 + [{"prompt_token_ids": [3]}] * 2 and len(out) == 4
-    seeds = [p["seed"] for p in params]
-    assert all(p["n"] == 1 and p["top_p"] == 0.9 and p["temperature"] == 1.0 for p in params)
-    assert seeds == grpo.keyed_seeds(words([40, 41], n=2, position=None, step=2))
+    seeds = [p.seed for p in params]
+    assert all(p.n == 1 and p.top_p == 0.9 and p.temperature == 1.0 and p.logprobs == 0 for p in params)
+    assert seeds == noise.keyed_seeds(words([40, 41], n=2, position=None, step=2))
     assert len(set(seeds)) == 4 and all(0 <= s < 2**63 for s in seeds)
     # prompt 41 alone, sample 1: the same seed as in the call above
-    grpo.vllm_generate(llm, [[3]], 2, 1.0, 0.9, 3, [1], noise_key=grpo.NoiseKey(1, 2, [41]))
-    assert calls[1][1][1]["seed"] == seeds[3]
+    grpo.vllm_generate(llm, [[3]], 2, 1.0, 0.9, 3, [1], seed=noise.NoiseKey(1, 2, [41]))
+    assert calls[1][1][1].seed == seeds[3]
     grpo.vllm_generate(llm, [[5, 5], [3]], 2, 1.0, 1.0, 3, [1], seed=9)  # stream: as before
     assert calls[2][0] == [{"prompt_token_ids": [5, 5]}, {"prompt_token_ids": [3]}]
-    assert calls[2][1]["n"] == 2 and calls[2][1]["seed"] == 9
+    assert calls[2][1].n == 2 and calls[2][1].seed == 9
+    grpo.vllm_generate(llm, [[5, 5]], 2, 0.0, 1.0, 3, [1], seed=key)  # greedy: no seeds, one request
+    assert calls[3][0] == [{"prompt_token_ids": [5, 5]}] and calls[3][1].seed is None
 
 
 def test_sampling_noise_flag_defaults_to_stream_and_is_recorded():
