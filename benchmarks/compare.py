@@ -298,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=120, help="rollout steps per run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (2: the two arms of a seed side by side)")
     ap.add_argument("--out", default=None, help="runs, logs, runs file, figure (default: runs/compare/ARM-vs-BASE)")
-    ap.add_argument("--arm-flags", default="", help="flags of the arm only (one string)")
-    ap.add_argument("--baseline-flags", default="", help="flags of the baseline only (one string)")
+    ap.add_argument("--arm-flags", default="", help="flags of the arm only, one string (one flag: --arm-flags='--x')")
+    ap.add_argument("--baseline-flags", default="", help="flags of the baseline only, one string")
     ap.add_argument("--tiny", action="store_true", help="2 seeds, 3 steps, tiny batches (what the tests run)")
     args = ap.parse_args(argv)
     if args.tiny:
