@@ -89,8 +89,10 @@ from transformers import (
     LogitsProcessorList,
 )
 
-from common.data import DataError, load_prompts, take_prompts
+from common.data import DataError, load_prompts, paths_format, take_prompts
+from common.forking import forking_entropy, gather_values
 from common.reward import score
+from common.sampling_noise import NOISE_DOMAINS, KeyedGumbelNoise, NoiseKey, keyed_vllm_params
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")
@@ -137,6 +139,7 @@ class Rollout:
     group_size: int = 8  # responses per prompt (G)
     temperature: float = 1.0  # rollout sampling temperature (the trainer divides its logits by it too)
     top_p: float = 1.0  # rollout nucleus sampling (vLLM only; 1.0 keeps the gradient unbiased)
+    sampling_noise: Literal["stream", "keyed"] = "stream"  # keyed: per-token noise shared by same-seed runs
     max_new_tokens: int = 64  # maximum response length in tokens
     hf_generation_batch_size: int = 256  # sequences per `generate` call of the HF engine
     rollout_is_cap: float | None = None
@@ -685,7 +688,7 @@ def update_policy(
             optimizer.zero_grad(set_to_none=True)
             skipped_updates += not math.isfinite(grad_norm)
             metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
-    log_sampling_policy(metrics, batch, reduce_sum)
+    log_sampling_policy(metrics, batch, reduce_sum, accelerator)
     return skipped_updates
 
 
@@ -723,14 +726,17 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
             metrics.add(name, value)
 
 
-def log_sampling_policy(metrics, batch: dict, reduce_sum) -> None:
+def log_sampling_policy(metrics, batch: dict, reduce_sum, accelerator) -> None:
     """The policy that sampled the batch, over all its response tokens: entropy, rollout/trainer log-prob gap,
-    Cov(A, ℓ)."""
+    Cov(A, ℓ); over the loss tokens of all processes: the entropy at the forking positions and at the rest."""
     mask = batch["response_mask"]
     diff = (batch["rollout_logp"] - batch["logp_old"]).abs() * mask
     metrics.mean("rollout/logp_diff_mean", diff, mask)
     metrics.max("rollout/logp_diff_max", diff.max())
     metrics.mean("entropy/mean", batch["entropy_old"], mask)
+    forking, rest = forking_entropy(gather_values(batch["entropy_old"][batch["loss_mask"] > 0], accelerator))
+    metrics.add("entropy/forking_mean", forking)  # the same value on every process: their mean is it
+    metrics.add("entropy/nonforking_mean", rest)
     sums = torch.stack([(batch["adv"] * mask).sum(), (batch["logp_old"] * mask).sum(), mask.sum()])
     adv_sum, logp_sum, n = reduce_sum(sums)
     covariance = (batch["adv"] - adv_sum / n) * (batch["logp_old"] - logp_sum / n)
@@ -765,17 +771,19 @@ class _SampledLogprobRecorder(LogitsProcessor):
 
 
 @torch.no_grad()
-def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size) -> list[dict]:
+def hf_generate(
+    model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size, key=None
+) -> list[dict]:
     """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside."""
     rows = [ids for ids in prompt_ids for _ in range(n)]
     greedy = temperature == 0
     settings = {
-        "do_sample": not greedy,
+        "do_sample": not greedy and key is None,  # a NoiseKey: Gumbel-max, the keyed noise added, then the argmax
         "eos_token_id": stop_ids,
         "max_new_tokens": max_new_tokens,
         "pad_token_id": pad_id,
     }
-    if not greedy:
+    if settings["do_sample"]:
         settings.update(temperature=1.0, top_p=top_p, top_k=0)  # the recorder applies T
     results = []
     saved_config = model.generation_config
@@ -787,7 +795,9 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
             input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=model.device)
             attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=model.device)
             recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            processors = LogitsProcessorList([recorder])
+            keyed = key is not None and not greedy
+            noise = [KeyedGumbelNoise(key, range(start, start + len(chunk)), n, width, top_p)] if keyed else []
+            processors = LogitsProcessorList([recorder, *noise])
             output = model.generate(input_ids, attention_mask=attention, logits_processor=processors, **settings)
             generated = output[:, width:]  # [b, T_generated]
             recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
@@ -796,11 +806,11 @@ def hf_generate(model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_i
             first_stop = is_stop.int().argmax(1) + 1
             lengths = torch.where(is_stop.any(1), first_stop, generated.shape[1]).tolist()  # through the first stop
             for i, tokens in enumerate(generated.tolist()):
-                n = lengths[i]
+                length = lengths[i]
                 results.append(
                     {
-                        "response_ids": tokens[:n],
-                        "rollout_logp": logps[i, :n].tolist(),
+                        "response_ids": tokens[:length],
+                        "rollout_logp": logps[i, :length].tolist(),
                         "truncated": not is_stop[i].any(),
                     }
                 )
@@ -817,23 +827,25 @@ def vllm_available() -> bool:
 def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
     """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
     (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is
-    truncated."""
+    truncated. A NoiseKey `seed`: one request per sample, seeded by its key (common/sampling_noise.py)."""
     from vllm import SamplingParams
 
+    keyed = isinstance(seed, NoiseKey) and temperature > 0
     params = SamplingParams(
-        n=n,
+        n=1 if keyed else n,
         temperature=temperature,
         top_p=top_p,
         top_k=0,
         min_p=0.0,
         repetition_penalty=1.0,
-        seed=seed,
+        seed=None if isinstance(seed, NoiseKey) else seed,
         max_tokens=max_new_tokens,
         logprobs=0,
         stop_token_ids=list(stop_ids),
         skip_special_tokens=True,
     )
-    outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+    requests = [{"prompt_token_ids": ids} for ids in prompt_ids for _ in range(n if keyed else 1)]
+    outputs = llm.generate(requests, keyed_vllm_params(params, seed, n) if keyed else params, use_tqdm=False)
     samples = []
     for request in outputs:
         for c in sorted(request.outputs, key=lambda c: getattr(c, "index", 0)):
@@ -955,22 +967,15 @@ def generate(
     model, llm, tokenizer, prompt_ids, n, temperature, max_new_tokens, stop_ids, top_p=1.0, batch_size=256, seed=None
 ) -> list[dict]:
     """The one generation path of training and eval_math.py: n samples per prompt, prompt-major, by vLLM (holding the
-    current weights) or HF. Each: prompt_ids, response_ids (through the first stop token), rollout_logp (log π_T of
-    each), truncated (no stop token within max_new_tokens), text (decoded without special tokens)."""
+    current weights) or HF; `seed`: vLLM's, or a NoiseKey for keyed noise. Each: prompt_ids, response_ids (through
+    the first stop token), rollout_logp (log π_T of each), truncated (no stop token within max_new_tokens), text
+    (decoded without special tokens)."""
     if llm is not None:
         samples = vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed)
     else:  # leaves the model in eval mode: stats_pass and update_policy set the mode they need
-        samples = hf_generate(
-            model.eval(),
-            prompt_ids,
-            n,
-            temperature,
-            top_p,
-            max_new_tokens,
-            stop_ids,
-            tokenizer.pad_token_id,
-            batch_size,
-        )
+        key = seed if isinstance(seed, NoiseKey) else None  # an int seed is vLLM's: HF samples from torch's RNG
+        limits = (max_new_tokens, stop_ids, tokenizer.pad_token_id, batch_size)
+        samples = hf_generate(model.eval(), prompt_ids, n, temperature, top_p, *limits, key)
     texts = tokenizer.batch_decode([s["response_ids"] for s in samples], skip_special_tokens=True)
     return [{**s, "prompt_ids": prompt_ids[i // n], "text": text} for i, (s, text) in enumerate(zip(samples, texts))]
 
@@ -987,23 +992,14 @@ def stop_token_ids(tokenizer, model_path: str, template: str) -> list[int]:
     return sorted(ids)
 
 
-def sample(model, llm, accelerator, args, problems, n: int, temperature: float, tokenizer, stop_ids) -> list[dict]:
+def sample(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids, key=None) -> list[dict]:
     """n samples per problem with the current weights (`generate`; vLLM must hold them: `sync_weights_to_vllm`)."""
     policy = accelerator.unwrap_model(model)
     prompts = [p["prompt_ids"] for p in problems]
+    key = key if args.sampling_noise == "keyed" else None  # the NoiseKey of the samples' keyed noise
+    settings = (args.max_new_tokens, stop_ids, args.top_p, args.hf_generation_batch_size, key)
     with accelerator.autocast():
-        return generate(
-            policy,
-            llm,
-            tokenizer,
-            prompts,
-            n,
-            temperature,
-            args.max_new_tokens,
-            stop_ids,
-            args.top_p,
-            args.hf_generation_batch_size,
-        )
+        return generate(policy, llm, tokenizer, prompts, n, temperature, *settings)
 
 
 def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
@@ -1014,9 +1010,9 @@ def grade(samples: list[dict], problems: list[dict], args, n: int) -> list:
     return score(texts, answers, **options, reward_range=args.reward_range, multi_box=args.multi_box)
 
 
-def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics):
+def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics, step=0):
     """The samples of this process's `prompts_per_step / world` graded groups (`filter_groups`: only groups whose
-    rewards differ, while `max_gen_batches` allows) and the new data position."""
+    rewards differ, while `max_gen_batches` allows) and the new data position (a prompt's keyed-noise index)."""
     world = accelerator.num_processes
     rank = accelerator.process_index
     G = args.group_size
@@ -1028,10 +1024,11 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     while True:
         problems = take_prompts(train_problems, data_pos + rank * per_rank, per_rank, args.seed)
+        key = NoiseKey(args.seed, step, list(range(data_pos + rank * per_rank, data_pos + (rank + 1) * per_rank)))
         data_pos += args.prompts_per_step
         gen_batches += 1
         t1 = time.time()
-        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids)
+        samples = sample(model, llm, accelerator, args, problems, G, args.temperature, tokenizer, stop_ids, key)
         t2 = time.time()
         rewards = grade(samples, problems, args, G)
         t3 = time.time()
@@ -1080,6 +1077,8 @@ def log_generation_batch(
         ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s in main
         ("rollout/grader_timeouts", rewards.timeouts, once / world),  # summed over processes
     ]
+    if args.train_data == "paths":  # the testbed task: the rare, better careful path against the pairwise ones
+        rows.append(("rollout/careful_frac", sum(paths_format(s["text"]) == "careful" for s in samples), len(samples)))
     for name, total, count in rows:
         metrics.add(name, total, count)
 
@@ -1148,7 +1147,8 @@ def evaluate(model, llm, accelerator, problems, args, tokenizer, stop_ids, step:
         sync_weights_to_vllm(llm, model, accelerator, args.vllm_sleep_mode)
     with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
         torch.manual_seed(args.seed * 7919 + step * 104729 + rank)  # evaluation never perturbs the training RNG
-        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids)
+        key = NoiseKey(args.seed, step, list(range(rank * per_rank, (rank + 1) * per_rank)), NOISE_DOMAINS["eval"])
+        samples = sample(model, llm, accelerator, args, shard, n, args.eval_temperature, tokenizer, stop_ids, key)
     if llm is not None and args.vllm_sleep_mode:
         llm.sleep(level=1)  # free the KV cache for training
     samples = samples[: len(real) * n]
@@ -1240,7 +1240,7 @@ def main(args: Args) -> str:
             metrics = Metrics()
             # 1. sample and grade
             samples, data_pos = rollout_and_grade(
-                model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics
+                model, llm, accelerator, args, train_problems, data_pos, tokenizer, stop_ids, metrics, step
             )
             # 2. advantages and the loss mask
             batch = make_batch(samples, args, accelerator, tokenizer.pad_token_id, metrics)

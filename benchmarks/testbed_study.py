@@ -206,7 +206,9 @@ CLAIMS = [  # (paper, claim, method, baseline method or a constant, figure, clai
         +1,
     ),
 ]
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262]  # t quantile 0.975, 1 … 9 degrees of freedom
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228]  # t quantile 0.975, 1 … 29 d.o.f.
+T975 += [2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086]
+T975 += [2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045]  # more seeds: 29's (a little wider)
 
 
 def uptime() -> str:
@@ -382,10 +384,15 @@ def mean_std(values, scale: float = 1.0, digits: int = 3) -> str:
     )
 
 
+def paired_differences(rows: list[dict], base: list[dict], key: str) -> list[float]:
+    """rows − base of `key`, one per common seed (in the order of `rows`)."""
+    base_by_seed = {r["seed"]: r[key] for r in base}
+    return [r[key] - base_by_seed[r["seed"]] for r in rows if r["seed"] in base_by_seed]
+
+
 def paired(rows: list[dict], base: list[dict], key: str):
     """(mean difference, 95% half-width or None, seeds) of rows − base over their common seeds."""
-    base_by_seed = {r["seed"]: r[key] for r in base}
-    diffs = [r[key] - base_by_seed[r["seed"]] for r in rows if r["seed"] in base_by_seed]
+    diffs = paired_differences(rows, base, key)
     if not diffs:
         return None, None, 0
     return statistics.mean(diffs), half_width(diffs), len(diffs)

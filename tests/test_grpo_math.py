@@ -271,7 +271,7 @@ def test_rollout_totals_add_up_over_dapo_generation_batches(monkeypatch):
     totals (generation batches, tokens, grader timeouts) sum over every batch, and all-equal groups pad the step."""
     calls = []
 
-    def fake_sample(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids):
+    def fake_sample(model, llm, accelerator, args, problems, n, temperature, tokenizer, stop_ids, noise_key=None):
         calls.append(len(problems))
         return [{"response_ids": [1] * (len(calls) + 2), "text": ""} for _ in range(len(problems) * n)]
 
