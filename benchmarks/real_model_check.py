@@ -79,12 +79,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     add(
         "--ent-coef",
         type=float,
-        default=1e-3,
-        help="entropy bonus of every run, so that the update is not a no-op when every group's rewards are equal "
-        "(the usual case for a 135M model on GSM8K); 0: off (default: %(default)s)",
+        default=0.0,
+        help="entropy bonus of every run: a gradient even when every group's rewards are equal (grad norm 0, the "
+        "usual case for a 135M model on GSM8K); Adam then moves every weight by ~lr a step, so entropy rises fast "
+        "(default: %(default)s)",
     )
     add("--train-problems", type=int, default=16, help="easiest GSM8K train problems written (default: %(default)s)")
     add("--eval-problems", type=int, default=16, help="eval_math.py problems, 0: skip it (default: %(default)s)")
+    add(
+        "--eval-temperature",
+        type=float,
+        default=0.0,
+        help="eval_math.py's; 0 (greedy): SmolLM2 sampled at 1.0 rarely finishes within 128 tokens (default: "
+        "%(default)s)",
+    )
     add("--data-dir", help="directory of the benchmark files (default: $RLVR_DATA_DIR; neither: the paths task)")
     add("--threads", type=int, default=1, help="torch threads of every run (default: %(default)s)")
     add("--seed", type=int, default=1, help="(default: %(default)s)")
@@ -100,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for flag in ("eval_problems", "threads"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    if not args.eval_temperature >= 0:
+        parser.error(f"--eval-temperature must be >= 0, got {args.eval_temperature}")
     if not args.ent_coef >= 0:
         parser.error(f"--ent-coef must be >= 0, got {args.ent_coef}")
     if not args.learning_rate > 0:
@@ -251,7 +261,10 @@ def check_training_run(script: str, run_dir: Path, steps: int) -> tuple[dict, li
     bad = sorted({k for r in rows for k, v in r.items() if not finite(v)})
     if bad:
         first = next(r for r in rows if any(not finite(r.get(k)) for k in bad))
-        problems.append(f"{script}: non-finite metric(s) {', '.join(bad)} (first at step {first.get('step', '?')})")
+        values = ", ".join(f"{k} = {first[k]}" for k in bad if not finite(first.get(k)))
+        problems.append(
+            f"{script}: non-finite metric(s) {', '.join(bad)} (first at step {first.get('step', '?')}: {values})"
+        )
     summary = {
         "steps": len(rows),
         "step_s": mean(r.get("time/step_s") for r in rows),
@@ -385,6 +398,7 @@ def main(argv=None) -> int:
         shutil.rmtree(out_dir, ignore_errors=True)
         cmd = [sys.executable, "eval_math.py", "--model", str(model_dir), "--template", args.template]
         cmd += ["--benchmarks", eval_data, "--limit", str(args.eval_problems), "--n", "1"]
+        cmd += ["--temperature", str(args.eval_temperature)]
         cmd += ["--max-new-tokens", str(args.max_new_tokens), "--grader-workers", "1", "--seed", str(args.seed)]
         cmd += ["--threads", str(args.threads), "--output-dir", str(out_dir)]
         cmd += ["--data-dir", args.data_dir] if args.data_dir else []
@@ -398,10 +412,10 @@ def main(argv=None) -> int:
             problems += found
             if summary:
                 print(
-                    f"eval_math: {summary['problems']} problems, accuracy {summary['accuracy']:.3f}, stop share "
-                    f"{summary['stop_share']:.2f}, no answer {summary['no_answer']:.2f}, entropy "
-                    f"{summary['entropy']:.3f}, length {summary['length']:.1f} (whole run {seconds:.0f} s, "
-                    f"CPU {cpu_s:.0f} s)"
+                    f"eval_math (temperature {args.eval_temperature:g}): {summary['problems']} problems, accuracy "
+                    f"{summary['accuracy']:.3f}, stop share {summary['stop_share']:.2f}, no answer "
+                    f"{summary['no_answer']:.2f}, entropy {summary['entropy']:.3f}, length {summary['length']:.1f} "
+                    f"(whole run {seconds:.0f} s, CPU {cpu_s:.0f} s)"
                 )
     for line in problems:
         print(f"FAIL {line}", file=sys.stderr)

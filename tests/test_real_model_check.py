@@ -67,6 +67,7 @@ def test_command_line_without_site_packages(tmp_path):
         (["--eval-problems", "-1"], "--eval-problems must be >= 0"),
         (["--learning-rate", "0"], "--learning-rate must be > 0"),
         (["--ent-coef", "-0.1"], "--ent-coef must be >= 0"),
+        (["--eval-temperature", "-1"], "--eval-temperature must be >= 0"),
         (["--scripts", "grpo,ppo"], "--scripts: unknown ppo"),
         (["--scripts", ","], "--scripts: unknown (none given)"),
         (["--template", "chatml"], "invalid choice: 'chatml'"),
@@ -135,7 +136,7 @@ def test_a_healthy_run_passes(tmp_path):
     [
         (
             [step(1), step(2, **{"entropy/mean": float("nan")})],
-            "opefo: non-finite metric(s) entropy/mean (first at step 2)",
+            "opefo: non-finite metric(s) entropy/mean (first at step 2: entropy/mean = nan)",
         ),
         ([step(1, **{"train/grad_norm": float("inf")}), step(2)], "opefo: non-finite metric(s) train/grad_norm"),
         ([step(i, **{"rollout/truncated_frac": 1.0}) for i in (1, 2)], "opefo: no response ended on a stop token"),
