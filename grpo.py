@@ -1682,14 +1682,39 @@ def build_policy(args, accelerator, model_path: str, use_bf16: bool):
             train_micro_batch_size_per_gpu=args.micro_batch_size,
         )
     model, optimizer = accelerator.prepare(model, optimizer)
-    if args.kl_coef == 0:  # else a plain (unsharded) frozen copy, also under ZeRO-3
+    if args.kl_coef == 0:
         return model, optimizer, None
-    no_zero3_init = nullcontext()
+    # loaded as the policy was (ZeRO-3: inside zero.Init, partitioned; FSDP2 with cpu_ram_efficient_loading: the
+    # weights read on process 0 only, zeros elsewhere), then placed as the framework places the policy
+    ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
+    return model, optimizer, prepare_reference(accelerator, ref_model)
+
+
+def prepare_reference(accelerator, ref_model):
+    """The frozen KL reference, ready for no-grad forwards on every process, placed as the framework places the policy:
+    - DeepSpeed: an inference engine of the training config without optimizer and scheduler. ZeRO-3 stays stage 3
+      (parameters partitioned like the policy's, gathered layer by layer in the forward); ZeRO-1/2 become stage 0
+      (they partition optimizer state and gradients, which a frozen model has none of): a full copy per process.
+    - FSDP2: sharded like the policy (accelerate's `fully_shard` per layer); with cpu_ram_efficient_loading, process
+      0's weights are broadcast to the others, which loaded zeros.
+    - otherwise (one process, DDP): a full copy on the device, unwrapped (no gradients, nothing to all-reduce)."""
+    ref_model.requires_grad_(False)  # before FSDP2 preparation: frozen parameters keep their dtype
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        no_zero3_init = accelerator.state.deepspeed_plugin.zero3_init_context_manager(enable=False)
-    with no_zero3_init:
-        ref_model = load_pretrained(model_path, "model", torch.bfloat16 if use_bf16 else torch.float32)
-    return model, optimizer, ref_model.to(accelerator.device).eval().requires_grad_(False)
+        import deepspeed
+
+        config = accelerator.state.deepspeed_plugin.deepspeed_config  # its "auto" values filled in by prepare
+        config = {key: value for key, value in config.items() if key not in ("optimizer", "scheduler")}
+        zero = config.get("zero_optimization", {})
+        config["zero_optimization"] = dict(zero) if zero.get("stage") == 3 else {"stage": 0}
+        ref_model = deepspeed.initialize(model=ref_model, config=config)[0]
+    elif getattr(accelerator, "is_fsdp2", False):  # FSDP1 is refused by check_args
+        from accelerate.utils import fsdp2_prepare_model  # prepare() refuses an FSDP2 model without its optimizer
+
+        ref_model = fsdp2_prepare_model(accelerator, ref_model)
+    else:
+        ref_model = ref_model.to(accelerator.device)
+    ref_model.eval()  # DeepSpeed's engine.eval() returns None
+    return ref_model
 
 
 def checkpoints(run_dir: str) -> list[str]:
@@ -1702,52 +1727,86 @@ def checkpoints(run_dir: str) -> list[str]:
 
 def save_checkpoint(accelerator, model, tokenizer, run_dir: str, state: dict, args, first_step: int) -> None:
     """`checkpoints/step_N` (accelerate state with every process's RNG, `hf/`, `trainer_state.json`), written as
-    `step_N.tmp` and renamed when complete; keeps the newest `keep_checkpoints` written since `first_step`."""
+    `step_N.tmp` and renamed when complete; keeps the newest `keep_checkpoints` written since `first_step`.
+    A failure on any process (a full disk) ends every process together, with the same one-line RunError."""
     root = os.path.join(run_dir, "checkpoints")
     final = os.path.join(root, f"step_{state['step']:06d}")
     tmp = final + ".tmp"
-    try:
+
+    def clear():  # what a run stopped while writing this checkpoint left
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(tmp)  # creates `tmp` (on every process)
+
+    def write_model():
         state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
         if accelerator.is_main_process:
             accelerator.unwrap_model(model).save_pretrained(os.path.join(tmp, "hf"), state_dict=state_dict)
             tokenizer.save_pretrained(os.path.join(tmp, "hf"))
             with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
                 json.dump(state, f)
-        accelerator.wait_for_everyone()  # every process has written its files before the rename
+
+    def publish():  # after every process has written its files
         if accelerator.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             written_here = [c for c in checkpoints(run_dir) if first_step < int(c[-6:]) <= state["step"]]
             for old in written_here[: -args.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
-    except Exception as error:  # a full disk: OSError, torch's "enforce fail", safetensors' I/O error
-        shutil.rmtree(tmp, ignore_errors=True)
-        last = (checkpoints(run_dir) or ["the start"])[-1]
-        raise RunError(
-            f"could not write checkpoint {final} ({one_line(error)}); free disk space under {root}, then "
-            f"continue from {last}: {rerun_command(run_dir)}"
-        ) from None
-    accelerator.wait_for_everyone()
+
+    parts = [clear, lambda: accelerator.save_state(tmp), write_model, publish]  # save_state: on every process
+    # each part ends where every process learns whether it failed anywhere: the collectives of the next part never
+    # wait for a process that has stopped
+    for part in parts:
+        error = None
+        try:
+            part()
+        except Exception as caught:  # a full disk: OSError, torch's "enforce fail", safetensors' I/O error
+            error = caught
+        failure = first_failure(accelerator, error)
+        if failure is not None:
+            if accelerator.is_local_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            last = (checkpoints(run_dir) or ["the start"])[-1]
+            raise RunError(
+                f"could not write checkpoint {final} ({failure}); free disk space under {root}, then "
+                f"continue from {last}: {rerun_command(run_dir)}"
+            ) from None
+
+
+def first_failure(accelerator, error: Exception | None) -> str | None:
+    """The one-line message of `error` (None: this process's part succeeded) or, with several processes, of the first
+    process whose part failed, named ("process 1: ..."); None if none failed. Every process calls it at the same
+    point: a failure on one process then stops all of them together, instead of leaving the others waiting in their
+    next collective until it times out."""
+    message = None if error is None else one_line(error)
+    if accelerator.num_processes == 1:
+        return message
+    from accelerate.utils import gather_object
+
+    try:
+        messages = gather_object([message])  # one small all-gather, [message of process 0, of process 1, ...]
+    except Exception as gather_error:  # a process is gone (gloo: "Connection closed by peer")
+        return f"process {accelerator.process_index}: {message or one_line(gather_error)}"
+    failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    return f"process {failed[0][0]}: {failed[0][1]}" if failed else None
 
 
 def load_checkpoint(accelerator, found: list[str]) -> dict:
-    """The trainer state of the newest checkpoint that loads ({} if none); damaged ones are passed over."""
+    """The trainer state of the newest checkpoint that loads on every process ({} if none); damaged ones are passed
+    over (on all processes together)."""
     for checkpoint in reversed(found):
+        error = state = None
         try:
             accelerator.load_state(checkpoint)
             with open(os.path.join(checkpoint, "trainer_state.json")) as f:
                 state = json.load(f)
-        except Exception as error:  # a truncated or missing file (on any process: all fall back together)
-            print(f"checkpoint {checkpoint} could not be loaded ({one_line(error)}); trying the previous one")
-            state = None
-        loaded_everywhere = accelerator.gather(torch.tensor([state is not None], device=accelerator.device)).all()
-        if loaded_everywhere:
+        except Exception as caught:  # a truncated or missing file
+            error = caught
+        failure = first_failure(accelerator, error)
+        if failure is None:
             accelerator.print(f"resumed from {checkpoint} at step {state['step']}")
             return state
+        accelerator.print(f"checkpoint {checkpoint} could not be loaded ({failure}); trying the previous one")
     return {}
 
 
