@@ -46,6 +46,7 @@ Run:  python clip_cov.py                   # CPU, testbed model, the synthetic `
 """
 
 # ─── SHARED: imports ───────────────────────────────────────────────────────────────────────────
+import copy
 import dataclasses
 import fcntl
 import importlib.util
@@ -92,9 +93,7 @@ from transformers import (
 )
 
 from common.data import DataError, load_prompts, paths_format, take_prompts
-from common.forking import forking_entropy, gather_values
 from common.reward import score
-from common.sampling_noise import NOISE_DOMAINS, KeyedGumbelNoise, NoiseKey, keyed_vllm_params
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TESTBED_MODEL = os.path.join(REPO_DIR, "testbed", "model")
@@ -340,7 +339,8 @@ def rank_and_world() -> tuple[int, int]:
 def token_covariance(adv, logp, mask, reduce_sum=_identity):
     """Detached token covariance c_t = (A_t − Ā)(ℓ_t − ℓ̄), [b, R], 0 where mask is 0; Ā and ℓ̄ are the means of A and
     ℓ over the tokens with mask 1, their sums added over processes by `reduce_sum` (identity: this batch only)."""
-    adv, logp = adv.detach().to(logp.dtype), logp.detach()
+    adv = adv.detach().to(logp.dtype)
+    logp = logp.detach()
     mask = mask.to(logp.dtype)
     a, lp, n = reduce_sum(torch.stack([(adv * mask).sum(), (logp * mask).sum(), mask.sum()]))
     n = n.clamp(min=1.0)
@@ -365,9 +365,11 @@ def top_k_mask(scores, valid, k: int, reduce_sum=_identity, rank: int = 0, world
     threshold = top.topk(k).values[-1].item() if len(top) >= k else -math.inf
     if threshold == -math.inf:  # fewer than k valid entries over all processes: all of them
         return valid
-    greater, equal = flat > threshold, flat == threshold
+    greater = flat > threshold
+    equal = flat == threshold
     counts = torch.zeros(world + 1, dtype=torch.float64, device=flat.device)
-    counts[rank], counts[world] = equal.sum(), greater.sum()
+    counts[rank] = equal.sum()
+    counts[world] = greater.sum()
     counts = reduce_sum(counts) if world > 1 else counts
     take = (k - counts[world] - counts[:rank].sum()).clamp(min=0)  # tied entries this process may still take
     return (greater | (equal & (equal.cumsum(0) <= take))).view_as(valid)
@@ -426,7 +428,8 @@ def kl_cov_loss(adv, logp, old_logp, cov, mask, frac: float, coef: float, select
 
 def selection_totals(cov, mask, selected):
     """[Σ c_t, N, Σ c_t over the chosen tokens, their number] (float64) over the tokens with mask 1."""
-    mask, chosen = mask.double(), selected.double() * mask.double()
+    chosen = selected.double() * mask.double()
+    mask = mask.double()
     return torch.stack([(cov.double() * mask).sum(), mask.sum(), (cov.double() * chosen).sum(), chosen.sum()])
 
 
@@ -462,7 +465,8 @@ def algorithm_step_begin(state: dict, args: Args, batch: dict, reduce_sum) -> di
     process and the choice of tokens, stored as batch["cov_selected"] (1 = chosen) for every update of the step;
     returns the selection metrics. micro-batch: only opens the step's metric sums (the choice is made per loss call)."""
     a = args.algo
-    state["step"], state["calls"] = state["step"] + 1, 0
+    state["step"] = state["step"] + 1
+    state["calls"] = 0
     mask = batch["loss_mask"]
     if a.cov_stats == "micro-batch":
         state["_totals"] = torch.zeros(4, dtype=torch.float64, device=mask.device)
@@ -500,7 +504,8 @@ def policy_token_loss(mb: dict, current: dict, args: Args, state: dict):
     [b, R] tensors: adv, logp_old, loss_mask, cov_selected (global mode), ...; `logp` carries the gradient.
     clipped_low/high report PPO's own clipping (Clip-Cov's removed tokens are in algo/selected_frac)."""
     logp = current["logp"]  # [b, R], carries the gradient
-    a, mask = args.algo, mb["loss_mask"]
+    a = args.algo
+    mask = mb["loss_mask"]
     ratio = torch.exp((logp - mb["logp_old"]).clamp(-20, 20))
     per_call = a.cov_stats == "micro-batch"
     cov = token_covariance(mb["adv"], logp, mask) if per_call else None
@@ -820,6 +825,35 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
             metrics.add(name, value)
 
 
+# Forking positions: the batch's highest-entropy tokens, where a response chooses its way (arXiv 2506.01939 finds
+# that about 20% of the tokens carry the choices). The training scripts log the entropy there and elsewhere
+# (`entropy/forking_mean`, `entropy/nonforking_mean`; docs/metrics.md).
+FORKING_PERCENT = 20  # forking positions: the 20% highest-entropy loss tokens of the batch
+
+
+def forking_entropy(entropy: torch.Tensor, percent: int = FORKING_PERCENT) -> tuple[float, float]:
+    """(mean of the k = ⌈percent/100 · N⌉ largest of the N token entropies, mean of the other N − k); NaN for an
+    empty set. Ties: a mean of the k largest values does not depend on which of equal values are counted.
+
+    Example: entropies [0.9, 0.1, 0.5, 0, 0.3, 0, 0, 0.2, 0, 0.1] (N = 10): k = 2, forking (0.9 + 0.5) / 2 = 0.7,
+    the rest (0.3 + 0.2 + 0.1 + 0.1) / 8 = 0.0875."""
+    ranked = entropy.detach().double().flatten().sort(descending=True).values
+    k = -(-len(ranked) * percent // 100)  # integer ceiling: 0.2 · N in floats can land just above an integer
+    forking = ranked[:k].mean().item() if k else float("nan")
+    rest = ranked[k:].mean().item() if len(ranked) > k else float("nan")
+    return forking, rest
+
+
+def gather_values(values: torch.Tensor, accelerator) -> torch.Tensor:
+    """The 1-D `values` of every process, concatenated in process order (each process may hold a different number)."""
+    if accelerator.num_processes == 1:
+        return values
+    sizes = accelerator.gather(torch.tensor([len(values)], device=values.device)).tolist()
+    padded = torch.nn.functional.pad(values, (0, max(sizes) - len(values)))
+    rows = accelerator.gather(padded[None])  # [world, max size]
+    return torch.cat([row[:size] for row, size in zip(rows, sizes)])
+
+
 def log_sampling_policy(metrics, batch: dict, reduce_sum, accelerator) -> None:
     """The policy that sampled the batch, over all its response tokens: entropy, rollout/trainer log-prob gap,
     Cov(A, ℓ); over the loss tokens of all processes: the entropy at the forking positions and at the rest."""
@@ -862,6 +896,127 @@ class _SampledLogprobRecorder(LogitsProcessor):
         scores = scores / self.temperature
         self.prev_logp = torch.log_softmax(scores.float(), dim=-1)
         return scores
+
+
+# ── keyed sampling noise (--sampling-noise keyed) ──
+# Keyed sampling noise (`--sampling-noise keyed` of the training scripts).
+#
+# The token at position t of sample j of the prompt at place i of the data order, at rollout step s, is the Gumbel-max
+# draw argmax_v (z_v / T + g_v), g_v = −log(−log u_v): exactly a draw from softmax(z / T). Each u_v is a hash of the
+# key (seed, domain, s, i, j, t) and of v, computed in int64 tensor ops, so it depends on the key alone: not on the
+# other rows of the batch, their number or their order. Two runs with the same seed therefore draw the same token
+# wherever their policies agree, and differ only where the policies do.
+#
+# The hash: two 32-bit lanes, each absorbing one 32-bit word at a time through a bijective xor-shift-multiply mixer
+# (lane A: murmur3's finaliser; lane B: "lowbias32" by C. Wellons), lane B also absorbing lane A, so that two keys
+# collide only if both 32-bit lanes do; the vocabulary index is absorbed last, and 52 bits of the two lanes give
+# u = (k + 1/2) / 2^52, exact in fp64 and strictly inside (0, 1). Products are taken in 16-bit halves, so no int64
+# product overflows. On vLLM, whose sampler cannot take this noise, each sample is its own request seeded with a
+# 63-bit hash of its key less the position; vLLM's per-request generator then supplies the noise token by token.
+MASK32 = 0xFFFFFFFF
+LANE_A = (0x85EBCA6B, 0xC2B2AE35, 13, 0x9E3779B9)  # murmur3 fmix32: two multipliers, the middle shift; initial state
+LANE_B = (0x7FEB352D, 0x846CA68B, 15, 0x632BE5AB)  # lowbias32; initial state
+NOISE_DOMAINS = {"train": 0, "eval": 1}  # rollouts and evaluation draw from disjoint keys
+
+
+@dataclass
+class NoiseKey:
+    """The key of one `generate` call's noise, less each row's sample index and position (added per row)."""
+
+    seed: int  # the run's --seed
+    step: int  # the rollout step (evaluation: the step evaluated after)
+    prompt_index: list[int]  # of each prompt of the call, in the run's data order (not its place in this call)
+    domain: int = NOISE_DOMAINS["train"]  # training rollouts or evaluation
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x · c) mod 2^32 for x in [0, 2^32) (int64), in 16-bit halves so that no int64 product overflows."""
+    low = (x & 0xFFFF) * c
+    high = (((x >> 16) * c) & 0xFFFF) << 16
+    return (low + high) & MASK32
+
+
+def _mix32(x: torch.Tensor, lane: tuple) -> torch.Tensor:
+    """A bijective 32-bit mixer (xor-shift-multiply): every input bit flips each output bit with probability ~1/2."""
+    first, second, shift, _ = lane
+    x = x ^ (x >> 16)
+    x = _mul32(x, first)
+    x = x ^ (x >> shift)
+    x = _mul32(x, second)
+    return x ^ (x >> 16)
+
+
+def key_words(key: NoiseKey, rows: range, n: int, position: int | None = None, device="cpu") -> torch.Tensor:
+    """[len(rows), W] int64 words in [0, 2^32) of the key of each row of a call (row r: prompt r // n, sample r % n).
+
+    Example: NoiseKey(seed=1, step=3, prompt_index=[40, 41]), n = 2, rows 1-2, position 5 ->
+        [[1, 0, 0, 3, 40, 1, 5],     seed (low, high 32 bits), domain, step, prompt index, sample, position
+         [1, 0, 0, 3, 41, 0, 5]]"""
+    r = torch.arange(rows.start, rows.stop, dtype=torch.int64)
+    prompt = torch.tensor(key.prompt_index, dtype=torch.int64)[r // n] & MASK32
+    fixed = [key.seed & MASK32, (key.seed >> 32) & MASK32, key.domain, key.step & MASK32]
+    fixed_words = torch.tensor(fixed, dtype=torch.int64).expand(len(r), len(fixed))
+    words = [fixed_words, prompt[:, None], (r % n)[:, None]]
+    if position is not None:
+        words.append(torch.full((len(r), 1), position, dtype=torch.int64))
+    return torch.cat(words, dim=1).to(device)
+
+
+def _absorb(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two lanes' states [b] after absorbing each row's words [b, W]."""
+    a = torch.full(words.shape[:1], LANE_A[3], dtype=torch.int64, device=words.device)
+    b = torch.full(words.shape[:1], LANE_B[3], dtype=torch.int64, device=words.device)
+    for word in words.unbind(1):
+        a = _mix32(a ^ word, LANE_A)
+        b = _mix32(b ^ word ^ a, LANE_B)
+    return a, b
+
+
+def keyed_gumbel(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Gumbel noise [b, V] (fp64) of each row's key words [b, W] and vocabulary index: a function of (key, v) only."""
+    a, b = _absorb(words)
+    v = torch.arange(vocab_size, dtype=torch.int64, device=words.device)
+    a = _mix32(a[:, None] ^ v, LANE_A)
+    b = _mix32(b[:, None] ^ a, LANE_B)
+    k = (a << 20) | (b >> 12)  # 52 random bits: k + 1/2 is exact in fp64, so 0 < u < 1
+    u = (k.double() + 0.5) * 2.0**-52
+    return -torch.log(-torch.log(u))
+
+
+def keyed_seeds(words: torch.Tensor) -> list[int]:
+    """A 63-bit generator seed per row of key words [b, W]."""
+    a, b = _absorb(words)
+    return ((a << 31) | (b >> 1)).tolist()
+
+
+class KeyedGumbelNoise(LogitsProcessor):
+    """The HF engine's keyed noise: after the processor that applies T (and records the log-probs of z / T), adds each
+    row's Gumbel noise; greedy decoding (`do_sample=False`) then takes the argmax, which is the keyed sample.
+    `rows`: this `generate` chunk's rows of the call; `prompt_width`: its left-padded prompt width."""
+
+    def __init__(self, key: NoiseKey, rows: range, n: int, prompt_width: int, top_p: float = 1.0):
+        if top_p != 1:
+            raise ValueError("keyed sampling noise needs top_p = 1 on the HF engine")
+        self.key = key
+        self.rows = rows  # this chunk's rows of the call
+        self.n = n  # samples per prompt
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids, scores):
+        position = input_ids.shape[1] - self.prompt_width  # tokens generated so far
+        words = key_words(self.key, self.rows, self.n, position, scores.device)
+        return scores.double() + keyed_gumbel(words, scores.shape[-1])
+
+
+def keyed_vllm_params(params, key: NoiseKey, n: int) -> list:
+    """One vLLM SamplingParams per sample (the prompts repeated n times, n = 1 each), seeded by the sample's key less
+    the position: as vLLM itself clones a request's params for its n samples (`ParentRequest`), with the seed set."""
+    seeds = keyed_seeds(key_words(key, range(len(key.prompt_index) * n), n))
+    clones = [copy.copy(params) for _ in seeds]
+    for clone, seed in zip(clones, seeds):
+        clone.n = 1
+        clone.seed = seed
+    return clones
 
 
 @torch.no_grad()
@@ -921,7 +1076,7 @@ def vllm_available() -> bool:
 def vllm_generate(llm, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, seed=None) -> list[dict]:
     """The dicts of `hf_generate` from vLLM: unbiased sampling, the sampled token's log-prob after the temperature
     (logprobs=0 with logprobs_mode=processed_logprobs); any finish_reason but "stop" ("length", "abort") is
-    truncated. A NoiseKey `seed`: one request per sample, seeded by its key (common/sampling_noise.py)."""
+    truncated. A NoiseKey `seed`: one request per sample, seeded by its key (keyed_vllm_params)."""
     from vllm import SamplingParams
 
     keyed = isinstance(seed, NoiseKey) and temperature > 0

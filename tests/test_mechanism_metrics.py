@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import grpo
-from common.forking import forking_entropy, gather_values
+from grpo import forking_entropy, gather_values
 
 ONE_PROCESS = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"), gather=lambda x: x)
 

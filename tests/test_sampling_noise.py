@@ -10,7 +10,7 @@ import torch
 from test_eval_math import teacher_forced, tiny_model  # noqa: F401 (a fixture)
 
 import grpo
-from common import sampling_noise as noise
+import grpo as noise
 
 
 def words(prompt_index, n=1, position=0, seed=1, step=3, rows=None):
