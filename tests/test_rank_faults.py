@@ -69,7 +69,7 @@ def test_a_checkpoint_failing_on_one_process_stops_both_at_once_with_one_error_l
     proc = launch([*RUN, "--total-steps", "2", "--output-dir", str(tmp_path), "--run-name", "r"], "1:save", fault_log)
     ended = time.time()
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert ended - float(fault_log.read_text()) < 30, "the processes did not stop together"
+    assert ended - float(fault_log.read_text()) < 120, "the processes did not stop together (a hang lasts 30 min)"
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     # one line from each process, the same: both learnt of process 1's failure (without the agreement, process 0 went
     # on to the next collective and failed there with another message, or waited in it)
