@@ -435,13 +435,15 @@ def selection_totals(cov, mask, selected):
 
 def selection_metrics(totals) -> dict:
     """algo/cov_mean, algo/cov_selected_mean and algo/selected_frac (chosen / valid tokens, a fraction) from the sums
-    of `selection_totals`; NaN where nothing was counted."""
+    of `selection_totals`; a mean over no tokens is left out (absent, not NaN: NaN in metrics.jsonl is a failure)."""
     c, n, c_sel, n_sel = totals.tolist()
-    return {
-        "algo/cov_mean": c / n if n else math.nan,
-        "algo/cov_selected_mean": c_sel / n_sel if n_sel else math.nan,
-        "algo/selected_frac": n_sel / n if n else math.nan,
-    }
+    out = {}
+    if n:
+        out["algo/cov_mean"] = c / n
+        out["algo/selected_frac"] = n_sel / n
+    if n_sel:
+        out["algo/cov_selected_mean"] = c_sel / n_sel
+    return out
 
 
 def ppo_clip_bounds(args: Args) -> tuple[float, float]:

@@ -464,3 +464,13 @@ def test_clip_cov_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     assert [no_time(r) for r in resumed] == [no_time(r) for r in full]
     assert all(r["algo/selected_frac"] > 0 for r in full)
+
+
+def test_selection_metrics_leave_out_means_over_no_tokens():
+    """A step where no token is chosen (every advantage 0: a model that earns no reward) logs no NaN: the means over
+    no tokens are absent, the share chosen is 0."""
+    assert cc.selection_metrics(torch.tensor([0.5, 10.0, 0.0, 0.0])) == {
+        "algo/cov_mean": 0.05,
+        "algo/selected_frac": 0.0,
+    }
+    assert cc.selection_metrics(torch.tensor([0.0, 0.0, 0.0, 0.0])) == {}
