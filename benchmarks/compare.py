@@ -159,6 +159,8 @@ def run_one(role: str, seed: int, plan: dict, out: Path, finished: dict) -> dict
     """Train one run (or return its row from the runs file)."""
     if (role, seed) in finished:
         return finished[role, seed]
+    if role == "baseline" and plan.get("reuse"):
+        return reuse_baseline(seed, plan, out)
     run_dir = out / "runs" / f"{role}__{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short starts again
     spec = plan[role]
@@ -179,6 +181,31 @@ def run_one(role: str, seed: int, plan: dict, out: Path, finished: dict) -> dict
     summary = f"eval {row['eval_final']:.3f}, entropy {row['entropy_mean']:.3f}, {row['wall_s']:.0f} s"
     print(f"{time.strftime('%H:%M:%S')} {run_dir.name}: {summary}", flush=True)
     return row
+
+
+def reuse_baseline(seed: int, plan: dict, out: Path, poll_s: float = 30, wait_s: float = 6 * 3600) -> dict:
+    """The baseline run of `seed` from another comparison (--reuse-baseline), once it is in that comparison's runs
+    file with exactly this configuration (script version and flags): linked into this folder and recorded in this
+    runs file, not rerun. Waits while that comparison is still running it."""
+    other = plan["reuse"]
+    deadline = time.time() + wait_s
+    while True:
+        for row in read_runs_file(other / "runs.jsonl"):
+            if row["role"] == "baseline" and row["seed"] == seed and row["config"] == plan["baseline"]["config"]:
+                link = out / "runs" / row["run_dir"]
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.exists():
+                    link.symlink_to(other / "runs" / row["run_dir"], target_is_directory=True)
+                row = {**row, "reused_from": str(other)}
+                with RUNS_FILE_LOCK, open(out / "runs.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"{time.strftime('%H:%M:%S')} baseline__{seed}: reused from {other}", flush=True)
+                return row
+        if time.time() > deadline:
+            raise RuntimeError(
+                f"baseline__{seed} did not appear in {other / 'runs.jsonl'} within {wait_s / 3600:.0f} h"
+            )
+        time.sleep(poll_s)
 
 
 def read_runs_file(path: Path) -> list[dict]:
@@ -301,6 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arm-flags", default="", help="flags of the arm only, one string (one flag: --arm-flags='--x')")
     ap.add_argument("--baseline-flags", default="", help="flags of the baseline only, one string")
     ap.add_argument("--tiny", action="store_true", help="2 seeds, 3 steps, tiny batches (what the tests run)")
+    ap.add_argument(
+        "--reuse-baseline",
+        default=None,
+        help="another comparison's --out: its baseline runs of the same configuration are used, not rerun (the arm "
+        "runs first; a baseline that comparison is still running is waited for)",
+    )
     args = ap.parse_args(argv)
     if args.tiny:
         args.seeds, args.steps = 2, 3
@@ -311,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"runs/compare{'-tiny' if args.tiny else ''}/{name}").resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     plan = make_plan(args, extra)
+    plan["reuse"] = Path(args.reuse_baseline).resolve() if args.reuse_baseline else None
     previous = read_runs_file(out / "runs.jsonl")
     stale = sorted({r["role"] for r in previous if r["config"] != plan[r["role"]]["config"]})
     if stale:
@@ -320,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
         )
     finished = {(r["role"], r["seed"]): r for r in previous}
     jobs = [(role, seed) for seed in range(1, args.seeds + 1) for role in ("arm", "baseline")]
+    if plan["reuse"]:  # the arm's runs first: the other comparison may still be running the baselines
+        jobs.sort(key=lambda job: job[0] == "baseline")
     todo = [job for job in jobs if job not in finished]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished before; load: {uptime()}", flush=True)
     start = time.time()

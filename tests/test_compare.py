@@ -124,3 +124,26 @@ def test_tiny_comparison_then_a_rerun_skips_finished_runs_and_other_settings_are
     assert (tmp_path / "report.md").read_text() == report and report in again.stdout  # nothing ran again
     other = subprocess.run([*command, "--learning-rate", "1e-3"], cwd=REPO, capture_output=True, text=True)
     assert other.returncode != 0 and "other settings" in other.stderr
+
+
+def test_a_baseline_run_of_another_comparison_is_reused_only_with_the_same_configuration(tmp_path):
+    """--reuse-baseline: the other comparison's baseline run of the seed, with exactly this configuration, is linked
+    and recorded here instead of rerun; another configuration is not taken (it waits, then says so)."""
+    other = tmp_path / "other"
+    (other / "runs" / "baseline__3").mkdir(parents=True)
+    config = {"script": "grpo.py", "script_sha256": "abc", "flags": ["--x"]}
+    rows = [
+        {"role": "baseline", "seed": 3, "config": {**config, "flags": ["--y"]}, "run_dir": "baseline__3"},
+        {"role": "baseline", "seed": 3, "config": config, "run_dir": "baseline__3", "eval_final": 0.5},
+    ]
+    (other / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "mine"
+    out.mkdir()
+    plan = {"reuse": other, "baseline": {"config": config}}
+    row = compare.reuse_baseline(3, plan, out, poll_s=0.01, wait_s=1)
+    assert row["eval_final"] == 0.5 and row["reused_from"] == str(other)
+    assert (out / "runs" / "baseline__3").resolve() == (other / "runs" / "baseline__3").resolve()
+    assert json.loads((out / "runs.jsonl").read_text())["seed"] == 3
+    plan["baseline"]["config"] = {**config, "flags": ["--z"]}
+    with pytest.raises(RuntimeError, match="did not appear"):
+        compare.reuse_baseline(3, plan, out, poll_s=0.01, wait_s=0.05)
