@@ -944,7 +944,8 @@ def is_equiv(pred: str, gold: str) -> bool:
 
 _WORKER_BOOT = (
     "# common/reward.py grading worker\n"
-    "import sys\n"
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; a worker ends with it\n"
     "if sys.path and sys.path[0] in ('', '.'): sys.path.pop(0)\n"
     "import importlib.util as u\n"
     "s = u.spec_from_file_location('_rlvr_reward_worker', sys.argv[1])\n"
