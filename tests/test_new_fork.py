@@ -12,14 +12,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 GRPO_LOSS = """    weight = torch.where(mb["adv"] > 0, state["pos_weight"], 1.0)
-    return loss * weight, {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high}
+    info = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high}
 """
 FORK_LOSS = """    weight = torch.where(mb["adv"] > 0, state["pos_weight"], 1.0)
     weight = weight * torch.where(current["entropy"].detach() > 0.3, 2.0, 1.0)  # the idea: forking tokens count double
     changed = ((weight - 1).abs() > 0.01).float()
     info = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high}
     info["algo/changed_frac"] = (changed * mb["loss_mask"]).sum() / mb["loss_mask"].sum().clamp(min=1)
-    return loss * weight, info
 """
 
 
