@@ -29,7 +29,7 @@ Where c_t and the choice come from (`--cov-stats`):
 Defaults vs the paper's recipe (its verl scripts; README paper-scale command):
   updates per rollout   8 minibatches (`--num-minibatches 8`)                                paper: 8 (256 prompts × 8,
                                                                                      minibatches of 32 prompts)
-  batch, micro-batch    16 prompts × 8; 16 sequences per update, one micro-batch (64 max)    paper: 2 per GPU
+  batch, micro-batch    16 prompts × 8; 16 sequences per update, one micro-batch (16 max)    paper: 2 per GPU
   statistics            per micro-batch (`--cov-stats micro-batch`)                          paper's code: the same
   filtering             DAPO dynamic sampling on (`--filter-groups`)                         paper: on
   clip, ratios          ε 1/1, ρ 2e-4, ω 1/5, κ 2e-3, β 1                                    paper: the same
@@ -83,14 +83,10 @@ import tyro
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.utils.tensorboard import SummaryWriter
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.integrations.fsdp import is_fsdp_managed_module
 
 from common.data import DataError, load_prompts, paths_format, take_prompts
 from common.reward import score
@@ -178,7 +174,10 @@ class Optimisation:
     max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
     update_epochs: int = 1  # passes over each rollout batch (1 with num_minibatches 1: strict on-policy)
     num_minibatches: int = 1  # optimizer steps per pass over the rollout batch
-    micro_batch_size: int = 64  # sequences per forward/backward on each process
+    micro_batch_size: int = 16  # sequences per forward/backward on each process (16: the fastest on the CPU testbed)
+    micro_batch_order: Literal["by-length", "shuffled"] = "by-length"
+    """by-length: a minibatch's sequences sorted by response length before the split into micro-batches (less
+    padding; the same loss, summed in another order); shuffled: as drawn (for statistics taken per micro-batch)"""
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (long responses)
 
@@ -281,6 +280,7 @@ class Algorithm:
 @dataclass
 class Args(Args):  # the paper recipe's structure at testbed scale (shared flags)
     num_minibatches: int = 8  # 8 minibatch updates per rollout (the paper's recipe: 256 prompts, minibatches of 32)
+    micro_batch_order: Literal["by-length", "shuffled"] = "shuffled"  # per-micro-batch statistics: random micro-batches
     filter_groups: bool = True  # DAPO dynamic sampling (the paper's recipe)
     learning_rate: float = 5e-5  # the testbed's rate for 8 updates per rollout (GRPO there: 2e-4 stalls, README)
 
@@ -761,7 +761,7 @@ def update_policy(
         for k, mb_rows in enumerate(order.split(n_rows // args.num_minibatches)):
             totals = minibatch_totals(batch["loss_mask"][mb_rows], reduce_sum)
             accelerator.step = 0  # accumulation boundaries per minibatch (accelerate saves its counter in checkpoints)
-            for rows in mb_rows.split(args.micro_batch_size):
+            for rows in micro_batches(batch, mb_rows, args):
                 # accelerate accumulates: DDP / FSDP all-reduce only at the last micro-batch; DeepSpeed's engine clips
                 # and steps there
                 with accelerator.accumulate(model), accelerator.autocast():
@@ -791,6 +791,17 @@ def update_policy(
             metrics.add("train/grad_norm", grad_norm if math.isfinite(grad_norm) else 0.0)
     log_sampling_policy(metrics, batch, reduce_sum, accelerator)
     return skipped_updates
+
+
+def micro_batches(batch: dict, rows: torch.Tensor, args) -> tuple:
+    """The minibatch's `rows` in micro-batches of --micro-batch-size. by-length: sorted by response length first,
+    so that each micro-batch is cut to its own longest response (micro_batch_stats) and pads less; the minibatch
+    loss and its gradient are the same sums, taken in another order. Example: responses of 3, 40, 5, 38 tokens in
+    micro-batches of 2: (3, 5) and (38, 40), 2 × 5 + 2 × 40 = 90 positions instead of 2 × 40 + 2 × 38 = 156."""
+    if args.micro_batch_order == "by-length" and len(rows) > args.micro_batch_size:
+        lengths = batch["response_mask"][rows].sum(-1)
+        rows = rows[torch.argsort(lengths, stable=True)]
+    return rows.split(args.micro_batch_size)
 
 
 def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, totals: dict, world: int) -> None:
@@ -884,22 +895,6 @@ def learning_rate(args: Args, step: int) -> float:
 
 
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
-class _SampledLogprobRecorder(LogitsProcessor):
-    """The last logits processor: applies the temperature and records the log-prob of each sampled token."""
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature
-        self.prev_logp = None  # [b, V] log-probs of the previous decoding step
-        self.recorded = []  # [b] log-prob of each sampled token, one tensor per decoding step
-
-    def __call__(self, input_ids, scores):
-        if self.prev_logp is not None:  # input_ids[:, -1] was sampled from the previous call's scores
-            self.recorded.append(self.prev_logp.gather(1, input_ids[:, -1:]).squeeze(1))
-        scores = scores / self.temperature
-        self.prev_logp = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-
 # ── keyed sampling noise (--sampling-noise keyed) ──
 # Keyed sampling noise (`--sampling-noise keyed` of the training scripts).
 #
@@ -948,13 +943,14 @@ def _mix32(x: torch.Tensor, lane: tuple) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def key_words(key: NoiseKey, rows: range, n: int, position: int | None = None, device="cpu") -> torch.Tensor:
-    """[len(rows), W] int64 words in [0, 2^32) of the key of each row of a call (row r: prompt r // n, sample r % n).
+def key_words(key: NoiseKey, rows, n: int, position: int | None = None, device="cpu") -> torch.Tensor:
+    """[len(rows), W] int64 words in [0, 2^32) of the key of each row of a call (row r: prompt r // n, sample r % n);
+    `rows`: a range or a tensor of row indices.
 
     Example: NoiseKey(seed=1, step=3, prompt_index=[40, 41]), n = 2, rows 1-2, position 5 ->
         [[1, 0, 0, 3, 40, 1, 5],     seed (low, high 32 bits), domain, step, prompt index, sample, position
          [1, 0, 0, 3, 41, 0, 5]]"""
-    r = torch.arange(rows.start, rows.stop, dtype=torch.int64)
+    r = torch.as_tensor(rows, dtype=torch.int64).cpu()
     prompt = torch.tensor(key.prompt_index, dtype=torch.int64)[r // n] & MASK32
     fixed = [key.seed & MASK32, (key.seed >> 32) & MASK32, key.domain, key.step & MASK32]
     fixed_words = torch.tensor(fixed, dtype=torch.int64).expand(len(r), len(fixed))
@@ -991,25 +987,6 @@ def keyed_seeds(words: torch.Tensor) -> list[int]:
     return ((a << 31) | (b >> 1)).tolist()
 
 
-class KeyedGumbelNoise(LogitsProcessor):
-    """The HF engine's keyed noise: after the processor that applies T (and records the log-probs of z / T), adds each
-    row's Gumbel noise; greedy decoding (`do_sample=False`) then takes the argmax, which is the keyed sample.
-    `rows`: this `generate` chunk's rows of the call; `prompt_width`: its left-padded prompt width."""
-
-    def __init__(self, key: NoiseKey, rows: range, n: int, prompt_width: int, top_p: float = 1.0):
-        if top_p != 1:
-            raise ValueError("keyed sampling noise needs top_p = 1 on the HF engine")
-        self.key = key
-        self.rows = rows  # this chunk's rows of the call
-        self.n = n  # samples per prompt
-        self.prompt_width = prompt_width
-
-    def __call__(self, input_ids, scores):
-        position = input_ids.shape[1] - self.prompt_width  # tokens generated so far
-        words = key_words(self.key, self.rows, self.n, position, scores.device)
-        return scores.double() + keyed_gumbel(words, scores.shape[-1])
-
-
 def keyed_vllm_params(params, key: NoiseKey, n: int) -> list:
     """One vLLM SamplingParams per sample (the prompts repeated n times, n = 1 each), seeded by the sample's key less
     the position: as vLLM itself clones a request's params for its n samples (`ParentRequest`), with the seed set."""
@@ -1025,49 +1002,82 @@ def keyed_vllm_params(params, key: NoiseKey, n: int) -> list:
 def hf_generate(
     model, prompt_ids, n, temperature, top_p, max_new_tokens, stop_ids, pad_id, batch_size, key=None
 ) -> list[dict]:
-    """n samples per prompt (greedy at temperature 0), with these settings only: the model's generation_config aside."""
+    """n samples per prompt (greedy at temperature 0), `batch_size` rows at a time; each: response_ids (through the
+    first stop token), rollout_logp (log π_T of each token), truncated (no stop token within max_new_tokens)."""
+    if key is not None and top_p != 1 and temperature != 0:
+        raise ValueError("keyed sampling noise needs top_p = 1 on the HF engine")
     rows = [ids for ids in prompt_ids for _ in range(n)]
-    greedy = temperature == 0
-    settings = {
-        "do_sample": not greedy and key is None,  # a NoiseKey: Gumbel-max, the keyed noise added, then the argmax
-        "eos_token_id": stop_ids,
-        "max_new_tokens": max_new_tokens,
-        "pad_token_id": pad_id,
-    }
-    if settings["do_sample"]:
-        settings.update(temperature=1.0, top_p=top_p, top_k=0)  # the recorder applies T
-    results = []
-    saved_config = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            width = max(len(r) for r in chunk)  # left padding
-            input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in chunk], device=model.device)
-            attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in chunk], device=model.device)
-            recorder = _SampledLogprobRecorder(1.0 if greedy else temperature)
-            keyed = key is not None and not greedy
-            noise = [KeyedGumbelNoise(key, range(start, start + len(chunk)), n, width, top_p)] if keyed else []
-            processors = LogitsProcessorList([recorder, *noise])
-            output = model.generate(input_ids, attention_mask=attention, logits_processor=processors, **settings)
-            generated = output[:, width:]  # [b, T_generated]
-            recorder.recorded.append(recorder.prev_logp.gather(1, generated[:, -1:]).squeeze(1))
-            logps = torch.stack(recorder.recorded, dim=1).cpu()  # [b, T_generated]
-            is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))  # [b, T_generated]
-            first_stop = is_stop.int().argmax(1) + 1
-            lengths = torch.where(is_stop.any(1), first_stop, generated.shape[1]).tolist()  # through the first stop
-            for i, tokens in enumerate(generated.tolist()):
-                length = lengths[i]
-                results.append(
-                    {
-                        "response_ids": tokens[:length],
-                        "rollout_logp": logps[i, :length].tolist(),
-                        "truncated": not is_stop[i].any(),
-                    }
-                )
-    finally:
-        model.generation_config = saved_config
-    return results
+    samples = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        settings = (temperature, top_p, max_new_tokens, stop_ids, pad_id)
+        tokens, logps, lengths, stopped = decode(model, chunk, *settings, key=key, n=n, first_row=start)
+        for i in range(len(chunk)):
+            length = int(lengths[i])
+            response = {"response_ids": tokens[i, :length].tolist(), "rollout_logp": logps[i, :length].tolist()}
+            samples.append({**response, "truncated": not bool(stopped[i])})
+    return samples
+
+
+def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, key=None, n=1, first_row=0):
+    """Samples each row (prompt ids) to its first stop token or `max_new_tokens` as `model.generate` does (same
+    forward inputs, same draws; none of the model's generation_config), token for token, but a row that has stopped
+    leaves the batch and its KV cache (a third less time on the testbed; a smaller batch may round the log-probs
+    differently in the last bits). Sharded models on several processes keep all rows, as generate's synced_gpus.
+    Noise: torch's stream (multinomial draws an exponential per row and vocabulary entry, so stopped rows keep a
+    placeholder and the stream advances as in generate), or with a NoiseKey the keyed argmax(z / T + g(key)), row
+    first_row + i of the call for row i. Returns tokens, log-probs [b, T], lengths [b] and stopped [b]."""
+    device = model.device
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)  # left padded
+    attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    b = len(rows)
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    synced = world > 1 and (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
+    stop = torch.tensor(stop_ids, device=device)
+    top_p_warper = TopPLogitsWarper(top_p) if top_p < 1 and temperature > 0 else None
+    live = torch.arange(b, device=device)  # the batch's rows that the model still sees, in its order
+    decoding = torch.ones(b, dtype=torch.bool, device=device)  # not stopped yet [b]
+    tokens = torch.full((b, max_new_tokens), pad_id, device=device)
+    logps = torch.zeros(b, max_new_tokens, device=device)
+    lengths = torch.full((b,), max_new_tokens, device=device)
+    cache = DynamicCache(config=model.config)
+    step_input = input_ids
+    for t in range(max_new_tokens):
+        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)[:, -step_input.shape[1] :]  # generate's
+        out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, past_key_values=cache)
+        scores = out.logits[:, -1, :].float() / (temperature or 1.0)  # [live, V]
+        logp = torch.log_softmax(scores, dim=-1)  # log π_T, recorded for the sampled tokens
+        if temperature == 0:
+            token = scores.argmax(-1)
+        elif key is not None:
+            words = key_words(key, live + first_row, n, t, device)
+            token = (scores.double() + keyed_gumbel(words, scores.shape[-1])).argmax(-1)
+        else:
+            scores = top_p_warper(None, scores) if top_p_warper else scores
+            probs = torch.zeros(b, scores.shape[-1], device=device)
+            probs[:, 0] = 1.0  # the stopped rows' placeholder
+            probs[live] = torch.softmax(scores, dim=-1)
+            token = torch.multinomial(probs, 1).squeeze(1)[live]
+        writing = decoding[live]  # [live]: the rows whose token counts
+        token = torch.where(writing, token, pad_id)
+        tokens[live[writing], t] = token[writing]
+        logps[live[writing], t] = logp.gather(1, token[:, None]).squeeze(1)[writing]
+        stops = writing & torch.isin(token, stop)
+        lengths[live[stops]] = t + 1
+        decoding[live[stops]] = False
+        still_decoding = decoding.any().int()
+        if synced:  # a sharded forward is collective: every process decodes until all are done
+            torch.distributed.all_reduce(still_decoding, op=torch.distributed.ReduceOp.MAX)
+        if not still_decoding:
+            break
+        if not synced and not decoding[live].all():  # the stopped rows leave the batch and the cache
+            keep = decoding[live].nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            live, attention, token = live[keep], attention[keep], token[keep]
+        attention = torch.cat([attention, attention.new_ones(len(attention), 1)], dim=1)
+        step_input = token[:, None]
+    return tokens.cpu(), logps.cpu(), lengths.cpu(), ~decoding.cpu()
 
 
 # ── GPU only: vLLM engine (colocated, one engine per process, tensor parallel 1; written against vLLM 0.33) ──
@@ -1441,11 +1451,7 @@ def main(args: Args) -> str:
         accelerator.print(f"model: {model_path}")
     tokenizer = load_pretrained(model_path, "tokenizer")
     stop_ids = stop_token_ids(tokenizer, model_path, args.template)
-    prompt_options = (tokenizer, args.template, args.max_prompt_length, args.data_dir, args.skip_invalid)
-    train_problems = load_prompts(args.train_data, args.train_split, *prompt_options, per_step=args.prompts_per_step)
-    eval_problems = []
-    if args.eval_every:
-        eval_problems = load_prompts(args.eval_data, args.eval_split, *prompt_options, args.num_eval_problems)
+    train_problems, eval_problems = load_data(args, tokenizer)
     found = checkpoints(run_dir) if args.resume else []  # newest last; an earlier one if it cannot be loaded
     done = saved_args(found[-1], "trainer_state.json").get("step", 0) if found else 0  # damaged: not finished
     if done >= args.total_steps:  # a finished run: nothing changes
@@ -1845,6 +1851,17 @@ class Metrics:
 
 def one_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def load_data(args, tokenizer) -> tuple[list, list]:
+    """The training and evaluation problems, prompts tokenized; a data error names its flag."""
+    options = (tokenizer, args.template, args.max_prompt_length, args.data_dir, args.skip_invalid)
+    train = load_prompts(
+        args.train_data, args.train_split, *options, per_step=args.prompts_per_step, flag="--train-data"
+    )
+    if not args.eval_every:
+        return train, []
+    return train, load_prompts(args.eval_data, args.eval_split, *options, args.num_eval_problems, flag="--eval-data")
 
 
 def resolve_model(model: str) -> str:

@@ -23,7 +23,7 @@ torch.set_num_threads in the TRL process), fp32 on the CPU, on:
   HF `generate` rollouts, grading by common.reward.score (1 correct, 0 otherwise; 2 grader workers),
   one AdamW step per rollout batch (lr 2e-4 constant, no weight decay, grad-norm clip 1.0),
   token-mean loss over the whole batch, clip eps low 0.2 / high 0.28, no KL, group-std advantages,
-  micro-batches of --micro-batch-size sequences (grpo.py's default 64).
+  micro-batches of --micro-batch-size sequences (grpo.py's default 16).
 The TRL process is fed the prompts in grpo.py's order (same seed), so step k of both trainers sees
 the same 16 problems; only the sampled responses differ. Repetition r runs both trainers with seed
 --seed + r (CPU runs are reproducible, so equal seeds would repeat the same curves): the learning
@@ -603,21 +603,22 @@ def report(a, runs: dict[str, list[dict]], version: str, threads_seen: str) -> d
 # (label, file the function is defined in (suffix), function name, only when called from this function)
 GRPO_PARTS = [
     ("rollout: hf_generate", "grpo.py", "hf_generate", None),
-    ("  of which the log-prob recorder", "grpo.py", "__call__", None),
-    ("grading: score()", "common/reward.py", "score", "main"),
-    ("decode responses", "tokenization_utils_base.py", "batch_decode", "main"),
-    ("old-policy no-grad pass (stats_pass)", "grpo.py", "stats_pass", "main"),
-    ("training forward (micro_batch_stats)", "grpo.py", "micro_batch_stats", "main"),
+    ("  of which model forwards (decode)", "torch/nn/modules/module.py", "_wrapped_call_impl", "decode"),
+    ("grading: score()", "common/reward.py", "score", None),
+    ("decode responses (batch_decode)", "tokenization_utils_base.py", "batch_decode", "generate"),
+    ("batch tensors, advantages (make_batch)", "grpo.py", "make_batch", None),
+    ("old-policy no-grad pass (stats_pass)", "grpo.py", "stats_pass", None),
+    ("training forward (micro_batch_stats)", "grpo.py", "micro_batch_stats", "update_policy"),
     ("  of which token_stats forward", "grpo.py", "forward", None),
-    ("backward (accelerator.backward)", "accelerator.py", "backward", "main"),
+    ("backward (accelerator.backward)", "accelerator.py", "backward", "update_policy"),
     ("  of which token_stats backward", "grpo.py", "backward", None),
-    ("grad clip (clip_grad_norm_)", "accelerator.py", "clip_grad_norm_", "main"),
-    ("optimizer step", "accelerate/optimizer.py", "step", "main"),
-    ("entropy-flow diagnostics (entropy_delta)", "grpo.py", "entropy_delta", "main"),
-    ("collate", "grpo.py", "collate", "main"),
-    ("metric reduction (reduce_metrics)", "grpo.py", "reduce_metrics", "main"),
-    ("per-step logging (TensorBoard + jsonl)", "grpo.py", "log", "main"),
-    ("final checkpoint + model save", "grpo.py", "save_checkpoint", "main"),
+    ("loss (compute_loss)", "grpo.py", "compute_loss", "update_policy"),
+    ("grad clip (clip_grad_norm_)", "accelerator.py", "clip_grad_norm_", "update_policy"),
+    ("optimizer step", "accelerate/optimizer.py", "step", "update_policy"),
+    ("micro-batch metrics (log_micro_batch)", "grpo.py", "log_micro_batch", None),
+    ("sampling-policy metrics (log_sampling_policy)", "grpo.py", "log_sampling_policy", None),
+    ("per-step logging (log_step)", "grpo.py", "log_step", None),
+    ("final checkpoint + model save", "grpo.py", "save_checkpoint", None),
 ]
 TRL_PARTS = [
     ("rollout: generate (_generate_single_turn)", "grpo_trainer.py", "_generate_single_turn", None),
@@ -724,7 +725,7 @@ def main() -> None:
     ap.add_argument(
         "--micro-batch-size",
         type=int,
-        default=64,
+        default=16,
         choices=(8, 16, 32, 64, 128),
         help="sequences per forward/backward (grpo.py --micro-batch-size; TRL per_device_train_batch_size)",
     )

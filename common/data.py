@@ -898,14 +898,16 @@ def load_prompts(
     skip_invalid: bool = False,
     limit: int | None = None,
     per_step: int = 0,
+    flag: str = "",
 ) -> list[dict]:
     """The training scripts' loader: ``load_problems`` records with ``prompt_ids`` (``build_prompt``, tokenized).
-    Prompts over ``max_prompt_length`` tokens are skipped and counted; a data error of any source is a ``DataError``;
-    a training set (no ``limit``) smaller than one step's ``per_step`` prompts is said."""
+    Prompts over ``max_prompt_length`` tokens are skipped and counted; a data error of any source is a ``DataError``
+    whose message starts with ``flag`` (the option that named the source); a training set (no ``limit``) smaller
+    than one step's ``per_step`` prompts is said."""
     try:
         problems = load_problems(source, split=split, data_dir=data_dir, limit=limit, skip_invalid=skip_invalid)
     except (ValueError, FileNotFoundError) as error:  # hub datasets raise their own FileNotFoundError subclasses
-        raise DataError(str(error)) from None
+        raise DataError(f"{flag} {error}".strip()) from None
     if problems.skipped:
         print(f"{source}: skipped {problems.skipped} invalid rows (--skip-invalid), first: {problems.skipped_rows[0]}")
     encoded = [
@@ -924,7 +926,7 @@ def load_prompts(
             f"{max_prompt_length} tokens"
         )
     if not kept:
-        raise DataError(f"{source}: no problem to train or evaluate on ({len(encoded)} loaded)")
+        raise DataError(f"{flag} {source}: no problem to train or evaluate on ({len(encoded)} loaded)".strip())
     if limit is None and len(kept) < per_step:
         print(
             f"note: {len(kept)} training problems, fewer than --prompts-per-step {per_step}: every step repeats "

@@ -672,6 +672,8 @@ def test_load_prompts_tokenizes_skips_long_prompts_and_fails_with_a_data_error(t
         load_prompts(str(path), None, tokenizer, "plain", max_prompt_length=2)
     with pytest.raises(DataError, match="nope.jsonl: no such file"):
         load_prompts(str(tmp_path / "nope.jsonl"), None, tokenizer, "plain", 20)
+    with pytest.raises(DataError, match="^--eval-data .*nope.jsonl: no such file"):  # the message names the flag
+        load_prompts(str(tmp_path / "nope.jsonl"), None, tokenizer, "plain", 20, flag="--eval-data")
 
 
 def test_take_prompts_is_an_endless_reshuffled_stream_resumable_at_any_position():

@@ -275,3 +275,18 @@ def test_build_testbed_check_args_refuses_settings_that_fail_later():
             bt.check_args(bt.Args(**bad))
     with pytest.raises(ValueError, match="--task foo"):
         bt.main(bt.Args(task="foo"))
+
+
+@pytest.mark.parametrize("flag", ["--train-data", "--eval-data"])
+def test_a_missing_data_file_is_one_line_naming_its_flag_before_anything_is_written(tmp_path, flag):
+    out = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "grpo.py", flag, str(tmp_path / "nope.jsonl"), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {flag} {tmp_path / 'nope.jsonl'}: no such file"]
+    assert not out.exists()
