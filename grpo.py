@@ -288,6 +288,9 @@ class Algorithm:
 #   (no gradient; present only when needs_g3(args)).
 # The old-policy statistics cover the whole batch before the first gradient only when needs_old_policy_pass(args)
 # (or several minibatches / epochs); otherwise they are filled in by the update's own forward.
+# policy_token_loss returns (loss [b, R], info): info holds ratio, clipped_low, clipped_high, `algo/` scalars to log,
+# and the method's action on GRPO's token loss, which the shared code logs as action/changed_frac and
+# action/weight_dev_mean: `weight` [b, R] (its weight w_t; 1 if absent), `changed` [b, R] (a bound or term of its own).
 def needs_old_policy_pass(args: Args) -> bool:
     """Whether `algorithm_step_begin` needs the old policy's ℓ, H, G of the whole batch before the first gradient
     (the no-grad pass also runs whenever later minibatches are off-policy). GRPO: no; the forking-token mask over
@@ -356,14 +359,15 @@ def policy_token_loss(mb: dict, current: dict, args: Args, state: dict):
         mb["adv"], ratio, args.clip_low, args.clip_high, args.dual_clip_c
     )
     weight = torch.where(mb["adv"] > 0, state["pos_weight"], 1.0)
-    info = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high}
+    info = {"ratio": ratio.detach(), "clipped_low": clipped_low, "clipped_high": clipped_high, "weight": weight}
     if args.algo.top_entropy_quantile == 1:
         return loss * weight, info
     keep = mb.get("entropy_keep")
     if keep is None:  # per response: the micro-batch holds whole rows, and H_old of its rows (filled in when on-policy)
         keep = top_quantile_mask(mb["entropy_old"], mb["loss_mask"] > 0, args)
         info.update(mask_metrics(keep, mb["entropy_old"], mb["loss_mask"] > 0))
-    return torch.where(keep, loss * weight, 0.0), info
+    info["weight"] = torch.where(keep, weight, 0.0)
+    return loss * info["weight"], info
 
 
 def top_quantile_mask(entropy, mask, args: Args, reduce_sum=lambda x: x):
@@ -713,6 +717,11 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
     """Means over the micro-batch's loss tokens: the entropy flows of the update, losses, ratios, clipping; and the
     method's `algo/` scalars (mean over micro-batches, or max / min)."""
     logp = current["logp"].detach()
+    # the method's action on each token against GRPO's loss: |w_t − 1| of its loss weight (info["weight"]; 1 where
+    # absent) and whether it changed the token's loss by more than 1% (that weight, or info["changed"]: a clip bound
+    # or a penalty term of its own)
+    deviation = (info["weight"].detach() - 1).abs() if "weight" in info else torch.zeros_like(logp)
+    changed = (deviation > 0.01) | info.get("changed", torch.zeros_like(logp, dtype=torch.bool))
     # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
     delta = entropy_change(-grad_logp * totals["tokens"] / world, logp, current["entropy"].detach(), current["g"])
     delta = delta * mb["loss_mask"]
@@ -728,6 +737,8 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
         ("train/kl_ref", info.get("kl_ref")),
         ("rollout/is_weight_mean", info.get("is_weight")),
         ("rollout/is_capped_frac", info.get("is_capped")),
+        ("action/changed_frac", changed),
+        ("action/weight_dev_mean", deviation),
     ]
     for name, values in token_values:
         if values is not None:  # boolean values are fractions (the mask is float)

@@ -433,6 +433,7 @@ def policy_token_loss(mb: dict, current: dict, args: Args, state: dict):
         "algo/weight_max": torch.where(valid, weight, 0.0).amax(),
         "algo/omega_abs_mean": (omega_abs * mask).sum() / n,
         "algo/omega_abs_max": torch.where(valid, omega_abs, 0.0).amax(),
+        "weight": weight,
     }
     return loss * weight, info
 
@@ -708,6 +709,11 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
     """Means over the micro-batch's loss tokens: the entropy flows of the update, losses, ratios, clipping; and the
     method's `algo/` scalars (mean over micro-batches, or max / min)."""
     logp = current["logp"].detach()
+    # the method's action on each token against GRPO's loss: |w_t − 1| of its loss weight (info["weight"]; 1 where
+    # absent) and whether it changed the token's loss by more than 1% (that weight, or info["changed"]: a clip bound
+    # or a penalty term of its own)
+    deviation = (info["weight"].detach() - 1).abs() if "weight" in info else torch.zeros_like(logp)
+    changed = (deviation > 0.01) | info.get("changed", torch.zeros_like(logp, dtype=torch.bool))
     # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
     delta = entropy_change(-grad_logp * totals["tokens"] / world, logp, current["entropy"].detach(), current["g"])
     delta = delta * mb["loss_mask"]
@@ -723,6 +729,8 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
         ("train/kl_ref", info.get("kl_ref")),
         ("rollout/is_weight_mean", info.get("is_weight")),
         ("rollout/is_capped_frac", info.get("is_capped")),
+        ("action/changed_frac", changed),
+        ("action/weight_dev_mean", deviation),
     ]
     for name, values in token_values:
         if values is not None:  # boolean values are fractions (the mask is float)

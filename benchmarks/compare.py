@@ -26,13 +26,14 @@ better" / "resolved worse" when the Holm-adjusted p is below 0.05, else "not res
 interval is not adjusted, so an interval that excludes 0 can still be "not resolved". Choose --seeds before
 running: adding seeds until a difference resolves (optional stopping) makes the 5% untrue.
 
-Not tested, only reported: the action size of each arm, from any metric it logs named `algo/changed_frac` or
-`algo/weight_dev_mean` (or `algo/<prefix>_changed_frac`, `algo/<prefix>_weight_dev_mean`): its mean over steps and
-seeds and the share of steps where it is not 0. An arm whose action is always 0 did nothing: its differences are
-noise. The runs file `<out>/runs.jsonl` has one JSON line per finished run (its summary); a rerun with the same
-settings skips the finished runs (one that was cut short starts again) and refuses a runs file made with other
-settings or another version of a script. The figure `<out>/compare.png` (plot.py) shows both arms, mean ± std
-over seeds. The statistics are those of benchmarks/testbed_study.py.
+Not tested, only reported: the action size of each arm, from `action/changed_frac` (the share of loss tokens whose
+loss the method changed by more than 1%: weight, clip bound or penalty) and `action/weight_dev_mean` (mean |w − 1|),
+which every training script logs, and any `algo/<prefix>_changed_frac` / `algo/<prefix>_weight_dev_mean`: its mean
+over steps and seeds and the share of steps where it is not 0. An arm whose action is always 0 did nothing: its
+differences are noise. The runs file `<out>/runs.jsonl` has one JSON line per finished run (its summary); a rerun
+with the same settings skips the finished runs (one that was cut short starts again) and refuses a runs file made
+with other settings or another version of a script. The figure `<out>/compare.png` (plot.py) shows both arms,
+mean ± std over seeds. The statistics are those of benchmarks/testbed_study.py.
 """
 
 import argparse
@@ -64,7 +65,9 @@ OUTCOMES = [  # (summary key, what is measured, +1: higher is better / −1: low
     ("step_s", "step time (s, median over steps)", -1, 1, 3),
 ]
 DISCOVERY_SHARE = 0.5  # the careful path is "discovered" at the first step where more than half the samples take it
-ACTION_METRIC = re.compile(r"^algo/(\w+_)?(changed_frac|weight_dev_mean)$")  # the arm's action size, if it logs one
+ACTION_METRIC = re.compile(
+    r"^(action|algo)/(\w+_)?(changed_frac|weight_dev_mean)$"
+)  # the arm's action size, if it logs one
 FIXED_FLAGS = ["--checkpoint-every", "0", "--keep-checkpoints", "1", "--log-completions-every", "0"]
 FIXED_FLAGS += ["--grader-workers", "1", "--num-eval-problems", "500", "--eval-n", "2"]
 TINY_FLAGS = ["--prompts-per-step", "2", "--group-size", "4", "--max-new-tokens", "40", "--micro-batch-size", "8"]
@@ -271,7 +274,7 @@ def action_report(rows: list[dict], name: str) -> str | None:
     """The action size of an arm: each `algo/…changed_frac` / `algo/…weight_dev_mean` it logs, over steps and seeds."""
     metrics = sorted({k for r in rows for k in r["action"]})
     if not metrics:
-        return f"action size of {name}: none logged (no algo/changed_frac or algo/weight_dev_mean)"
+        return f"action size of {name}: none logged (no action/changed_frac or action/weight_dev_mean)"
     parts = []
     for metric in metrics:
         values = [r["action"][metric] for r in rows if metric in r["action"]]

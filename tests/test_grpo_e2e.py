@@ -52,6 +52,8 @@ EXPECTED_METRICS = {
     "entropy/increase_frac",
     "entropy/cov_adv_logp",
     "train/policy_loss",
+    "action/changed_frac",
+    "action/weight_dev_mean",
     "train/clip_frac_low",
     "train/clip_frac_high",
     "train/ppo_kl",

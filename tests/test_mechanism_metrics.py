@@ -2,7 +2,12 @@
 rest, and on the testbed the careful-path share of the step's samples. Exact values on small batches; that a
 2-step run logs them is checked by tests/test_grpo_e2e.py (EXPECTED_METRICS) and the glossary test there."""
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +15,8 @@ import torch
 
 import grpo
 from grpo import forking_entropy, gather_values
+
+REPO = Path(__file__).resolve().parents[1]
 
 ONE_PROCESS = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"), gather=lambda x: x)
 
@@ -100,3 +107,40 @@ def test_careful_frac_is_the_share_of_careful_path_samples():
     assert careful_frac(texts) == pytest.approx(0.5)
     assert careful_frac(texts[2:]) == 0.0
     assert careful_frac(texts, train_data="gsm8k") is None  # only on the testbed task
+
+
+ACTION_FLAGS = {  # each method at a setting where it acts on step 1 of a tiny run
+    "grpo.py": [],
+    "grpo.py --pos-weight 0.5": ["--pos-weight", "0.5"],
+    "opefo.py": [],
+    "steer.py": [],
+    "clip_cov.py": ["--cov-stats", "global", "--clip-cov-ratio", "0.05"],
+    "adaptive_clip.py": [],
+}
+
+
+@pytest.mark.parametrize("name", list(ACTION_FLAGS))
+def test_every_method_reports_the_size_of_its_action(tmp_path, name):
+    """action/changed_frac and action/weight_dev_mean, logged by the shared code from the hook's info: 0 for plain
+    GRPO; λ = 0.5 on the positive-advantage tokens: |w − 1| = 0.5 on exactly the changed tokens; STEER, OPEFO and
+    Clip-Cov change a share of the tokens; FEC's bounds differ from standard clipping."""
+    script = name.split()[0]
+    if not (REPO / script).exists():
+        pytest.skip(f"{script} not present")
+    flags = ["--total-steps", "1", "--prompts-per-step", "4", "--group-size", "4", "--micro-batch-size", "8"]
+    flags += ["--num-minibatches", "1", "--eval-every", "0", "--log-completions-every", "0", "--grader-workers", "1"]
+    flags += ["--output-dir", str(tmp_path), "--run-name", "run", *ACTION_FLAGS[name]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, script, *flags], cwd=REPO, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    step = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    changed, deviation = step["action/changed_frac"], step["action/weight_dev_mean"]
+    assert 0 <= changed <= 1 and deviation >= 0
+    if name == "grpo.py":
+        assert changed == 0 and deviation == 0
+    elif name.startswith("grpo.py --pos-weight"):
+        assert 0 < changed < 1 and deviation == pytest.approx(0.5 * changed)
+    elif script == "adaptive_clip.py":
+        assert changed > 0.05 and deviation == 0  # a bound method: no weight
+    else:
+        assert changed > 0 and deviation > 0
