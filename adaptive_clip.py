@@ -965,19 +965,21 @@ def key_words(key: NoiseKey, rows, n: int, position: int | None = None, device="
     return torch.cat(words, dim=1).to(device)
 
 
-def _absorb(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two lanes' states [b] after absorbing each row's words [b, W]."""
-    a = torch.full(words.shape[:1], LANE_A[3], dtype=torch.int64, device=words.device)
-    b = torch.full(words.shape[:1], LANE_B[3], dtype=torch.int64, device=words.device)
+def _absorb(words: torch.Tensor, state: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two lanes' states [b] after absorbing each row's words [b, W], from `state` (the states after the words
+    before these) or the initial states."""
+    a = torch.full(words.shape[:1], LANE_A[3], dtype=torch.int64, device=words.device) if state is None else state[0]
+    b = torch.full(words.shape[:1], LANE_B[3], dtype=torch.int64, device=words.device) if state is None else state[1]
     for word in words.unbind(1):
         a = _mix32(a ^ word, LANE_A)
         b = _mix32(b ^ word ^ a, LANE_B)
     return a, b
 
 
-def keyed_gumbel(words: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Gumbel noise [b, V] (fp64) of each row's key words [b, W] and vocabulary index: a function of (key, v) only."""
-    a, b = _absorb(words)
+def keyed_gumbel(words: torch.Tensor, vocab_size: int, state: tuple | None = None) -> torch.Tensor:
+    """Gumbel noise [b, V] (fp64) of each row's key words [b, W] and vocabulary index: a function of (key, v) only.
+    `state`: the lanes after the key's first words (`_absorb`), when `words` holds only the rest."""
+    a, b = _absorb(words, state)
     v = torch.arange(vocab_size, dtype=torch.int64, device=words.device)
     a = _mix32(a[:, None] ^ v, LANE_A)
     b = _mix32(b[:, None] ^ a, LANE_B)
@@ -1026,12 +1028,12 @@ def hf_generate(
 
 def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, key=None, n=1, first_row=0):
     """Samples each row (prompt ids) to its first stop token or `max_new_tokens` as `model.generate` does (same
-    forward inputs, same draws; none of the model's generation_config), token for token, but a row that has stopped
-    leaves the batch and its KV cache (a third less time on the testbed; a smaller batch may round the log-probs
-    differently in the last bits). Sharded models on several processes keep all rows, as generate's synced_gpus.
-    Noise: torch's stream (multinomial draws an exponential per row and vocabulary entry, so stopped rows keep a
-    placeholder and the stream advances as in generate), or with a NoiseKey the keyed argmax(z / T + g(key)), row
-    first_row + i of the call for row i. Returns tokens, log-probs [b, T], lengths [b] and stopped [b]."""
+    forward inputs and draws, no generation_config), token for token, but a stopped row leaves the batch and its KV
+    cache (a third less time on the testbed; the log-probs may round differently in the last bits). Sharded models
+    on several processes keep all rows, as generate's synced_gpus. Noise: torch's stream (multinomial draws an
+    exponential per row and vocabulary entry: stopped rows keep a placeholder, so the stream advances as in
+    generate) or a NoiseKey's argmax(z / T + g(key)), row first_row + i of the call. -> tokens, log-probs [b, T],
+    lengths [b], stopped [b]."""
     device = model.device
     width = max(len(r) for r in rows)
     input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=device)  # left padded
@@ -1048,6 +1050,7 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
     lengths = torch.full((b,), max_new_tokens, device=device)
     cache = DynamicCache(config=model.config)
     step_input = input_ids
+    prefix = _absorb(key_words(key, range(first_row, first_row + b), n, None, device)) if key is not None else None
     for t in range(max_new_tokens):
         positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)[:, -step_input.shape[1] :]  # generate's
         out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, past_key_values=cache)
@@ -1055,9 +1058,9 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
         logp = torch.log_softmax(scores, dim=-1)  # log π_T, recorded for the sampled tokens
         if temperature == 0:
             token = scores.argmax(-1)
-        elif key is not None:
-            words = key_words(key, live + first_row, n, t, device)
-            token = (scores.double() + keyed_gumbel(words, scores.shape[-1])).argmax(-1)
+        elif key is not None:  # the key less the position was absorbed before the loop; the position here
+            noise = keyed_gumbel(live.new_full((len(live), 1), t), scores.shape[-1], (prefix[0][live], prefix[1][live]))
+            token = (scores.double() + noise).argmax(-1)
         else:
             scores = top_p_warper(None, scores) if top_p_warper else scores
             probs = torch.zeros(b, scores.shape[-1], device=device)
