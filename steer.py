@@ -48,6 +48,7 @@ import copy
 import dataclasses
 import fcntl
 import importlib.util
+import inspect
 import itertools
 import json
 import logging
@@ -710,8 +711,8 @@ def log_micro_batch(metrics, mb: dict, current: dict, info: dict, grad_logp, tot
     method's `algo/` scalars (mean over micro-batches, or max / min)."""
     logp = current["logp"].detach()
     # the method's action on each token against GRPO's loss: |w_t − 1| of its loss weight (info["weight"]; 1 where
-    # absent) and whether it changed the token's loss by more than 1% (that weight, or info["changed"]: a clip bound
-    # or a penalty term of its own)
+    # absent) and whether it acted on the token: that weight off by more than 1%, or info["changed"] (a clip bound
+    # moved by more than 1%, or a penalty term of its own)
     deviation = (info["weight"].detach() - 1).abs() if "weight" in info else torch.zeros_like(logp)
     changed = (deviation > 0.01) | info.get("changed", torch.zeros_like(logp, dtype=torch.bool))
     # ΔH_t / η, exact first order, with −∂L/∂ℓ_t scaled so that token-mean reads A_t r_t w_t
@@ -954,22 +955,16 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
     cache = DynamicCache(config=model.config)
     step_input = input_ids
     prefix = _absorb(key_words(key, range(first_row, first_row + b), n, None, device)) if key is not None else None
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     for t in range(max_new_tokens):
-        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 1)[:, -step_input.shape[1] :]  # generate's
-        out = model(input_ids=step_input, attention_mask=attention, position_ids=positions, past_key_values=cache)
-        scores = out.logits[:, -1, :].float() / (temperature or 1.0)  # [live, V]
+        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)[:, -step_input.shape[1] :]  # generate's
+        inputs = {"attention_mask": attention, "position_ids": positions, "past_key_values": cache, **last_only}
+        scores = model(input_ids=step_input, **inputs).logits[:, -1, :].float() / (temperature or 1.0)  # [live, V]
         logp = torch.log_softmax(scores, dim=-1)  # log π_T, recorded for the sampled tokens
-        if temperature == 0:
-            token = scores.argmax(-1)
-        elif key is not None:  # the key less the position was absorbed before the loop; the position here
-            noise = keyed_gumbel(live.new_full((len(live), 1), t), scores.shape[-1], (prefix[0][live], prefix[1][live]))
-            token = (scores.double() + noise).argmax(-1)
-        else:
-            scores = top_p_warper(None, scores) if top_p_warper else scores
-            probs = torch.zeros(b, scores.shape[-1], device=device)
-            probs[:, 0] = 1.0  # the stopped rows' placeholder
-            probs[live] = torch.softmax(scores, dim=-1)
-            token = torch.multinomial(probs, 1).squeeze(1)[live]
+        if decoding.any():
+            token = draw(scores, live, b, t, temperature, top_p_warper, prefix)
+        else:  # synced: this process is done and only joins the others' forwards (generate draws nothing either)
+            token = torch.full_like(live, pad_id)
         writing = decoding[live]  # [live]: the rows whose token counts
         token = torch.where(writing, token, pad_id)
         tokens[live[writing], t] = token[writing]
@@ -989,6 +984,24 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
         attention = torch.cat([attention, attention.new_ones(len(attention), 1)], dim=1)
         step_input = token[:, None]
     return tokens.cpu(), logps.cpu(), lengths.cpu(), ~decoding.cpu()
+
+
+def draw(scores, live, b: int, t: int, temperature: float, top_p_warper=None, key_state=None) -> torch.Tensor:
+    """The next token [live] of each row still decoding, from its scores z / T [live, V]: the argmax at T = 0; with
+    keyed noise (`key_state`: the lanes after the key less the position) argmax(z / T + g(key, position t)); else
+    torch.multinomial over all b rows of the chunk, the stopped ones a placeholder, so that torch's stream advances
+    as in generate (after top-p when `top_p_warper`)."""
+    if temperature == 0:
+        return scores.argmax(-1)
+    if key_state is not None:
+        position = live.new_full((len(live), 1), t)
+        noise = keyed_gumbel(position, scores.shape[-1], (key_state[0][live], key_state[1][live]))
+        return (scores.double() + noise).argmax(-1)
+    scores = top_p_warper(None, scores) if top_p_warper else scores
+    probs = torch.zeros(b, scores.shape[-1], device=scores.device)
+    probs[:, 0] = 1.0  # the stopped rows' placeholder
+    probs[live] = torch.softmax(scores, dim=-1)
+    return torch.multinomial(probs, 1).squeeze(1)[live]
 
 
 # ── GPU only: vLLM engine (colocated, one engine per process, tensor parallel 1; written against vLLM 0.33) ──

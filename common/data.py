@@ -907,7 +907,8 @@ def load_prompts(
     try:
         problems = load_problems(source, split=split, data_dir=data_dir, limit=limit, skip_invalid=skip_invalid)
     except (ValueError, FileNotFoundError) as error:  # hub datasets raise their own FileNotFoundError subclasses
-        raise DataError(f"{flag} {error}".strip()) from None
+        message = str(error) if str(error).startswith(source) else f"{source}: {error}"
+        raise DataError(f"{flag} {message}".strip()) from None
     if problems.skipped:
         print(f"{source}: skipped {problems.skipped} invalid rows (--skip-invalid), first: {problems.skipped_rows[0]}")
     encoded = [
