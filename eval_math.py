@@ -115,7 +115,7 @@ class Args:
     max_new_tokens: int | None = None  # response length limit (None: 64 plain, 3000 chat templates and OPEFO)
     seed: int = 0  # sampling seed (the samples of a benchmark do not depend on the others)
     threads: int = 1  # torch threads on CPU, as the training scripts' --threads (0: torch's default)
-    batch_size: int = 64  # sequences per HF `generate` call
+    batch_size: int = 256  # sequences per HF generation call (the training scripts' --hf-generation-batch-size)
     limit: int | None = None  # first problems of each benchmark only
     output_dir: str | None = None  # where results go (None: eval_out/<model name>__<time>)
     answer_mode: Literal["auto", "boxed", "minerva", "the-answer-is", "answer"] = "auto"  # answer extraction (grader)
