@@ -20,7 +20,8 @@ number of steps, the same torch thread count (OMP_NUM_THREADS / MKL_NUM_THREADS,
 torch.set_num_threads in the TRL process), fp32 on the CPU, on:
   testbed/model, the synthetic `paths` task (load_problems("paths"), build_prompt(q, "plain")),
   16 prompts x 8 responses per step, 64 new tokens at most, temperature 1 (top-p 1, top-k off),
-  HF `generate` rollouts, grading by common.reward.score (1 correct, 0 otherwise; 2 grader workers),
+  HF rollouts (grpo.py: its decode loop, the samples of `generate`; TRL: `generate`),
+  grading by common.reward.score (1 correct, 0 otherwise; 2 grader workers),
   one AdamW step per rollout batch (lr 2e-4 constant, no weight decay, grad-norm clip 1.0),
   token-mean loss over the whole batch, clip eps low 0.2 / high 0.28, no KL, group-std advantages,
   micro-batches of --micro-batch-size sequences (grpo.py's default 16).
