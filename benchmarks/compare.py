@@ -3,9 +3,10 @@
     python benchmarks/compare.py myidea.py --baseline grpo.py --seeds 8 --steps 120 [--jobs 2] [--out DIR] [--tiny] \\
         [-- extra flags for both arms, e.g. --sampling-noise keyed]
 
-Each seed s = 1 … --seeds trains both scripts with `--seed s` (the same data order, first rollout and, with
-`--sampling-noise keyed`, the same sampling noise: the arms then draw the same tokens wherever their policies
-agree), `--steps` rollout steps each, evaluated by the script's own evaluation at the end (`eval/accuracy`,
+Each seed s = 1 … --seeds (from --first-seed on, if given: new seeds for a replication) trains both scripts with
+`--seed s` (the same data order, first rollout and, with `--sampling-noise keyed`, the same sampling noise: the
+arms then draw the same tokens wherever their policies agree),
+`--steps` rollout steps each, evaluated by the script's own evaluation at the end (`eval/accuracy`,
 `--num-eval-problems 500 --eval-n 2`; flags after `--` come last and override these). `--jobs 2` runs the two arms
 of a seed side by side, so both share the machine alike (the step time is compared by seed). `--arm-flags` /
 `--baseline-flags` add flags to one arm only (e.g. the same script against itself with a method flag changed).
@@ -304,6 +305,13 @@ def script_sha(script: str) -> str:
     return hashlib.sha256((REPO / script).read_bytes()).hexdigest()[:16]
 
 
+def job_list(first_seed: int, seeds: int, reuse: bool) -> list[tuple[str, int]]:
+    """(role, seed) of every run, the two arms of a seed together; with a reused baseline the arm's runs first (the
+    other comparison may still be running the baselines)."""
+    jobs = [(role, seed) for seed in range(first_seed, first_seed + seeds) for role in ("arm", "baseline")]
+    return sorted(jobs, key=lambda job: job[0] == "baseline") if reuse else jobs
+
+
 def make_plan(args, extra: list[str]) -> dict:
     """Per role: the script, its flags (all but seed, run name and output dir) and the config a finished run must
     match to be reused."""
@@ -324,7 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arm", help="the idea: a training script of this repository (e.g. myidea.py)")
     ap.add_argument("--baseline", default="grpo.py", help="the script it is compared with")
-    ap.add_argument("--seeds", type=int, default=8, help="paired seeds 1 … N (choose before running)")
+    ap.add_argument("--seeds", type=int, default=8, help="paired seeds (choose before running)")
+    ap.add_argument(
+        "--first-seed", type=int, default=1, help="the seeds are first … first + N − 1 (new seeds: a replication)"
+    )
     ap.add_argument("--steps", type=int, default=120, help="rollout steps per run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at once (2: the two arms of a seed side by side)")
     ap.add_argument("--out", default=None, help="runs, logs, runs file, figure (default: runs/compare/ARM-vs-BASE)")
@@ -356,9 +367,7 @@ def main(argv: list[str] | None = None) -> None:
             f"version of the script; choose another --out (or delete that folder)"
         )
     finished = {(r["role"], r["seed"]): r for r in previous}
-    jobs = [(role, seed) for seed in range(1, args.seeds + 1) for role in ("arm", "baseline")]
-    if plan["reuse"]:  # the arm's runs first: the other comparison may still be running the baselines
-        jobs.sort(key=lambda job: job[0] == "baseline")
+    jobs = job_list(args.first_seed, args.seeds, plan["reuse"] is not None)
     todo = [job for job in jobs if job not in finished]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished before; load: {uptime()}", flush=True)
     start = time.time()
