@@ -267,12 +267,13 @@ def report(rows: list[dict], arm_name: str, base_name: str) -> str:
             f"{len(arm)} arm runs and {len(base) - never[1]} of {len(base)} baseline runs (never: counted as step "
             f"{arm[0]['steps'] + 1 if arm else '–'})"
         )
-    lines += ["", action_report(arm, arm_name), action_report(base, base_name)]
+    lines += ["", action_report(arm, arm_name), action_report(base, f"{base_name} (baseline)", baseline=True)]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 
-def action_report(rows: list[dict], name: str) -> str | None:
-    """The action size of an arm: each `algo/…changed_frac` / `algo/…weight_dev_mean` it logs, over steps and seeds."""
+def action_report(rows: list[dict], name: str, baseline: bool = False) -> str | None:
+    """The action size of an arm: each `action/…` / `algo/…changed_frac` / `…weight_dev_mean` it logs, over steps
+    and seeds; an arm that never acted is flagged (a baseline is GRPO: 0 is what it should log)."""
     metrics = sorted({k for r in rows for k in r["action"]})
     if not metrics:
         return f"action size of {name}: none logged (no action/changed_frac or action/weight_dev_mean)"
@@ -280,7 +281,7 @@ def action_report(rows: list[dict], name: str) -> str | None:
     for metric in metrics:
         values = [r["action"][metric] for r in rows if metric in r["action"]]
         mean, acting = statistics.mean(v[0] for v in values), statistics.mean(v[1] for v in values)
-        note = " — NEVER ACTED: its differences are noise" if acting == 0 else ""
+        note = " — NEVER ACTED: its differences are noise" if acting == 0 and not baseline else ""
         parts.append(f"{metric} {mean:.3g} (not 0 on {acting:.0%} of steps){note}")
     return f"action size of {name}: " + "; ".join(parts)
 

@@ -98,7 +98,16 @@ def test_report_pairs_by_seed_and_corrects_over_outcomes():
     assert "not resolved at 6 seeds" in lines["mean entropy over the run (nats/token)"]  # no difference
     assert "Holm: adjusted over the 5 outcomes" in text
     assert "0 of 6 baseline runs" in text and "6 of 6 arm runs" in text
-    assert "NEVER ACTED" in text and "action size of grpo.py: none logged" in text
+    assert "NEVER ACTED" in text and "action size of grpo.py (baseline): none logged" in text
+    baseline_zero = [
+        {**r, "action": {"action/changed_frac": [0.0, 0.0]}} if r["role"] == "baseline" else r for r in arm + base
+    ]
+    baseline_line = next(
+        line
+        for line in compare.report(baseline_zero, "idea.py", "grpo.py").splitlines()
+        if line.startswith("action size of grpo.py (baseline)")
+    )
+    assert "action/changed_frac 0 " in baseline_line and "NEVER ACTED" not in baseline_line  # GRPO's 0 is no warning
     off_testbed = [{k: v for k, v in r.items() if k != "discovery_step"} for r in arm + base]
     assert "over the 4 outcomes" in compare.report(off_testbed, "idea.py", "grpo.py")
 
