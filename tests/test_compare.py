@@ -156,3 +156,9 @@ def test_a_baseline_run_of_another_comparison_is_reused_only_with_the_same_confi
     plan["baseline"]["config"] = {**config, "flags": ["--z"]}
     with pytest.raises(RuntimeError, match="did not appear"):
         compare.reuse_baseline(3, plan, out, poll_s=0.01, wait_s=0.05)
+
+
+def test_job_list_runs_the_seeds_from_first_seed_and_the_arm_first_when_the_baseline_is_reused():
+    assert compare.job_list(1, 2, False) == [("arm", 1), ("baseline", 1), ("arm", 2), ("baseline", 2)]
+    assert compare.job_list(101, 2, False) == [("arm", 101), ("baseline", 101), ("arm", 102), ("baseline", 102)]
+    assert compare.job_list(5, 2, True) == [("arm", 5), ("arm", 6), ("baseline", 5), ("baseline", 6)]
