@@ -83,6 +83,7 @@ import transformers
 import tyro
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.tensorboard import SummaryWriter
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
 from transformers.generation.logits_process import TopPLogitsWarper
@@ -1048,7 +1049,8 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
     attention = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     b = len(rows)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    synced = world > 1 and (is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model))
+    sharded = is_deepspeed_zero3_enabled() or is_fsdp_managed_module(model) or isinstance(model, FSDPModule)
+    synced = world > 1 and sharded  # accelerate's FSDP2 (fully_shard) makes an FSDPModule, which transformers misses
     stop = torch.tensor(stop_ids, device=device)
     top_p_warper = TopPLogitsWarper(top_p) if top_p < 1 and temperature > 0 else None
     live = torch.arange(b, device=device)  # the batch's rows that the model still sees, in its order
