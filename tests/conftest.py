@@ -10,10 +10,12 @@ tried, runs resumed, and work lost (a resumed run whose metrics differ from the 
 
 Also shared by the test files: ``REPO``; the training scripts (``SCRIPTS``: ``grpo.py`` and its forks ``FORKS``;
 ``PRESENT_SCRIPTS``, those in this checkout); the ``pool`` fixture (a started grading pool); and ``tmpfs``, a
-small (read-only) tmpfs mounted for a test, which skips it where mounting is not allowed."""
+small (read-only) tmpfs mounted for a test, which skips it where mounting is not allowed; and ``free_port()``, a port
+for a several-process launch to meet on."""
 
 import contextlib
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -24,6 +26,15 @@ FORKS = ("opefo.py", "steer.py", "clip_cov.py", "adaptive_clip.py")  # the algor
 SCRIPTS = ("grpo.py", *FORKS)  # every training script
 PRESENT_SCRIPTS = [s for s in SCRIPTS if (REPO / s).exists()]
 DATA_DIR_ENV = "RLVR_DATA_DIR"
+
+
+def free_port() -> int:
+    """A free port for `accelerate launch --main_process_port`: never accelerate's default 29500. Tests run in
+    parallel (pytest -n), and two launches on one port collide: the second fails with EADDRINUSE, and a rank of
+    the first can wait forever for its peer (seen as a CI hang)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _benchmark_data_dir() -> tuple[Path | None, str]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_RUN = [
@@ -29,7 +30,7 @@ SHORT_RUN = [
 @pytest.mark.parametrize("processes", [1, 2])
 def test_cpu_config_launches_without_defaults_warnings(tmp_path, processes):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # as a user's shell has it
-    extra = ["--multi_gpu", "--num_processes", "2"] if processes == 2 else []
+    extra = ["--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())] if processes == 2 else []
     cmd = [
         sys.executable,
         "-m",

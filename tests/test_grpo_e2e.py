@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -208,6 +209,8 @@ def test_two_process_cpu_run_through_accelerate(tmp_path):
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        str(free_port()),
     )
     proc = run(
         [

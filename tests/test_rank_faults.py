@@ -5,13 +5,13 @@ is injected on process 1 by tests/rank_faults/sitecustomize.py (on PYTHONPATH); 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "40", "--micro-batch-size", "8"]
@@ -19,13 +19,6 @@ TINY += ["--grader-workers", "1", "--eval-every", "0", "--log-completions-every"
 RUN = [*TINY, "--kl-coef", "0.05", "--checkpoint-every", "1", "--keep-checkpoints", "5"]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/cpu.yaml", "--multi_gpu"]
 LAUNCH += ["--num_processes", "2"]
-
-
-def free_port() -> int:
-    """A port for the processes to meet on: not accelerate's default 29500, which runs beside this one may hold."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(args: list[str], fault: str = "", fault_log: Path | None = None) -> subprocess.CompletedProcess:
