@@ -90,7 +90,7 @@ from transformers.generation.logits_process import TopPLogitsWarper
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_managed_module
 
-from common.data import DataError, load_prompts, paths_format, take_prompts
+from common.data import GRADED_FAMILIES, DataError, careful_format, graded_family, load_prompts, take_prompts
 from common.reward import score
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -1326,7 +1326,7 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
         correct = torch.tensor([r > 0 for r in rewards], dtype=torch.float32).view(-1, G)  # [per_rank, G]
         informative = (correct != correct[:, :1]).any(dim=1)  # DAPO's filter: rewards not all equal [per_rank]
         log_generation_batch(
-            metrics, args, samples, rewards, correct, informative, gen_batches, world, t2 - t1, t3 - t2
+            metrics, args, samples, problems, rewards, correct, informative, gen_batches, world, t2 - t1, t3 - t2
         )
         for g, problem in enumerate(problems):
             group = [{**samples[i], "reward": rewards[i], "problem": problem} for i in range(g * G, (g + 1) * G)]
@@ -1349,10 +1349,10 @@ def rollout_and_grade(model, llm, accelerator, args, train_problems, data_pos, t
 
 
 def log_generation_batch(
-    metrics, args, samples, rewards, correct, informative, gen_batches, world, rollout_s, grading_s
+    metrics, args, samples, problems, rewards, correct, informative, gen_batches, world, rollout_s, grading_s
 ):
-    """Accuracy, rewards and group outcomes of one generation batch; the step's totals over its generation batches
-    (gen_batches, times, tokens, timeouts) counted once."""
+    """Accuracy, rewards and group outcomes of one generation batch (`samples` prompt-major, G per problem); the
+    step's totals over its generation batches (gen_batches, times, tokens, timeouts) counted once."""
     per_rank = len(correct)
     once = float(gen_batches == 1)
     rows = [
@@ -1368,8 +1368,14 @@ def log_generation_batch(
         ("time/tokens_per_s", sum(len(s["response_ids"]) for s in samples), once / world),  # ÷ step s in main
         ("rollout/grader_timeouts", rewards.timeouts, once / world),  # summed over processes
     ]
-    if args.train_data == "paths":  # the testbed task: the rare, better careful path against the pairwise ones
-        rows.append(("rollout/careful_frac", sum(paths_format(s["text"]) == "careful" for s in samples), len(samples)))
+    if args.train_data in ("paths", "graded"):  # the testbed tasks: the rare, better careful path(s)
+        careful = [careful_format(args.train_data, s["text"]) for s in samples]
+        rows.append(("rollout/careful_frac", sum(careful), len(samples)))
+    if args.train_data == "graded":  # one discovery per family: its share of careful responses
+        families = [graded_family(problems[i // args.group_size]["question"]) for i in range(len(samples))]
+        for name, _, _ in GRADED_FAMILIES:
+            chosen = [c for c, f in zip(careful, families) if f == name]
+            rows.append((f"rollout/careful_frac_{name}", sum(chosen), len(chosen)))
     for name, total, count in rows:
         metrics.add(name, total, count)
 

@@ -16,9 +16,12 @@ file (OUTCOMES, ALPHA) before any run; no flag changes them:
   1. final eval accuracy (`eval/accuracy` at the last step; higher is better),
   2. mean entropy over the run (`entropy/mean`, mean over steps; higher is better: less entropy collapse),
   3. forking-token entropy (`entropy/forking_mean`, mean over steps; higher is better),
-  4. discovery step, on the testbed task `paths` only: the first step at which `rollout/careful_frac` exceeds 0.5
-     (lower is better); a run that never gets there counts as --steps + 1 (censored, so its differences shrink
-     towards 0: conservative), and the number of such runs is printed,
+  4. discovery step, on the testbed tasks only (lower is better): on `paths`, the first step at which
+     `rollout/careful_frac` exceeds 0.5; on `graded`, the mean over its six families of the step at which the
+     family's `rollout/careful_frac_<family>`, averaged over the last DISCOVERY_WINDOW steps, first exceeds 0.5 (a
+     family's share of one step rests on ~21 responses, too few to cross 0.5 only when it should). A run (or
+     family) that never gets there counts as --steps + 1 (censored, so its differences shrink towards 0:
+     conservative), and the number of such runs (families) is printed,
   5. step time (`time/step_s`, median over steps; lower is better).
 Each is a paired difference arm − baseline over seeds: mean, 95% t-interval, and a two-sided one-sample t-test of
 mean 0 (α = 0.05). The p-values of the outcomes of one comparison are Holm-corrected (4 outcomes off the testbed),
@@ -62,10 +65,11 @@ OUTCOMES = [  # (summary key, what is measured, +1: higher is better / −1: low
     ("eval_final", "final eval accuracy (points)", +1, 100, 1),
     ("entropy_mean", "mean entropy over the run (nats/token)", +1, 1, 3),
     ("forking_entropy", "forking-token entropy, mean over the run", +1, 1, 3),
-    ("discovery_step", "discovery step (careful share > 50%)", -1, 1, 1),
+    ("discovery_step", "discovery step (careful share > 50%; graded: mean over families)", -1, 1, 1),
     ("step_s", "step time (s, median over steps)", -1, 1, 3),
 ]
 DISCOVERY_SHARE = 0.5  # the careful path is "discovered" at the first step where more than half the samples take it
+DISCOVERY_WINDOW = 5  # graded: a family's share is averaged over this many steps before it is compared
 ACTION_METRIC = re.compile(
     r"^(action|algo)/(\w+_)?(changed_frac|weight_dev_mean)$"
 )  # the arm's action size, if it logs one
@@ -148,7 +152,14 @@ def summarise(run_dir: Path) -> dict:
         "forking_entropy": statistics.mean(finite("entropy/forking_mean")),
         "step_s": statistics.median(finite("time/step_s")),
     }
-    if any("rollout/careful_frac" in r for r in steps):  # the testbed task
+    families = sorted({k for r in steps for k in r if k.startswith("rollout/careful_frac_")})
+    if families:  # graded: one discovery per family, the outcome their mean step (never: --steps + 1)
+        firsts = [family_discovery_step(steps, key) for key in families]
+        summary["discovery_step"] = statistics.mean(f if f is not None else len(steps) + 1 for f in firsts)
+        summary["families_discovered"] = sum(f is not None for f in firsts)
+        summary["families"] = len(families)
+        summary["careful_final"] = steps[-1]["rollout/careful_frac"]
+    elif any("rollout/careful_frac" in r for r in steps):  # paths
         passed = [r["step"] for r in steps if r["rollout/careful_frac"] > DISCOVERY_SHARE]
         summary["discovery_step"] = passed[0] if passed else None
         summary["careful_final"] = steps[-1]["rollout/careful_frac"]
@@ -226,6 +237,16 @@ def read_runs_file(path: Path) -> list[dict]:
 
 
 # ─── the report ───────────────────────────────────────────────────────────────────────────────────
+def family_discovery_step(steps: list[dict], key: str) -> int | None:
+    """The first step at which the mean of `key` over the last DISCOVERY_WINDOW steps (steps where the family was
+    sampled) exceeds DISCOVERY_SHARE; None if never."""
+    shares = [(r["step"], r[key]) for r in steps if key in r and math.isfinite(r[key])]
+    for i in range(DISCOVERY_WINDOW - 1, len(shares)):
+        if statistics.mean(v for _, v in shares[i - DISCOVERY_WINDOW + 1 : i + 1]) > DISCOVERY_SHARE:
+            return shares[i][0]
+    return None
+
+
 def outcome_values(rows: list[dict], key: str) -> list[dict]:
     """{seed, key} per run; the discovery step of a run that never discovered is steps + 1."""
     if key == "discovery_step":
@@ -260,7 +281,15 @@ def report(rows: list[dict], arm_name: str, base_name: str) -> str:
             f"{'–' if key not in adjusted else f'{adjusted[key]:.3f}'} | "
             f"{verdict(diff, adjusted.get(key), better, len(diffs))} |"
         )
-    if any(o[0] == "discovery_step" for o in outcomes):
+    if any("families_discovered" in r for r in arm + base):
+        found = [sum(r["families_discovered"] for r in rs) for rs in (arm, base)]
+        total = [sum(r["families"] for r in rs) for rs in (arm, base)]
+        lines.append(
+            f"\ndiscovery: families whose careful path passed {DISCOVERY_SHARE:.0%} of their samples "
+            f"({DISCOVERY_WINDOW}-step mean): {found[0]} of {total[0]} in the arm runs, {found[1]} of {total[1]} in "
+            f"the baseline runs (never: counted as step {arm[0]['steps'] + 1 if arm else '–'})"
+        )
+    elif any(o[0] == "discovery_step" for o in outcomes):
         never = [sum(r["discovery_step"] is None for r in rs) for rs in (arm, base)]
         lines.append(
             f"\ndiscovery: the careful path passed {DISCOVERY_SHARE:.0%} of the samples in {len(arm) - never[0]} of "

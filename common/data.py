@@ -209,7 +209,115 @@ def make_paths_problems(num: int, split: str = "train", seed: int = 0, careful_s
     return _generate("paths", num, split, seed, sample, _paths_is_test)
 
 
-SYNTHETIC_TASKS = ("paths", "arith")  # generated, not downloaded; both have a train and a test split
+# ----------------------------------------------------------------------------------------------
+# Synthetic task "graded" (the study's testbed): six problem families, each with its own rare, better way.
+# ----------------------------------------------------------------------------------------------
+#
+# Every question is "Compute a+b." or "Compute a+b+c." with the term widths of one of GRADED_FAMILIES
+# (drawn uniformly); the widths tell the family. A worked solution takes one of two ways, and only one
+# path each, so that no choice in a response is interchangeable: every token either decides the method
+# or is a step that is right or wrong.
+#
+# * *quick*: left to right, one equation per term after the first:
+#       "83+51=134, 134+9=\boxed{143}"        "483+251=\boxed{734}"
+# * *careful*: one column at a time, units first, one digit added at a time with the running total, the
+#   carry added last in every column after the first; the response opens with the family's own word
+#   (``units``, ``right``, ``digits``, ``place``, ``ones``, ``cols``), so that finding it in one family
+#   does not by itself find it in another:
+#       "right 3+1=4+9=13, 8+5=13+1=14, \boxed{143}"
+#
+# The testbed builder trains a mixture in which each family's careful path is practised but chosen
+# rarely, at a rate of its own (``--family-choice``), so RL can make up to six discoveries, each paying
+# a different amount (README, "Testbed model").
+
+GRADED_TEST_FRACTION = 0.1  # share of the problem space reserved for the test split (by hash)
+GRADED_FAMILIES = (  # (name, digits of each term, the first word of its careful path)
+    ("a", (2, 2), "units"),
+    ("b", (2, 2, 1), "right"),
+    ("c", (3, 2), "digits"),
+    ("d", (2, 3), "place"),
+    ("e", (2, 2, 2), "ones"),
+    ("f", (3, 3), "cols"),
+)
+GRADED_FORMATS = ("careful", "quick")
+
+
+def _graded_is_test(question: str) -> bool:
+    digest = hashlib.sha256(f"graded:{question}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < GRADED_TEST_FRACTION
+
+
+def graded_family(question: str) -> str | None:
+    """The family (``GRADED_FAMILIES`` name) of a ``graded`` question, from its terms' widths; None if none."""
+    match = re.fullmatch(r"Compute ([\d+]+)\.", question.strip())
+    if not match:
+        return None
+    widths = tuple(len(term) for term in match.group(1).split("+"))
+    return next((name for name, family_widths, _ in GRADED_FAMILIES if family_widths == widths), None)
+
+
+def graded_solution(terms: tuple[int, ...], fmt: str, word: str) -> str:
+    """A worked solution of ``Compute a+b(+c).`` in format ``fmt`` (``GRADED_FORMATS``); ``word`` opens the
+    careful path."""
+    if fmt == "quick":
+        steps, total = [], terms[0]
+        for term in terms[1:]:
+            steps.append(f"{total}+{term}={total + term}")
+            total += term
+        return ", ".join(steps[:-1] + [steps[-1].replace("=", "=\\boxed{") + "}"])
+    if fmt != "careful":
+        raise ValueError(f"unknown graded format {fmt!r}; choose one of {GRADED_FORMATS}")
+    reversed_digits = [str(t)[::-1] for t in terms]
+    columns, carry = [], 0
+    for place in range(max(len(d) for d in reversed_digits)):
+        column = [int(d[place]) for d in reversed_digits if place < len(d)] + ([carry] if place else [])
+        columns.append(_running_sum(column))
+        carry = sum(column) // 10
+    return f"{word} {', '.join(columns)}, \\boxed{{{sum(terms)}}}"
+
+
+def graded_format(completion: str) -> str:
+    """The format a (sampled) ``graded`` solution uses: ``careful`` (opens with a family's careful word, any
+    family's), ``quick`` (opens with "<number>+<number>=") or ``other``."""
+    text = completion.lstrip()
+    if any(text.startswith(word) for _, _, word in GRADED_FAMILIES):
+        return "careful"
+    if re.match(r"\d+\+\d+=", text):
+        return "quick"
+    return "other"
+
+
+def make_graded_problems(num: int, split: str = "train", seed: int = 0, careful_share: float = 0.0) -> list[dict]:
+    """Generate ``num`` distinct ``graded`` problems of one split (disjoint by a hash of the question,
+    deterministic given ``seed``), families drawn uniformly. Each record carries ``terms``, ``family`` and a
+    ``solution`` (careful with probability ``careful_share``, else quick) for supervised fine-tuning."""
+
+    def sample(rng: random.Random) -> dict:
+        name, widths, word = rng.choice(GRADED_FAMILIES)
+        terms = tuple(rng.randint(10 ** (w - 1) if w > 1 else 1, 10**w - 1) for w in widths)
+        fmt = "careful" if rng.random() < careful_share else "quick"
+        return {
+            "question": f"Compute {'+'.join(map(str, terms))}.",
+            "answer": str(sum(terms)),
+            "solution": graded_solution(terms, fmt, word),
+            "terms": list(terms),
+            "family": name,
+        }
+
+    return _generate("graded", num, split, seed, sample, _graded_is_test)
+
+
+def careful_format(task: str, completion: str) -> bool | None:
+    """Whether a response to a testbed task (``paths``, ``graded``) takes the task's careful path; None for
+    other tasks."""
+    if task == "paths":
+        return paths_format(completion) == "careful"
+    if task == "graded":
+        return graded_format(completion) == "careful"
+    return None
+
+
+SYNTHETIC_TASKS = ("paths", "graded", "arith")  # generated, not downloaded; each has a train and a test split
 DEFAULT_TASK = "paths"  # the testbed model's task: the scripts' default --train-data / --eval-data
 
 
@@ -855,7 +963,8 @@ def load_problems(
     if name in SYNTHETIC_TASKS:
         split = split or "train"
         num = limit if limit is not None else (20000 if split == "train" else 500)
-        return Problems((make_arith_problems if name == "arith" else make_paths_problems)(num, split, seed=0))
+        make = {"arith": make_arith_problems, "paths": make_paths_problems, "graded": make_graded_problems}[name]
+        return Problems(make(num, split, seed=0))
 
     if name in _BENCHMARK_SPECS:
         record_fn, files = _BENCHMARK_SPECS[name]

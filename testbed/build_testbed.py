@@ -15,7 +15,12 @@ has (practised on 30% of the data) but rarely uses (about 2% of its samples), so
 it pays. The pairwise choices are the high-entropy "forking" positions. ``--task arith`` builds the old
 model on the single-path ``arith`` task.
 
+``--task graded`` builds the study's testbed (``common.data.make_graded_problems``): six problem families,
+each with one quick path and its own careful column path, chosen at a rate of its own (``--family-choice``,
+one rate per family of ``GRADED_FAMILIES``), so that RL can make several discoveries of different worth.
+
     python testbed/build_testbed.py            # rewrites testbed/model/ (about 6-10 minutes on 1 CPU core)
+    python testbed/build_testbed.py --task graded --out-dir testbed/graded
 
 At the end it measures the model where RL starts (``testbed/measure.py``: entropy at T = 1, the
 top-20% entropy share, sampled accuracy, how often each format is used and how accurate it is), prints
@@ -42,11 +47,19 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.data import build_prompt, load_problems, make_arith_problems, make_paths_problems
+from common.data import (
+    GRADED_FAMILIES,
+    build_prompt,
+    careful_format,
+    load_problems,
+    make_arith_problems,
+    make_graded_problems,
+    make_paths_problems,
+)
 from testbed.measure import measure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TASKS = ("paths", "arith")
+TASKS = ("paths", "graded", "arith")
 
 
 @dataclass
@@ -54,7 +67,7 @@ class Args:
     out_dir: str = os.path.join(HERE, "model")
     """where the Hugging Face model folder is written"""
     task: str = "paths"
-    """synthetic task: paths (the default testbed) or arith (the old single-path task)"""
+    """synthetic task: paths (the default testbed), graded (the study's six families) or arith (the old task)"""
     seed: int = 1
     """seed for initialisation, data order and evaluation sampling"""
     careful_share: float = 0.30
@@ -62,6 +75,8 @@ class Args:
     careful_choice: float = 0.015
     """paths: share of careful solutions whose format-choosing first token is trained on, expressed as the
     format frequency it targets among all solutions (the rest of the careful solutions train the steps only)"""
+    family_choice: tuple[float, ...] = (0.02, 0.03, 0.04, 0.05, 0.06, 0.08)
+    """graded: --careful-choice of each family, in the order of common.data.GRADED_FAMILIES (a, b, c, d, e, f)"""
     hidden_size: int = 96
     """model width"""
     num_layers: int = 4
@@ -168,7 +183,7 @@ def sampled_accuracy(
         ent_n += int(alive.sum())
         alive &= gen[:, t] != tokenizer.eos_token_id
     model.train()
-    careful = sum(t.lstrip().startswith("units") for t in completions) / len(problems)
+    careful = sum(careful_format(problems[0]["source"], t) or False for t in completions) / len(problems)
     return correct / len(problems), ent_sum / max(ent_n, 1), careful
 
 
@@ -181,6 +196,15 @@ def check_args(args: Args) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if not (0 <= args.careful_share <= 1 and 0 <= args.careful_choice < 1):
         raise ValueError("--careful-share must be in [0, 1] and --careful-choice in [0, 1)")
+    if len(args.family_choice) != len(GRADED_FAMILIES) or not all(0 <= f < 1 for f in args.family_choice):
+        raise ValueError(f"--family-choice needs {len(GRADED_FAMILIES)} rates in [0, 1), got {args.family_choice}")
+
+
+def choice_keep_rate(careful_share: float, careful_choice: float) -> float:
+    """The share k of careful solutions whose first-token loss is kept so that the model chooses the careful path
+    at the rate careful_choice: k*c / ((1 - c) + k*c) = careful_choice."""
+    c, f = careful_share, careful_choice
+    return min(1.0, f * (1 - c) / (c * (1 - f))) if c > 0 else 1.0
 
 
 def main(args: Args) -> None:
@@ -216,13 +240,24 @@ def main(args: Args) -> None:
         train = make_paths_problems(
             args.batch_size * args.max_steps, "train", seed=args.seed, careful_share=args.careful_share
         )
-        # keep the first-token loss of a fraction k of careful solutions: k*c / ((1-c) + k*c) = careful_choice
-        c, f = args.careful_share, args.careful_choice
-        keep = min(1.0, f * (1 - c) / (c * (1 - f))) if c > 0 else 1.0
+        keep = choice_keep_rate(args.careful_share, args.careful_choice)
         choice_rng = random.Random(f"careful-choice-{args.seed}")
         for p in train:
             p["untrained_choice"] = p["solution"].startswith("units") and choice_rng.random() >= keep
         val = make_paths_problems(args.num_eval, "test", seed=12345)
+    elif args.task == "graded":
+        train = make_graded_problems(
+            args.batch_size * args.max_steps, "train", seed=args.seed, careful_share=args.careful_share
+        )
+        keep = {
+            name: choice_keep_rate(args.careful_share, f)
+            for (name, _, _), f in zip(GRADED_FAMILIES, args.family_choice)
+        }
+        choice_rng = random.Random(f"careful-choice-{args.seed}")
+        for p in train:
+            careful = careful_format("graded", p["solution"])
+            p["untrained_choice"] = careful and choice_rng.random() >= keep[p["family"]]
+        val = make_graded_problems(args.num_eval, "test", seed=12345)
     else:  # arith (check_args refused any other task)
         train = make_arith_problems(args.batch_size * args.max_steps, "train", seed=args.seed)
         val = make_arith_problems(args.num_eval, "test", seed=12345)

@@ -13,7 +13,12 @@ scripts' rollout settings) and prints
 * ``accuracy``: share of responses graded correct by ``common.reward.score``;
 * for the ``paths`` task, the share of responses in each format (``common.data.paths_format``) and the
   accuracy of each, plus ``careful_forced_accuracy``: the accuracy when the response is started with
-  "units" (the careful format), a less noisy estimate of what that format is worth.
+  "units" (the careful format), a less noisy estimate of what that format is worth;
+* for the ``graded`` task, the same per family (``common.data.GRADED_FAMILIES``; the forced start is the
+  family's own careful word);
+* ``entropy_where``: the share of the entropy at the first response position (where the way of solving is
+  chosen), at the positions of ``paths``' interchangeable choices (which number first and second, the separator,
+  the second step's order: none of them changes correctness), and elsewhere (steps that are right or wrong).
 
 Deterministic for a given seed, torch build and thread count (pinned to 1).
 """
@@ -28,18 +33,27 @@ from dataclasses import dataclass
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common.data import DEFAULT_TASK, build_prompt, load_problems, paths_format
+import re
+
+from common.data import DEFAULT_TASK, GRADED_FAMILIES, build_prompt, graded_format, load_problems, paths_format
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @torch.no_grad()
 def sample(
-    model, tokenizer, problems: list[dict], seed: int, prefix: str = "", max_new_tokens: int = 64, batch_size: int = 256
+    model,
+    tokenizer,
+    problems: list[dict],
+    seed: int,
+    prefix: str | list[str] = "",
+    max_new_tokens: int = 64,
+    batch_size: int = 256,
 ) -> tuple[list[str], list[torch.Tensor]]:
     """One response per problem at temperature 1: (texts, entropies of the sampling distribution at each
-    generated position up to and including the one that produced EOS). ``prefix`` is appended to every
-    prompt (it is part of the returned text, not of the entropies)."""
+    generated position up to and including the one that produced EOS). ``prefix`` (one for all, or one per
+    problem) is appended to the prompt (it is part of the returned text, not of the entropies)."""
+    prefixes = [prefix] * len(problems) if isinstance(prefix, str) else prefix
     was_training = model.training
     model.eval()
     generator_state = torch.random.get_rng_state()
@@ -47,7 +61,8 @@ def sample(
     texts, entropies = [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        prompts = [build_prompt(p["question"], "plain") + prefix for p in chunk]
+        chunk_prefixes = prefixes[start : start + batch_size]
+        prompts = [build_prompt(p["question"], "plain") + pre for p, pre in zip(chunk, chunk_prefixes)]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(
             **enc,
@@ -62,7 +77,7 @@ def sample(
             return_dict_in_generate=True,
         )
         gen = out.sequences[:, enc["input_ids"].shape[1] :]
-        texts += [prefix + t for t in tokenizer.batch_decode(gen, skip_special_tokens=True)]
+        texts += [pre + t for pre, t in zip(chunk_prefixes, tokenizer.batch_decode(gen, skip_special_tokens=True))]
         ent = torch.stack(
             [
                 -(torch.log_softmax(s.float(), -1).exp() * torch.log_softmax(s.float(), -1)).nan_to_num().sum(-1)
@@ -96,6 +111,34 @@ def entropy_figures(entropies: list[torch.Tensor]) -> dict:
     }
 
 
+PATHS_CHOICES = re.compile(r"(\d+)\+\d+=\d+([,;.]) (\d)")  # first number, second number, separator, 2nd step
+
+
+def entropy_where(texts: list[str], entropies: list[torch.Tensor], task: str) -> dict:
+    """Shares of the total entropy: at the first position (the way of solving), at ``paths``' four interchangeable
+    choices (found in a pairwise response: positions 0, after the first "+", the separator, the second step's first
+    character; position 0 counts as interchangeable there, minus nothing: it also holds the careful choice), and
+    elsewhere. One token per character (the testbed's tokenizer). ``graded`` has no interchangeable choice: each
+    family's quick path has one order and one separator."""
+    first = interchangeable = total = 0.0
+    for text, ent in zip(texts, entropies):
+        ent = ent.double()
+        total += ent.sum().item()
+        match = PATHS_CHOICES.match(text) if task == "paths" else None
+        if match:  # a pairwise paths response
+            positions = [0, len(match.group(1)) + 1, match.start(2), match.start(3)]
+            interchangeable += sum(ent[i].item() for i in positions if i < len(ent))
+        elif len(ent):
+            first += ent[0].item()
+    if total == 0:
+        return {"first_position": 0.0, "interchangeable": 0.0, "elsewhere": 0.0}
+    return {
+        "first_position": first / total,
+        "interchangeable": interchangeable / total,
+        "elsewhere": 1 - (first + interchangeable) / total,
+    }
+
+
 def measure(model, tokenizer, problems: list[dict], seed: int = 0, forced: bool = True) -> dict:
     """The starting-point figures of ``model`` on ``problems`` (see the module docstring)."""
     texts, entropies = sample(model, tokenizer, problems, seed)
@@ -105,7 +148,33 @@ def measure(model, tokenizer, problems: list[dict], seed: int = 0, forced: bool 
         **entropy_figures(entropies),
         "accuracy": sum(rewards) / max(len(rewards), 1),
     }
-    if problems and problems[0].get("source") == "paths":
+    source = problems[0].get("source") if problems else None
+    if source in ("paths", "graded"):
+        figures["entropy_where"] = entropy_where(texts, entropies, source)
+    if source == "graded":
+        words = {name: word for name, _, word in GRADED_FAMILIES}
+        forced_texts = None
+        if forced:
+            forced_texts, _ = sample(
+                model, tokenizer, problems, seed + 1, prefix=[words[p["family"]] for p in problems]
+            )
+        for name, _, _ in GRADED_FAMILIES:
+            rows = [i for i, p in enumerate(problems) if p["family"] == name]
+            careful = [rewards[i] for i in rows if graded_format(texts[i]) == "careful"]
+            quick = [rewards[i] for i in rows if graded_format(texts[i]) == "quick"]
+            family = {
+                "problems": len(rows),
+                "careful_share": len(careful) / max(len(rows), 1),
+                "careful_accuracy": sum(careful) / len(careful) if careful else None,
+                "quick_accuracy": sum(quick) / len(quick) if quick else None,
+                "accuracy": sum(rewards[i] for i in rows) / max(len(rows), 1),
+            }
+            if forced_texts is not None:
+                graded = grade([forced_texts[i] for i in rows], [problems[i] for i in rows])
+                family["careful_forced_accuracy"] = sum(graded) / max(len(rows), 1)
+            figures[f"family_{name}"] = family
+        figures["careful_share"] = sum(graded_format(t) == "careful" for t in texts) / len(texts)
+    if source == "paths":
         formats = [paths_format(t) for t in texts]
         for fmt in ("careful", "pairwise", "other"):
             picked = [r for r, f in zip(rewards, formats) if f == fmt]

@@ -94,7 +94,7 @@ def test_report_pairs_by_seed_and_corrects_over_outcomes():
         and "resolved better" in lines["final eval accuracy (points)"]
     )
     # never discovered by the baseline: step 21; the arm's 11 … 16: lower is better
-    assert "resolved better" in lines["discovery step (careful share > 50%)"]
+    assert "resolved better" in lines["discovery step (careful share > 50%; graded: mean over families)"]
     assert "not resolved at 6 seeds" in lines["mean entropy over the run (nats/token)"]  # no difference
     assert "Holm: adjusted over the 5 outcomes" in text
     assert "0 of 6 baseline runs" in text and "6 of 6 arm runs" in text

@@ -93,7 +93,19 @@ def careful_frac(texts, train_data="paths"):
     samples = [{"text": t, "response_ids": [1]} for t in texts]
     correct = torch.zeros(1, len(texts))
     informative = torch.zeros(1, dtype=torch.bool)
-    grpo.log_generation_batch(metrics, args, samples, Rewards([0.0] * len(texts)), correct, informative, 1, 1, 0, 0)
+    grpo.log_generation_batch(
+        metrics,
+        args,
+        samples,
+        [{"question": "Compute 1+2+3."}],
+        Rewards([0.0] * len(texts)),
+        correct,
+        informative,
+        1,
+        1,
+        0,
+        0,
+    )
     return metrics.reduce(ONE_PROCESS).get("rollout/careful_frac")
 
 
