@@ -91,3 +91,35 @@ def test_discovery_step_is_the_mean_over_families_of_a_windowed_crossing(tmp_pat
     summary = compare.summarise(tmp_path)
     assert summary["families_discovered"] == 2 and summary["families"] == 3
     assert summary["discovery_step"] == pytest.approx((8 + 21 + 10) / 3)
+
+
+GRADED_MODEL = REPO / "testbed" / "graded"
+
+
+def test_the_graded_model_records_where_it_starts():
+    """The builder's measurement (1024 test problems, T = 1) of testbed/graded: accuracy 20-40%, every family's
+    careful path rare (<= 10%) and worth at least 30 points when forced, no entropy at interchangeable choices. Its
+    entropy (~0.10) is below the 0.2-0.5 of the paths testbed: what is left once no choice is interchangeable."""
+    info = json.loads((GRADED_MODEL / "build_info.json").read_text())
+    m = info["measured"]
+    assert info["args"]["task"] == "graded" and info["num_params"] <= 1_000_000 and m["num_problems"] >= 1024
+    assert 0.2 <= m["accuracy"] <= 0.4 and 0.05 <= m["entropy"] <= 0.5 and m["top20_share"] >= 0.6
+    assert m["entropy_where"]["interchangeable"] == 0
+    for name, _, _ in GRADED_FAMILIES:
+        family = m[f"family_{name}"]
+        assert family["careful_share"] <= 0.10 and family["careful_forced_accuracy"] - family["quick_accuracy"] >= 0.3
+
+
+def test_the_graded_model_loads_and_measures_alike(monkeypatch):
+    """A fresh 256-problem measurement, broad ranges around the recorded figures."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from testbed.measure import measure
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(GRADED_MODEL)
+    model = AutoModelForCausalLM.from_pretrained(GRADED_MODEL).eval()
+    m = measure(model, tokenizer, load_problems("graded", split="test", limit=256), seed=0, forced=False)
+    assert 0.05 <= m["entropy"] <= 0.3 and 0.12 <= m["accuracy"] <= 0.5 and m["careful_share"] <= 0.15, m
+    assert m["entropy_where"]["interchangeable"] == 0 and m["tokens_per_response"] <= 64, m
