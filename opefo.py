@@ -92,7 +92,15 @@ from transformers.generation.logits_process import TopPLogitsWarper
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_managed_module
 
-from common.data import GRADED_FAMILIES, DataError, careful_format, graded_family, load_prompts, take_prompts
+from common.data import (
+    GRADED_FAMILIES,
+    DataError,
+    careful_format,
+    graded_family,
+    graded_format,
+    load_prompts,
+    take_prompts,
+)
 from common.reward import score
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -1270,11 +1278,11 @@ def log_generation_batch(
     if args.train_data in ("paths", "graded"):  # the testbed tasks: the rare, better careful path(s)
         careful = [careful_format(args.train_data, s["text"]) for s in samples]
         rows.append(("rollout/careful_frac", sum(careful), len(samples)))
-    if args.train_data == "graded":  # one discovery per family: its share of careful responses
+    if args.train_data == "graded":  # one discovery per family: its share of responses opening its own careful path
         families = [graded_family(problems[i // args.group_size]["question"]) for i in range(len(samples))]
         for name, _, _ in GRADED_FAMILIES:
-            chosen = [c for c, f in zip(careful, families) if f == name]
-            rows.append((f"rollout/careful_frac_{name}", sum(chosen), len(chosen)))
+            own = [graded_format(s["text"], name) == "careful" for s, f in zip(samples, families) if f == name]
+            rows.append((f"rollout/careful_frac_{name}", sum(own), len(own)))
     for name, total, count in rows:
         metrics.add(name, total, count)
 

@@ -25,13 +25,16 @@ Registered before any method run (this file, committed first; no flag changes it
   * the claims (CLAIMS): which paper's claim each (comparison, outcome) tests, and its direction.
 Everything else the report prints (step time, action sizes, families discovered) is exploratory.
 
-Runs files: `runs/study3/bracket.runs.jsonl` and `runs/study3/runs.jsonl` (one JSON line per finished run, the
-summary of benchmarks/compare.py); a rerun skips finished runs and refuses rows made with another version of a
-script or other flags. The committed copies are docs/study3/*.runs.jsonl; `report` regenerates docs/study3.md from
-them, and tests/test_study.py checks that the two are equal.
+Runs files: `runs/study3/bracket/runs.jsonl` and `runs/study3/compare/runs.jsonl` (one JSON line per finished run,
+the summary of benchmarks/compare.py); a rerun skips finished runs and refuses rows made with another version of a
+script, of common/, of the testbed model or of the summary code, or with other flags. Copy them by hand to
+docs/study3/bracket.runs.jsonl and docs/study3/compare.runs.jsonl to commit them; `report` regenerates
+docs/study3.md from those, and tests/test_study.py checks that the two are equal.
 """
 
 import argparse
+import hashlib
+import inspect
 import statistics
 import sys
 import time
@@ -41,13 +44,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.compare import (  # noqa: E402
+    ACTION_METRIC,
     ALPHA,
+    DISCOVERY_SHARE,
+    DISCOVERY_WINDOW,
     OUTCOMES,
+    family_discovery_step,
     holm,
     outcome_values,
     read_runs_file,
     run_one,
     script_sha,
+    summarise,
     t_test_p,
     verdict,
 )
@@ -122,9 +130,21 @@ def arm_flags(name: str, learning_rate: float) -> list[str]:
     ]
 
 
+def inputs_sha() -> str:
+    """What a run's row depends on besides its script and flags: the task and grader (common/), the testbed model's
+    weights, and the code that turns a finished run into its row (compare.summarise and its constants)."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "common").glob("*.py")) + [REPO / "testbed" / "graded" / "model.safetensors"]:
+        digest.update(path.read_bytes())
+    digest.update((inspect.getsource(summarise) + inspect.getsource(family_discovery_step)).encode())
+    digest.update(repr((DISCOVERY_SHARE, DISCOVERY_WINDOW, ACTION_METRIC.pattern)).encode())
+    return digest.hexdigest()[:16]
+
+
 def plan_entry(script: str, flags: list[str]) -> dict:
-    """benchmarks/compare.py's run_one plan entry: the script, its flags and the config a finished run must match."""
-    config = {"script": script, "script_sha256": script_sha(script), "flags": flags}
+    """benchmarks/compare.py's run_one plan entry: the script, its flags and the config a finished run must match
+    (the script's and the inputs' hashes: a run made with another version of either is not reused)."""
+    config = {"script": script, "script_sha256": script_sha(script), "inputs_sha256": inputs_sha(), "flags": flags}
     return {"script": script, "flags": flags, "config": config}
 
 
@@ -158,7 +178,7 @@ def rate_role(regime: str, learning_rate: float) -> str:
 def bracket_state(rows: list[dict], regime: str) -> tuple[list[float], float | None, bool]:
     """(the rates swept so far, the best one, whether it is bracketed). The grid doubles from BRACKET_START; a rate
     counts once all BRACKET_SEEDS have run at it; the best has the highest mean final eval accuracy (ties: the
-    smaller rate)."""
+    smaller rate); bracketed: both grid neighbours of the best score strictly lower."""
     scores = {}
     for rate in {r["learning_rate"] for r in rows if r["regime"] == regime}:
         evals = [r["eval_final"] for r in rows if r["regime"] == regime and r["learning_rate"] == rate]
@@ -174,15 +194,17 @@ def bracket_state(rows: list[dict], regime: str) -> tuple[list[float], float | N
 
 
 def next_rates(rows: list[dict], regime: str) -> list[float]:
-    """The rates to run next: the first three around BRACKET_START, then one beyond the best while it is at an edge
-    (at most BRACKET_MAX_RATES in all); [] once bracketed or at the limit."""
+    """The rates to run next: the first three around BRACKET_START; then, while the best is not bracketed, one more
+    rate beyond the lower end if the best is the lowest rate, else beyond the upper end (the best at the top, or tied
+    with its higher neighbour); [] once bracketed or at BRACKET_MAX_RATES rates (then the best is used, reported as
+    not bracketed)."""
     rates, best, bracketed = bracket_state(rows, regime)
     start = BRACKET_START[regime]
     if not rates:
         return [start / 2, start, start * 2]
     if bracketed or len(rates) >= BRACKET_MAX_RATES:
         return []
-    return [best / 2] if best == rates[0] else [best * 2]
+    return [rates[0] / 2] if best == rates[0] else [rates[-1] * 2]
 
 
 def bracket_plan(regime: str, rate: float) -> dict:
@@ -213,13 +235,13 @@ def bracket(jobs_at_once: int) -> None:
 
 
 def chosen_rates(rows: list[dict]) -> dict:
-    """{regime: its bracketed rate}; exits if a regime is not bracketed yet."""
+    """{regime: its chosen rate}: the bracketed best, or the best of BRACKET_MAX_RATES rates; exits while a regime's
+    bracketing is unfinished."""
     chosen = {}
     for regime in REGIMES:
-        _, best, bracketed = bracket_state(rows, regime)
-        if not bracketed:
+        if next_rates(rows, regime):
             sys.exit(f"error: the learning rate of regime {regime} is not bracketed yet: run `study.py bracket` first")
-        chosen[regime] = best
+        chosen[regime] = bracket_state(rows, regime)[1]
     return chosen
 
 
@@ -239,7 +261,7 @@ def bracket_report(rows: list[dict]) -> str:
             )
             evals = [100 * r["eval_final"] for r in runs]
             discovery = statistics.mean(v["discovery_step"] for v in outcome_values(runs, "discovery_step"))
-            mark = ("* bracketed" if bracketed else "* best, at an edge of the grid") if rate == best else ""
+            mark = ("* bracketed" if bracketed else "* best, NOT bracketed") if rate == best else ""
             lines.append(
                 f"| {regime} | {rate:g} | {', '.join(f'{e:.1f}' for e in evals)} | {statistics.mean(evals):.1f} | "
                 f"{discovery:.1f} | {mark} |"
@@ -272,10 +294,21 @@ def compare(jobs_at_once: int, only: list[str] | None, seeds: int) -> None:
 PATHS_REFERENCE = REPO / "docs" / "comparisons" / "opefo-vs-grpo-replication.runs.jsonl"  # 12 GRPO seeds on paths
 
 
+def paired_means(arm_rows: list[dict], base_rows: list[dict], key: str) -> list[float | None]:
+    """[baseline, arm] means of `key` over the seeds both finished."""
+    seeds = {r["seed"] for r in arm_rows} & {r["seed"] for r in base_rows}
+    if not seeds:
+        return [None, None]
+    return [
+        statistics.mean(v[key] for v in outcome_values(rs, key) if v["seed"] in seeds) for rs in (base_rows, arm_rows)
+    ]
+
+
 def family_results(rows: list[dict]) -> list[dict]:
     """One result per registered (comparison, outcome): paired differences over the seeds both arms finished, the
-    t-test p, and the Holm-adjusted p over the whole family (a comparison not finished on all SEEDS counts as p = 1,
-    which can only make the others' adjusted p larger: their verdicts hold when it arrives)."""
+    t-test p, and the Holm-adjusted p over the whole family. A comparison not finished on all SEEDS counts as p = 1:
+    that can only make the others' adjusted p larger, so a "resolved" verdict stands when it arrives (a "not
+    resolved" one may still become resolved)."""
     results = []
     for arm, base in COMPARISONS:
         arm_rows = [r for r in rows if r["role"] == arm]
@@ -290,10 +323,7 @@ def family_results(rows: list[dict]) -> list[dict]:
                     "key": key,
                     "diffs": diffs,
                     "p": t_test_p(diffs) if complete else None,
-                    "means": [
-                        statistics.mean(v[key] for v in outcome_values(rs, key)) if rs else None
-                        for rs in (base_rows, arm_rows)
-                    ],
+                    "means": paired_means(arm_rows, base_rows, key),
                 }
             )
     adjusted = holm({i: (1.0 if r["p"] is None else r["p"]) for i, r in enumerate(results)})
@@ -320,20 +350,17 @@ def claim_verdict(result: dict) -> str:
 
 
 def variance_figures(rows: list[dict], events_key: str) -> dict:
-    """SD of final eval accuracy over seeds (points) and the share of its variance the discovery events explain
-    (R² of a least-squares line of eval on the number of discoveries)."""
+    """SD of final eval accuracy over seeds (points) and the share of its variance the discovery events explain (R²
+    of a least-squares line of eval on the number of discoveries; None when every run made as many)."""
     evals = [100 * r["eval_final"] for r in rows]
-    events = [
-        float(events_key == "discovered" and r["discovery_step"] is not None)
-        if events_key == "discovered"
-        else float(r[events_key])
-        for r in rows
-    ]
-    sd = statistics.stdev(evals)
-    if statistics.pvariance(events) == 0:
-        return {"n": len(rows), "sd": sd, "r2": 0.0, "events": events}
-    r = statistics.correlation(events, evals)
-    return {"n": len(rows), "sd": sd, "r2": r * r, "events": events}
+    if events_key == "discovered":
+        events = [float(r["discovery_step"] is not None) for r in rows]
+    else:
+        events = [float(r[events_key]) for r in rows]
+    r2 = None
+    if statistics.pvariance(events) > 0 and statistics.pvariance(evals) > 0:
+        r2 = statistics.correlation(events, evals) ** 2
+    return {"n": len(rows), "sd": statistics.stdev(evals), "r2": r2, "events": events}
 
 
 def report(rows: list[dict], bracket_rows: list[dict]) -> str:
@@ -353,16 +380,11 @@ def report(rows: list[dict], bracket_rows: list[dict]) -> str:
         "|---|---:|---:|---:|---|",
     ]
     reference = read_runs_file(PATHS_REFERENCE)
-    graded_grpo = [r for r in rows if r["role"] == "grpo-strict"]
     for name, runs, key in (
-        ("graded, GRPO-strict", graded_grpo, "families_discovered"),
+        ("graded, GRPO-strict", [r for r in rows if r["role"] == "grpo-strict"], "families_discovered"),
         ("paths, GRPO-strict", [r for r in reference if r["role"] == "baseline"], "discovered"),
-        (
-            "graded, GRPO-strict and OPEFO pooled",
-            graded_grpo + [r for r in rows if r["role"] == "opefo"],
-            "families_discovered",
-        ),
-        ("paths, GRPO-strict and OPEFO pooled", reference, "discovered"),
+        ("graded, OPEFO", [r for r in rows if r["role"] == "opefo"], "families_discovered"),
+        ("paths, OPEFO", [r for r in reference if r["role"] == "arm"], "discovered"),
     ):
         if len(runs) < 2:
             lines.append(f"| {name} | {len(runs)} | – | – | – |")
@@ -372,12 +394,13 @@ def report(rows: list[dict], bracket_rows: list[dict]) -> str:
             found = f"{int(sum(v['events']))} of {len(runs)} runs found the careful path"
         else:
             found = "families found per run: " + " ".join(str(int(e)) for e in sorted(v["events"]))
-        lines.append(f"| {name} | {v['n']} | {v['sd']:.1f} | {v['r2']:.2f} | {found} |")
+        r2 = "– (the same number in every run)" if v["r2"] is None else f"{v['r2']:.2f}"
+        lines.append(f"| {name} | {v['n']} | {v['sd']:.1f} | {r2} | {found} |")
     lines += [
         "",
         "paths: the runs of docs/comparisons/opefo-vs-grpo-replication (seeds 101-112, the same flags but "
         "learning rate 2e-4, testbed/model); graded: this study's runs (seeds 1-12). R²: of a least-squares line of "
-        "final eval on the number of discoveries (paths: 0 or 1; graded: 0 to 6 families).",
+        "final eval on the number of discoveries (paths: 0 or 1; graded: 0 to 6 families), within one arm.",
         "",
         f"## 3. The registered comparisons ({len(results)} tests, Holm-adjusted together, α = {ALPHA})",
         "",

@@ -276,11 +276,11 @@ def graded_solution(terms: tuple[int, ...], fmt: str, word: str) -> str:
     return f"{word} {', '.join(columns)}, \\boxed{{{sum(terms)}}}"
 
 
-def graded_format(completion: str) -> str:
-    """The format a (sampled) ``graded`` solution uses: ``careful`` (opens with a family's careful word, any
-    family's), ``quick`` (opens with "<number>+<number>=") or ``other``."""
+def graded_format(completion: str, family: str | None = None) -> str:
+    """The format a (sampled) ``graded`` solution uses: ``careful`` (opens with a careful word: any family's, or
+    with ``family`` given, that family's own), ``quick`` (opens with "<number>+<number>=") or ``other``."""
     text = completion.lstrip()
-    if any(text.startswith(word) for _, _, word in GRADED_FAMILIES):
+    if any(text.startswith(word) for name, _, word in GRADED_FAMILIES if family in (None, name)):
         return "careful"
     if re.match(r"\d+\+\d+=", text):
         return "quick"

@@ -50,6 +50,7 @@ def test_careful_columns_add_one_digit_at_a_time_with_the_carry_last():
 def test_formats_families_and_splits():
     for _, _, word in GRADED_FAMILIES:
         assert graded_format(f" {word} 1+2=3, \\boxed{{3}}") == "careful" and careful_format("graded", word)
+    assert graded_format("cols 1+2=3", family="f") == "careful" and graded_format("cols 1+2=3", family="a") == "other"
     assert graded_format("12+34=46") == "quick" and graded_format("I think 46") == "other"
     assert careful_format("paths", "units 1") and careful_format("gsm8k", "units") is None
     assert graded_family("Compute 1+2+3+4.") is None and graded_family("What is 2+2?") is None
@@ -62,7 +63,7 @@ def test_formats_families_and_splits():
 
 def test_the_scripts_log_each_familys_careful_share():
     problems = [{"question": "Compute 83+51."}, {"question": "Compute 483+251."}]
-    texts = ["units 3+1=4, 8+5=13, \\boxed{134}", "83+51=\\boxed{134}", "cols 3+1=4", "483+251=\\boxed{734}"]
+    texts = ["units 3+1=4, 8+5=13, \\boxed{134}", "cols 3+1=4", "cols 3+1=4", "483+251=\\boxed{734}"]
     args = grpo.Args(train_data="graded", prompts_per_step=2, group_size=2)  # prompt-major: 2 problems x 2 samples
     metrics = grpo.Metrics()
     samples = [{"text": t, "response_ids": [1]} for t in texts]
@@ -72,8 +73,8 @@ def test_the_scripts_log_each_familys_careful_share():
     )
     one = type("One", (), {"num_processes": 1, "device": torch.device("cpu")})()
     logged = metrics.reduce(one)
-    assert logged["rollout/careful_frac"] == 0.5
-    assert logged["rollout/careful_frac_a"] == 0.5 and logged["rollout/careful_frac_f"] == 0.5
+    assert logged["rollout/careful_frac"] == 0.75  # any family's careful word
+    assert logged["rollout/careful_frac_a"] == 0.5 and logged["rollout/careful_frac_f"] == 0.5  # its own word only
     assert logged["rollout/careful_frac_b"] != logged["rollout/careful_frac_b"]  # not sampled this step: NaN
 
 

@@ -35,8 +35,15 @@ def test_the_bracketing_extends_the_grid_until_the_best_rate_has_two_worse_neigh
     assert study.bracket_state(rows + half, "strict")[1] == start * 2
     low = study.with_rates(bracket_rows({start / 2: [0.5, 0.5], start: [0.4, 0.4], start * 2: [0.3, 0.3]}))
     assert study.next_rates(low, "strict") == [start / 4]  # best at the bottom edge
+    tie = study.with_rates(bracket_rows({start / 2: [0.3, 0.3], start: [0.5, 0.5], start * 2: [0.4, 0.6]}))
+    assert study.bracket_state(tie, "strict")[1:] == (start, False)  # tied with its higher neighbour: not bracketed
+    assert study.next_rates(tie, "strict") == [start * 4]  # the grid grows upwards (a rate not run yet)
+    capped = study.with_rates(bracket_rows({start * 2**k: [0.1 * k, 0.1 * k] for k in range(study.BRACKET_MAX_RATES)}))
+    assert study.next_rates(capped, "strict") == []  # at the limit: the best is used, reported as not bracketed
     with pytest.raises(SystemExit, match="not bracketed"):
         study.chosen_rates(rows)  # the other regimes have not run
+    others = [r | {"regime": g} for g in ("mb8", "mb16") for r in rows]
+    assert study.chosen_rates(rows + others) == {"strict": start * 2, "mb8": start * 2, "mb16": start * 2}
 
 
 def test_registered_arms_and_comparisons():
@@ -77,6 +84,16 @@ def test_holm_runs_over_the_whole_family_and_an_unfinished_comparison_counts_as_
     assert study.claim_verdict(opefo_eval) == "supported"
     steer = next(r for r in results if r["arm"] == "steer")
     assert steer["holm"] is None and study.claim_verdict(steer) == "not run yet (0 of 12 seeds)"
+
+
+def test_variance_figures_and_a_run_config_that_covers_the_inputs():
+    rows = [{"eval_final": e, "families_discovered": f} for e, f in ((0.5, 2), (0.6, 3), (0.7, 4))]
+    figures = study.variance_figures(rows, "families_discovered")
+    assert figures["sd"] == pytest.approx(10.0) and figures["r2"] == pytest.approx(1.0)
+    same = [{"eval_final": e, "discovery_step": None} for e in (0.5, 0.6)]
+    assert study.variance_figures(same, "discovered")["r2"] is None  # no run discovered: nothing to explain
+    config = study.plan_entry("grpo.py", ["--seed", "1"])["config"]
+    assert set(config) == {"script", "script_sha256", "inputs_sha256", "flags"} and len(config["inputs_sha256"]) == 16
 
 
 def test_the_committed_report_is_generated_from_the_committed_runs_files():
