@@ -343,7 +343,7 @@ def outcome_spec(key: str) -> tuple:
 def claim_verdict(result: dict) -> str:
     _, _, better, _, _ = outcome_spec(result["key"])
     if result["p"] is None:
-        return f"not run yet ({len(result['diffs'])} of {len(SEEDS)} seeds)"
+        return f"unfinished ({len(result['diffs'])} of {len(SEEDS)} seeds)"
     diff = statistics.mean(result["diffs"])
     text = verdict(diff, result["holm"], better, len(result["diffs"]))
     return {"resolved better": "supported", "resolved worse": "contradicted"}.get(text, text)

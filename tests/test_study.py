@@ -83,7 +83,7 @@ def test_holm_runs_over_the_whole_family_and_an_unfinished_comparison_counts_as_
     assert opefo_eval["p"] < 1e-6 and opefo_eval["holm"] == pytest.approx(min(1, len(results) * opefo_eval["p"]))
     assert study.claim_verdict(opefo_eval) == "supported"
     steer = next(r for r in results if r["arm"] == "steer")
-    assert steer["holm"] is None and study.claim_verdict(steer) == "not run yet (0 of 12 seeds)"
+    assert steer["holm"] is None and study.claim_verdict(steer) == "unfinished (0 of 12 seeds)"
 
 
 def test_variance_figures_and_a_run_config_that_covers_the_inputs():
