@@ -27,7 +27,8 @@ Everything else the report prints (step time, action sizes, families discovered)
 
 Runs files: `runs/study3/bracket/runs.jsonl` and `runs/study3/compare/runs.jsonl` (one JSON line per finished run,
 the summary of benchmarks/compare.py); a rerun skips finished runs and refuses rows made with another version of a
-script, of common/, of the testbed model or of the summary code, or with other flags. Copy them by hand to
+script, of common/, of the testbed model or of the summary code, or with other flags; where they are missing (a
+fresh checkout) the committed copies are the start. Copy them by hand to
 docs/study3/bracket.runs.jsonl and docs/study3/compare.runs.jsonl to commit them; `report` regenerates
 docs/study3.md from those, and tests/test_study.py checks that the two are equal.
 """
@@ -35,6 +36,7 @@ docs/study3.md from those, and tests/test_study.py checks that the two are equal
 import argparse
 import hashlib
 import inspect
+import shutil
 import statistics
 import sys
 import time
@@ -152,6 +154,9 @@ def run_jobs(jobs: list[tuple[str, int]], plan: dict, out: Path, jobs_at_once: i
     """Run the (role, seed) jobs of `plan`, `jobs_at_once` at a time (compare.run_one: <out>/runs/<role>__<seed>,
     one line each in <out>/runs.jsonl); finished runs with the same config are skipped."""
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    committed = DOCS / f"{out.name}.runs.jsonl"
+    if not (out / "runs.jsonl").exists() and committed.exists():  # a fresh checkout resumes from the committed runs
+        shutil.copyfile(committed, out / "runs.jsonl")
     rows = read_runs_file(out / "runs.jsonl")
     stale = [r for r in rows if r["role"] in plan and r["config"] != plan[r["role"]]["config"]]
     if stale:
