@@ -256,7 +256,7 @@ def test_build_testbed_refuses_an_unknown_task_before_building(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert proc.stderr.splitlines() == ["error: --task foo: unknown task, use one of paths, arith"]
+    assert proc.stderr.splitlines() == ["error: --task foo: unknown task, use one of paths, graded, arith"]
     assert "testbed model" not in proc.stdout and not (tmp_path / "m").exists()  # nothing built
     assert time.time() - start < 60
 
