@@ -160,6 +160,7 @@ SOFT_TIMEOUT_FRACTION: float | None = 0.8  # worker-side signal at this share of
 TIME_LIMIT_CLOCK = "cpu"  # workers: the per-item limit counts the worker's CPU time ("cpu") or wall time ("wall")
 WALL_BACKSTOP_FACTOR = 4.0  # "cpu": a worker silent on one item for this many timeout_s of wall time is killed too
 IS_EQUIV_TIMEOUT_S = 5.0  # soft limit of is_equiv() / num_workers=0 grading when no timeout_s is given
+SOFT_TIMEOUT_REPEAT_S = 0.05  # the soft-limit signal repeats at this interval until the item ends (see _grade_soft)
 WORKER_START_TIMEOUT_S = 120.0  # a worker that is not ready by then is killed and restarted
 NUMERIC_REL_TOL = Decimal("1e-6")  # plain-number fast path
 VETO_REL_TOL = 1e-2  # math-verify "equal" on numbers differing more than this (relative) is overruled
@@ -888,6 +889,16 @@ def _raise_soft_timeout(signum, frame):
     raise _SoftTimeout()
 
 
+def _disarm(timer: int) -> None:
+    """Stop the repeating soft-limit timer; a firing that lands in here is absorbed and the timer stopped again."""
+    while True:
+        try:
+            signal.setitimer(timer, 0)
+            return
+        except _SoftTimeout:
+            continue
+
+
 def _grade_soft(pred: str, gold: str, soft_s: float | None, clock: str = "wall") -> tuple[bool, bool]:
     """(correct, timed_out) with a signal-based limit of ``soft_s`` seconds (main thread only; None: no
     limit): wall time (``SIGALRM``) or, with ``clock="cpu"``, this process's CPU time (``SIGPROF``; for the
@@ -899,16 +910,19 @@ def _grade_soft(pred: str, gold: str, soft_s: float | None, clock: str = "wall")
         if use_alarm:
             old_handler = signal.signal(sig, _raise_soft_timeout)
             armed = True
-            signal.setitimer(timer, max(soft_s, 0.01))
+            # Repeats every SOFT_TIMEOUT_REPEAT_S until disarmed: a handler that fires inside a weakref or GC
+            # callback has its exception printed and dropped by the interpreter, and the next firing still stops it.
+            signal.setitimer(timer, max(soft_s, 0.01), SOFT_TIMEOUT_REPEAT_S)
         try:
             return _mv_equiv(pred, gold), False
         finally:
             if armed:
-                signal.setitimer(timer, 0)
+                _disarm(timer)
     except _SoftTimeout:
         return False, True
     finally:
         if armed:
+            _disarm(timer)  # again: a firing may have cut the inner disarm short
             signal.signal(sig, old_handler if old_handler is not None else signal.SIG_DFL)
 
 

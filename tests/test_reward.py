@@ -6,8 +6,10 @@ pytest tests/test_reward.py -q
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -510,6 +512,32 @@ def test_in_process_mode_has_soft_limit():
     got = score([SLOW, "\\boxed{5}"], ["1", "5"], num_workers=0, timeout_s=1.0)
     assert got == [0.0, 1.0] and got.timeouts == 1
     assert time.perf_counter() - t0 < 4
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_soft_limit_survives_a_firing_inside_a_weakref_callback(monkeypatch):
+    """The soft-limit signal that lands in a weakref (or GC) callback raises there, and the interpreter prints
+    and drops the exception; the grading must still stop (CI once saw the in-process test above run on)."""
+
+    class Node:
+        pass
+
+    def grade_that_outlasts_its_limit(pred, gold):
+        node = Node()
+        ref = weakref.ref(node, lambda _: time.sleep(0.5))  # the first firing lands in this callback
+        del node  # runs the callback now
+        assert ref() is None
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:  # then 3 s of work past the 0.2 s limit
+            pass
+        return True
+
+    monkeypatch.setattr(reward, "_mv_equiv", grade_that_outlasts_its_limit)
+    t0 = time.perf_counter()
+    assert reward._grade_soft("x", "y", 0.2) == (False, True)
+    assert time.perf_counter() - t0 < 2.0
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # disarmed
+    assert signal.getsignal(signal.SIGALRM) is not reward._raise_soft_timeout  # the caller's handler is back
 
 
 # ----------------------------------------------------------------------------------------------
