@@ -28,7 +28,10 @@ Everything else the report prints (step time, action sizes, families discovered)
 Runs files: `runs/study3/bracket/runs.jsonl` and `runs/study3/compare/runs.jsonl` (one JSON line per finished run,
 the summary of benchmarks/compare.py); a rerun skips finished runs and refuses rows made with another version of a
 script, of common/, of the testbed model or of the summary code, or with other flags; where they are missing (a
-fresh checkout) the committed copies are the start. Copy them by hand to
+fresh checkout) the committed copies are the start. The committed runs were made with the code of commit
+RUNS_CODE_COMMIT (its scripts, common/ and testbed/graded); the code changed after them (e.g. the grader's soft
+limit), so rerunning or extending them works from a worktree of that commit:
+`git worktree add ../study3 f51cd60 && cd ../study3 && python benchmarks/study.py compare`. Copy them by hand to
 docs/study3/bracket.runs.jsonl and docs/study3/compare.runs.jsonl to commit them; `report` regenerates
 docs/study3.md from those, and tests/test_study.py checks that the two are equal.
 """
@@ -36,6 +39,7 @@ docs/study3.md from those, and tests/test_study.py checks that the two are equal
 import argparse
 import hashlib
 import inspect
+import math
 import shutil
 import statistics
 import sys
@@ -55,6 +59,7 @@ from benchmarks.compare import (  # noqa: E402
     holm,
     outcome_values,
     read_runs_file,
+    regularized_beta,
     run_one,
     script_sha,
     summarise,
@@ -62,6 +67,10 @@ from benchmarks.compare import (  # noqa: E402
     verdict,
 )
 from benchmarks.testbed_study import diff_text, half_width, paired_differences, uptime  # noqa: E402
+
+POWER = 0.8  # the report's seed sizing (section 5, exploratory; added after the runs)
+PAPER_SCALE_POINTS = 3.0  # ... and the accuracy gain it sizes for: the papers report gains of a few points
+RUNS_CODE_COMMIT = "f51cd60"  # the scripts, common/ and testbed/graded the committed runs were made with (added after)
 
 # ─── the registered protocol ──────────────────────────────────────────────────────────────────────
 STEPS = 120
@@ -162,7 +171,8 @@ def run_jobs(jobs: list[tuple[str, int]], plan: dict, out: Path, jobs_at_once: i
     if stale:
         sys.exit(
             f"error: {out / 'runs.jsonl'} holds {len(stale)} runs of {stale[0]['role']} made with other flags or "
-            "another version of its script; move that file away to rerun them"
+            f"another version of its script or of its inputs (the committed runs: commit {RUNS_CODE_COMMIT}; "
+            f"`git worktree add ../study3 {RUNS_CODE_COMMIT}` reruns them there); move that file away to rerun them"
         )
     finished = {(r["role"], r["seed"]): r for r in rows if r["role"] in plan}
     todo = [job for job in jobs if job not in finished]
@@ -368,13 +378,73 @@ def variance_figures(rows: list[dict], events_key: str) -> dict:
     return {"n": len(rows), "sd": statistics.stdev(evals), "r2": r2, "events": events}
 
 
+def t_quantile(df: int, alpha: float) -> float:
+    """The |t| at which a two-sided t-test with `df` degrees of freedom gives p = `alpha` (bisection)."""
+    low, high = 0.0, 1e4
+    for _ in range(200):
+        middle = (low + high) / 2
+        if regularized_beta(df / 2, 0.5, df / (df + middle * middle)) > alpha:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def detectable_difference(sd: float, seeds: int, alpha: float, power: float = POWER) -> float:
+    """The paired mean difference that a two-sided t-test on `seeds` seeds resolves at `alpha` with probability
+    about `power`, for paired differences of SD `sd`: (t_{1-alpha/2} + t_{power}) * sd / sqrt(seeds), the usual
+    approximation to the noncentral t."""
+    df = seeds - 1
+    return (t_quantile(df, alpha) + t_quantile(df, 2 * (1 - power))) * sd / math.sqrt(seeds)
+
+
+def seeds_needed(sd: float, difference: float, alpha: float, most: int = 500) -> int | None:
+    """The fewest paired seeds whose detectable difference is at most `difference` (None: more than `most`)."""
+    if difference <= 0:
+        return None
+    return next((n for n in range(2, most + 1) if detectable_difference(sd, n, alpha) <= difference), None)
+
+
+def power_table(results: list[dict]) -> list[str]:
+    """Section 5's seed sizing from the measured paired SDs (computed after the runs: exploratory)."""
+    strictest = ALPHA / len(results)  # Holm's first step; its last step tests at ALPHA itself
+    lines = [
+        f"Seeds against the measured paired SDs ({POWER:.0%} power; Holm tests the smallest p at α/{len(results)} "
+        f"= {strictest:.4f} and the largest at α = {ALPHA}): the difference that {len(SEEDS)} seeds resolve, and the "
+        f"seeds that would resolve the measured difference (eval: also a {PAPER_SCALE_POINTS:g}-point gain, the "
+        "papers' scale) at Holm's first step.",
+        "",
+        f"| arm vs baseline | outcome | seeds | SD of the paired differences | measured difference | resolvable at "
+        f"{len(SEEDS)} seeds, α/{len(results)} | at α = {ALPHA} | seeds for the measured difference | seeds for "
+        f"{PAPER_SCALE_POINTS:g} points |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r["key"] not in ("eval_final", "discovery_step") or len(r["diffs"]) < 2:
+            continue
+        _, what, _, scale, digits = outcome_spec(r["key"])
+        sd, diff = statistics.stdev(r["diffs"]) * scale, abs(statistics.mean(r["diffs"])) * scale
+        needed = [seeds_needed(sd, diff, strictest)]
+        needed.append(seeds_needed(sd, PAPER_SCALE_POINTS, strictest) if r["key"] == "eval_final" else None)
+        needed_text = ["–" if n is None else str(n) for n in needed]
+        if r["key"] != "eval_final":
+            needed_text[1] = ""
+        lines.append(
+            f"| {r['arm']} vs {r['baseline']} | {what} | {len(r['diffs'])} | {sd:.{digits}f} | {diff:.{digits}f} | "
+            f"{detectable_difference(sd, len(SEEDS), strictest):.{digits}f} | "
+            f"{detectable_difference(sd, len(SEEDS), ALPHA):.{digits}f} | {needed_text[0]} | {needed_text[1]} |"
+        )
+    return lines + ["", "–: more than 500 seeds, or no difference measured."]
+
+
 def report(rows: list[dict], bracket_rows: list[dict]) -> str:
     results = family_results(rows)
     lines = [
         "# The study, third pass: the registered comparisons on the graded testbed",
         "",
         "Generated by `python benchmarks/study.py report` from docs/study3/bracket.runs.jsonl and "
-        "docs/study3/compare.runs.jsonl; the protocol is registered in benchmarks/study.py.",
+        "docs/study3/compare.runs.jsonl; the protocol is registered in benchmarks/study.py; the runs were made with "
+        f"the code of commit {RUNS_CODE_COMMIT}.",
         "",
         "## 1. The learning rate, bracketed per regime",
         "",
@@ -464,6 +534,7 @@ def report(rows: list[dict], bracket_rows: list[dict]) -> str:
         lines.append(
             f"| {name} | {len(runs)} | {step} | {found} of {6 * len(runs)} | {action[0]:.3f} | {action[1]:.3f} |"
         )
+    lines += ["", *power_table(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -96,6 +96,21 @@ def test_variance_figures_and_a_run_config_that_covers_the_inputs():
     assert set(config) == {"script", "script_sha256", "inputs_sha256", "flags"} and len(config["inputs_sha256"]) == 16
 
 
+def test_seed_sizing_inverts_the_t_test_it_sizes_for():
+    for df, alpha in ((11, 0.05), (11, 0.05 / 24), (3, 0.01)):
+        t = study.t_quantile(df, alpha)
+        assert study.regularized_beta(df / 2, 0.5, df / (df + t * t)) == pytest.approx(alpha, rel=1e-6)  # t-test p
+    assert study.t_quantile(11, 0.05) == pytest.approx(2.201, abs=1e-3)  # the printed t-table value
+    assert study.t_quantile(11, 0.4) == pytest.approx(0.876, abs=1e-3)
+    # 80% power: (t_{1-alpha/2} + t_{0.8}) SD / sqrt(n); more seeds: smaller; stricter alpha: larger
+    assert study.detectable_difference(5.0, 12, 0.05) == pytest.approx((2.201 + 0.876) * 5.0 / 12**0.5, rel=1e-3)
+    assert study.detectable_difference(5.0, 24, 0.05) < study.detectable_difference(5.0, 12, 0.05)
+    assert study.detectable_difference(5.0, 12, 0.05 / 24) > study.detectable_difference(5.0, 12, 0.05)
+    n = study.seeds_needed(5.0, 3.0, 0.05)
+    assert study.detectable_difference(5.0, n, 0.05) <= 3.0 < study.detectable_difference(5.0, n - 1, 0.05)
+    assert study.seeds_needed(5.0, 0.0, 0.05) is None and study.seeds_needed(50.0, 0.01, 0.05) is None
+
+
 def test_the_committed_report_is_generated_from_the_committed_runs_files():
     docs = REPO / "docs" / "study3"
     text = study.report(
