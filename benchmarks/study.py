@@ -23,17 +23,19 @@ Registered before any method run (this file, committed first; no flag changes it
   * the test: two-sided paired t-test per comparison and outcome, Holm-adjusted over the whole family
     (len(COMPARISONS) x len(OUTCOMES) tests), alpha 0.05; verdicts "resolved better/worse" or "not resolved";
   * the claims (CLAIMS): which paper's claim each (comparison, outcome) tests, and its direction.
-Everything else the report prints (step time, action sizes, families discovered) is exploratory.
+Everything else the report prints (step time, action sizes, families discovered, seed sizing) is exploratory.
 
 Runs files: `runs/study3/bracket/runs.jsonl` and `runs/study3/compare/runs.jsonl` (one JSON line per finished run,
 the summary of benchmarks/compare.py); a rerun skips finished runs and refuses rows made with another version of a
 script, of common/, of the testbed model or of the summary code, or with other flags; where they are missing (a
 fresh checkout) the committed copies are the start. The committed runs were made with the code of commit
-RUNS_CODE_COMMIT (its scripts, common/ and testbed/graded); the code changed after them (e.g. the grader's soft
-limit), so rerunning or extending them works from a worktree of that commit:
-`git worktree add ../study3 f51cd60 && cd ../study3 && python benchmarks/study.py compare`. Copy them by hand to
-docs/study3/bracket.runs.jsonl and docs/study3/compare.runs.jsonl to commit them; `report` regenerates
-docs/study3.md from those, and tests/test_study.py checks that the two are equal.
+RUNS_CODE_COMMIT (its scripts, common/ and testbed/graded); the code changed after them (the grader's soft limit), so
+they are rerun or resumed from a worktree of that commit, given this checkout's runs files:
+    git worktree add ../study3 f51cd60 && mkdir -p ../study3/runs/study3/compare ../study3/runs/study3/bracket
+    cp docs/study3/compare.runs.jsonl ../study3/runs/study3/compare/runs.jsonl   # and bracket likewise
+    cd ../study3 && python benchmarks/study.py compare
+Copy the runs files by hand to docs/study3/bracket.runs.jsonl and docs/study3/compare.runs.jsonl to commit them;
+`report` regenerates docs/study3.md from those, and tests/test_study.py checks that the two are equal.
 """
 
 import argparse
@@ -172,7 +174,7 @@ def run_jobs(jobs: list[tuple[str, int]], plan: dict, out: Path, jobs_at_once: i
         sys.exit(
             f"error: {out / 'runs.jsonl'} holds {len(stale)} runs of {stale[0]['role']} made with other flags or "
             f"another version of its script or of its inputs (the committed runs: commit {RUNS_CODE_COMMIT}; "
-            f"`git worktree add ../study3 {RUNS_CODE_COMMIT}` reruns them there); move that file away to rerun them"
+            "the module docstring says how to rerun them there); move that file away to rerun them"
         )
     finished = {(r["role"], r["seed"]): r for r in rows if r["role"] in plan}
     todo = [job for job in jobs if job not in finished]
