@@ -1492,7 +1492,7 @@ def main(args: Args) -> str:
         ) from None
     if logger.writer:
         logger.writer.close()
-    print_next_commands(run_dir, accelerator)
+    print_next_commands(run_dir, args, accelerator)
     accelerator.end_training()
     return run_dir
 
@@ -1534,12 +1534,13 @@ def entropy_control_end(state: dict, args, metrics: dict) -> None:
     state["ent_coef"] = min(max(moved, args.ent_coef_min), args.ent_coef_max)
 
 
-def print_next_commands(run_dir: str, accelerator) -> None:
-    """Where the run's model is, and the commands to evaluate, plot and continue it."""
+def print_next_commands(run_dir: str, args, accelerator) -> None:
+    """Where the run's model is, and the commands to evaluate (on the run's eval data), plot and continue it."""
     model_dir = os.path.join(checkpoints(run_dir)[-1] if accelerator.is_main_process else "", "hf")
     quoted = shlex.quote(run_dir)
+    data = "" if args.eval_data == "paths" else f" --benchmarks {shlex.quote(args.eval_data)}"  # eval_math's default
     accelerator.print(
-        f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model {quoted}\n"
+        f"done: {run_dir}  (model: {model_dir})\n  evaluate:  python eval_math.py --model {quoted}{data}\n"
         f"  plot:      python plot.py {quoted}\n  continue:  {rerun_command(run_dir)} --total-steps N"
     )
 

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -73,3 +74,28 @@ def test_readme_walkthrough_in_a_fresh_copy(tmp_path):
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == [1, 2, 3] and "resumed from" in outputs[3]
     assert (run_dir / "checkpoints" / "step_000003" / "hf" / "config.json").exists()
+
+
+def test_the_printed_evaluate_command_evaluates_the_runs_own_eval_data(tmp_path, capsys):
+    """A run on another task (here the study's `graded`) prints an evaluate command for that task, not eval_math's
+    default `paths`; the command runs (--dry-run: data, prompts and golds, no sampling)."""
+    sys.path.insert(0, str(REPO))
+    import grpo
+
+    run = tmp_path / "runs" / "g"
+    shutil.copytree(REPO / "testbed" / "graded", run / "checkpoints" / "step_000001" / "hf")
+
+    class MainProcess:
+        is_main_process = True
+        print = staticmethod(print)
+
+    printed = {}
+    for eval_data in ("paths", "graded"):
+        grpo.print_next_commands(str(run), SimpleNamespace(eval_data=eval_data), MainProcess())
+        printed[eval_data] = re.search(r"evaluate: +(.+)", capsys.readouterr().out).group(1)
+    assert printed["paths"] == f"python eval_math.py --model {run}"  # eval_math's default task: nothing to add
+    assert printed["graded"] == f"python eval_math.py --model {run} --benchmarks graded"
+    argv = [sys.executable, *shlex.split(printed["graded"])[1:], "--dry-run"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "graded: 500 problems" in proc.stdout and "0 gold self-check failures" in proc.stdout
