@@ -78,7 +78,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.generation.logits_process import TopPLogitsWarper
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_managed_module
@@ -177,12 +177,13 @@ class Optimisation:
     max_grad_norm: float = 1.0  # gradient clipping (global L2 norm)
     update_epochs: int = 1  # passes over each rollout batch (1 with num_minibatches 1: strict on-policy)
     num_minibatches: int = 1  # optimizer steps per pass over the rollout batch
-    micro_batch_size: int = 16  # sequences per forward/backward on each process (16: the fastest on the CPU testbed)
+    micro_batch_size: int = 32  # sequences per forward/backward on each process (32: the fastest on the CPU testbed)
     micro_batch_order: Literal["by-length", "shuffled"] = "by-length"
     """by-length: a minibatch's sequences sorted by response length before the split into micro-batches (less
     padding; the same loss, summed in another order); shuffled: as drawn (for statistics taken per micro-batch)"""
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (long responses)
+    prompt_once: bool = True  # training forwards: each distinct prompt once (response_logits); off: one per row
 
 
 @dataclass
@@ -623,13 +624,13 @@ def compute_loss(mb: dict, current: dict, args, algo_state: dict, totals: dict):
 
 
 # ─── SHARED: update ────────────────────────────────────────────────────────────────────────────
-def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: float, with_g3: bool = False) -> dict:
-    """logp, entropy, g (and g3 when asked) [b, R] of `rows` of the batch, from one forward with logits / T.
+def micro_batch_stats(model, batch: dict, rows, args, with_g3: bool = False, prompt_once: bool = True) -> dict:
+    """logp, entropy, g (and g3 when asked) [b, R] of `rows` of the batch, from the logits / T that predict their
+    response tokens.
 
     The forward sees only the columns the rows need. Example: a batch with R = 5 response columns whose rows here
-    have at most 2 response tokens: width = 2, the left padding that every row has is cut, `logits_to_keep = 3`
-    keeps the logits of the last prompt position and the 2 response positions (position j predicts response token
-    j; the last one, predicting the token after, is dropped), and the [b, 2] results are padded with 0 to [b, 5]."""
+    have at most 2 response tokens: width = 2, the left padding that every row has is cut, the last prompt position
+    and response position 1 predict response tokens 1 and 2, and the [b, 2] results are padded with 0 to [b, 5]."""
     mask = batch["response_mask"][rows]  # [b, R]
     width = int(mask.sum(0).nonzero().max()) + 1 if mask.any() else 1  # trimmed response width
     full_width = mask.shape[1]
@@ -638,21 +639,41 @@ def micro_batch_stats(model, batch: dict, rows, chunk_size: int, temperature: fl
     first = int(attention.sum(0).nonzero().min())  # the first column any of these rows attends to
     input_ids = batch["input_ids"][rows][:, first : attention.shape[1]]  # [b, P' + width]
     attention = attention[:, first:]
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)  # positions follow the left padding, as in generate
-    output = model(
-        input_ids, attention_mask=attention, position_ids=position_ids, logits_to_keep=width + 1, use_cache=False
-    )
-    logits = output.logits.div_(temperature)  # [b, width + 1, V]
-    logits = logits.reshape(-1, logits.shape[-1])  # [b · (width + 1), V]
-    tokens = torch.cat([batch["response_ids"][rows][:, :width], torch.zeros_like(input_ids[:, :1])], dim=1)
-    logp, entropy, g = token_stats(logits, tokens.reshape(-1), chunk_size)
+    logits = response_logits(model, input_ids, attention, width, prompt_once).div_(args.temperature)  # [b, width, V]
+    logits = logits.reshape(-1, logits.shape[-1])  # [b · width, V]
+    tokens = batch["response_ids"][rows][:, :width].reshape(-1)  # [b · width]
+    logp, entropy, g = token_stats(logits, tokens, args.entropy_chunk_size)
     stats = {"logp": logp, "entropy": entropy, "g": g}
     if with_g3:
-        stats["g3"] = g3_of_logits(logits, chunk_size).to(logp.dtype)
-    for name, values in stats.items():  # [b · (width + 1)] -> [b, R]
-        values = values.view(len(input_ids), width + 1)[:, :width]
-        stats[name] = torch.nn.functional.pad(values, (0, full_width - width))
+        stats["g3"] = g3_of_logits(logits, args.entropy_chunk_size).to(logp.dtype)
+    for name, values in stats.items():  # [b · width] -> [b, R]
+        stats[name] = torch.nn.functional.pad(values.view(len(input_ids), width), (0, full_width - width))
     return stats
+
+
+def response_logits(model, input_ids, attention, width: int, prompt_once: bool = True) -> torch.Tensor:
+    """The logits [b, width, V] that predict the last `width` tokens (the response) of each row of input_ids
+    [b, P + width], left padded; the last token predicts nothing and is not fed. prompt_once: each distinct prompt
+    but its last token runs once (a group's n rows share it; prompts are 45% of the testbed's tokens) and its KV
+    cache is copied to its rows, on which the rest of each row runs; gradients flow back through the copies. The
+    values are those of one forward per row (prompt_once False) up to float rounding."""
+    shared = input_ids.shape[1] - width - 1 if prompt_once else 0  # the columns run once per distinct prompt
+    cache = prompt_cache(model, input_ids[:, :shared], attention[:, :shared])[0] if shared > 0 else None
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:-1]  # positions follow the left padding
+    inputs = {"attention_mask": attention[:, :-1], "position_ids": positions, "past_key_values": cache}
+    return model(input_ids[:, shared:-1], logits_to_keep=width, use_cache=cache is not None, **inputs).logits
+
+
+def prompt_cache(model, input_ids, attention, **options) -> tuple:
+    """One forward of each distinct row of input_ids [b, P] (with its attention mask): its KV cache, copied to every
+    row with that prompt, and the logits of its last position [b, V]."""
+    distinct, row_prompt = torch.unique(torch.cat([input_ids, attention], dim=1), dim=0, return_inverse=True)
+    prompt_ids, prompt_attention = distinct.split(input_ids.shape[1], dim=1)  # [U, P] each
+    positions = (prompt_attention.cumsum(-1) - 1).clamp(min=0)  # positions follow the left padding, as in generate
+    inputs = {"attention_mask": prompt_attention, "position_ids": positions, "use_cache": True}
+    output = model(input_ids=prompt_ids, **inputs, **options)
+    output.past_key_values.batch_select_indices(row_prompt)  # [U, heads, P, d] -> [b, heads, P, d] in every layer
+    return output.past_key_values, output.logits[row_prompt, -1]
 
 
 @torch.no_grad()
@@ -661,7 +682,7 @@ def stats_pass(model, batch: dict, args, accelerator) -> dict:
     model.eval()
     with accelerator.autocast():
         rows = torch.arange(len(batch["adv"]), device=batch["adv"].device).split(args.micro_batch_size)
-        parts = [micro_batch_stats(model, batch, r, args.entropy_chunk_size, args.temperature) for r in rows]
+        parts = [micro_batch_stats(model, batch, r, args, prompt_once=args.prompt_once) for r in rows]
     return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
 
 
@@ -673,6 +694,7 @@ def update_policy(
     world = accelerator.num_processes
     n_rows = len(batch["adv"])
     skipped_updates = 0
+    prompt_once = args.prompt_once and not args.gradient_checkpointing  # checkpointed layers drop the KV cache
     model.train()
     for epoch in range(args.update_epochs):
         shuffle = torch.Generator().manual_seed(args.seed * 31 + step * 7 + epoch)
@@ -684,9 +706,7 @@ def update_policy(
                 # accelerate accumulates: DDP / FSDP all-reduce only at the last micro-batch; DeepSpeed's engine clips
                 # and steps there
                 with accelerator.accumulate(model), accelerator.autocast():
-                    current = micro_batch_stats(
-                        model, batch, rows, args.entropy_chunk_size, args.temperature, needs_g3(args)
-                    )
+                    current = micro_batch_stats(model, batch, rows, args, needs_g3(args), prompt_once)
                     if fill_old:  # no old-policy pass: the batch's old-policy ℓ, H, G are this forward's
                         batch["logp_old"][rows] = current["logp"].detach()
                         batch["entropy_old"][rows] = current["entropy"].detach()
@@ -822,8 +842,6 @@ def learning_rate(args: Args, step: int) -> float:
 
 # ─── SHARED: rollout ───────────────────────────────────────────────────────────────────────────
 # ── keyed sampling noise (--sampling-noise keyed) ──
-# Keyed sampling noise (`--sampling-noise keyed` of the training scripts).
-#
 # The token at position t of sample j of the prompt at place i of the data order, at rollout step s, is the Gumbel-max
 # draw argmax_v (z_v / T + g_v), g_v = −log(−log u_v): exactly a draw from softmax(z / T). Each u_v is a hash of the
 # key (seed, domain, s, i, j, t) and of v, computed in int64 tensor ops, so it depends on the key alone: not on the
@@ -950,7 +968,8 @@ def hf_generate(
 def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, key=None, n=1, first_row=0):
     """Samples each row (prompt ids) to its first stop token or `max_new_tokens` as `model.generate` does (same
     forward inputs and draws, no generation_config), token for token, but a stopped row leaves the batch and its KV
-    cache (a third less time on the testbed; the log-probs may round differently in the last bits). Sharded models
+    cache (a third less time on the testbed; the log-probs may round differently in the last bits), and rows with
+    the same prompt share its forward (a group's n samples: 1/n of the prompts' cost; the same values). Sharded models
     on several processes keep all rows, as generate's synced_gpus. Noise: torch's stream (multinomial draws an
     exponential per row and vocabulary entry: stopped rows keep a placeholder, so the stream advances as in
     generate) or a NoiseKey's argmax(z / T + g(key)), row first_row + i of the call. -> tokens, log-probs [b, T],
@@ -970,14 +989,15 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
     tokens = torch.full((b, max_new_tokens), pad_id, device=device)
     logps = torch.zeros(b, max_new_tokens, device=device)
     lengths = torch.full((b,), max_new_tokens, device=device)
-    cache = DynamicCache(config=model.config)
-    step_input = input_ids
     prefix = _absorb(key_words(key, range(first_row, first_row + b), n, None, device)) if key is not None else None
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    cache, logits = prompt_cache(model, input_ids, attention, **last_only)  # [b, V]: the first token's
+    token = None  # [live]: the token drawn last
     for t in range(max_new_tokens):
-        positions = (attention.cumsum(-1) - 1).masked_fill(attention == 0, 0)[:, -step_input.shape[1] :]  # generate's
-        inputs = {"attention_mask": attention, "position_ids": positions, "past_key_values": cache, **last_only}
-        scores = model(input_ids=step_input, **inputs).logits[:, -1, :].float() / (temperature or 1.0)  # [live, V]
+        if t > 0:
+            inputs = {"attention_mask": attention, "position_ids": attention.sum(-1, keepdim=True) - 1}
+            logits = model(input_ids=token[:, None], past_key_values=cache, **inputs, **last_only).logits[:, -1]
+        scores = logits.float() / (temperature or 1.0)  # [live, V]
         logp = torch.log_softmax(scores, dim=-1)  # log π_T, recorded for the sampled tokens
         if decoding.any():
             token = draw(scores, live, b, t, temperature, top_p_warper, prefix)
@@ -1000,7 +1020,6 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
             cache.batch_select_indices(keep)
             live, attention, token = live[keep], attention[keep], token[keep]
         attention = torch.cat([attention, attention.new_ones(len(attention), 1)], dim=1)
-        step_input = token[:, None]
     return tokens.cpu(), logps.cpu(), lengths.cpu(), ~decoding.cpu()
 
 
@@ -1550,14 +1569,8 @@ def log_step(logger, args, step: int, metrics: dict, samples: list[dict], accele
     completions = []
     if args.log_completions_every and step % args.log_completions_every == 0:
         for s in samples[: args.num_completions_to_log]:
-            completions.append(
-                {
-                    "prompt": s["problem"]["question"],
-                    "response": s["text"],
-                    "reward": s["reward"],
-                    "gold": s["problem"]["answer"],
-                }
-            )
+            text = {"prompt": s["problem"]["question"], "response": s["text"]}
+            completions.append({**text, "reward": s["reward"], "gold": s["problem"]["answer"]})
     logger.log(step, metrics, completions)
     logger.steps_without_answers = logger.steps_without_answers + 1 if metrics["rollout/no_answer_frac"] == 1 else 0
     if step == 5 and logger.steps_without_answers == 5:  # once: the first 5 steps, every response without an answer
@@ -1568,14 +1581,8 @@ def log_step(logger, args, step: int, metrics: dict, samples: list[dict], accele
             "plain for the testbed model), or an --answer-mode that reads how it writes its final answer.",
             file=sys.stderr,
         )
-    shown = {
-        "reward": "rollout/reward",
-        "entropy": "entropy/mean",
-        "flow net": "entropy/flow_net",
-        "len": "rollout/response_length_mean",
-        "eval": "eval/accuracy",
-        "s": "time/step_s",
-    }
+    shown = {"reward": "rollout/reward", "entropy": "entropy/mean", "flow net": "entropy/flow_net"}
+    shown |= {"len": "rollout/response_length_mean", "eval": "eval/accuracy", "s": "time/step_s"}
     line = " | ".join(f"{label} {metrics[key]:.4g}" for label, key in shown.items() if key in metrics)
     accelerator.print(f"step {step:4d} | {line}")
 
@@ -1805,9 +1812,8 @@ def one_line(error: BaseException) -> str:
 def load_data(args, tokenizer) -> tuple[list, list]:
     """The training and evaluation problems, prompts tokenized; a data error names its flag."""
     options = (tokenizer, args.template, args.max_prompt_length, args.data_dir, args.skip_invalid)
-    train = load_prompts(
-        args.train_data, args.train_split, *options, per_step=args.prompts_per_step, flag="--train-data"
-    )
+    per_step = args.prompts_per_step
+    train = load_prompts(args.train_data, args.train_split, *options, per_step=per_step, flag="--train-data")
     if not args.eval_every:
         return train, []
     return train, load_prompts(args.eval_data, args.eval_split, *options, args.num_eval_problems, flag="--eval-data")
@@ -2071,15 +2077,8 @@ class RunLogger:
         if args.track:
             import wandb
 
-            wandb.init(
-                project=args.wandb_project_name,
-                entity=args.wandb_entity,
-                sync_tensorboard=True,
-                config=flat_args(args),
-                name=os.path.basename(run_dir),
-                save_code=True,
-                resume="allow",
-            )
+            run = {"project": args.wandb_project_name, "entity": args.wandb_entity, "name": os.path.basename(run_dir)}
+            wandb.init(**run, config=flat_args(args), sync_tensorboard=True, save_code=True, resume="allow")
         self.writer = SummaryWriter(run_dir, purge_step=start_step + 1 if start_step else 0)  # no step logged twice
         table = "\n".join(f"|{k}|{v}|" for k, v in flat_args(args).items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)

@@ -24,7 +24,7 @@ torch.set_num_threads in the TRL process), fp32 on the CPU, on:
   grading by common.reward.score (1 correct, 0 otherwise; 2 grader workers),
   one AdamW step per rollout batch (lr 2e-4 constant, no weight decay, grad-norm clip 1.0),
   token-mean loss over the whole batch, clip eps low 0.2 / high 0.28, no KL, group-std advantages,
-  micro-batches of --micro-batch-size sequences (grpo.py's default 16).
+  micro-batches of --micro-batch-size sequences (grpo.py's default 32).
 The TRL process is fed the prompts in grpo.py's order (same seed), so step k of both trainers sees
 the same 16 problems; only the sampled responses differ. Repetition r runs both trainers with seed
 --seed + r (CPU runs are reproducible, so equal seeds would repeat the same curves): the learning
@@ -726,7 +726,7 @@ def main() -> None:
     ap.add_argument(
         "--micro-batch-size",
         type=int,
-        default=16,
+        default=32,
         choices=(8, 16, 32, 64, 128),
         help="sequences per forward/backward (grpo.py --micro-batch-size; TRL per_device_train_batch_size)",
     )

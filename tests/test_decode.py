@@ -122,8 +122,9 @@ def test_decode_samples_exactly_what_generate_samples(model, temperature, top_p,
     assert len(lengths) >= 3 and any(s["truncated"] for s in got) and not all(s["truncated"] for s in got), lengths
 
 
-def test_decode_runs_later_steps_on_the_rows_still_decoding(model, monkeypatch):
-    """The forwards see fewer rows once rows have stopped (what makes the loop faster than generate)."""
+def test_decode_runs_each_prompt_once_and_later_steps_on_the_rows_still_decoding(model, monkeypatch):
+    """The prompts' forward sees each distinct prompt once, not its n rows; the later forwards see fewer rows once
+    rows have stopped (what makes the loop faster than generate)."""
     rows_seen = []
     forward = model.forward
 
@@ -134,6 +135,7 @@ def test_decode_runs_later_steps_on_the_rows_still_decoding(model, monkeypatch):
     monkeypatch.setattr(model, "forward", counting_forward)
     torch.manual_seed(11)
     samples = grpo.hf_generate(model, PROMPTS, 4, 0.7, 1.0, 12, [1], 0, 64)
-    assert rows_seen[0] == 20 and rows_seen[-1] < 20 and rows_seen == sorted(rows_seen, reverse=True)
+    assert rows_seen[0] == len(PROMPTS)  # 5 prompts × 4 samples: 5 rows in the prompts' forward
+    assert rows_seen[-1] < 20 and rows_seen[1:] == sorted(rows_seen[1:], reverse=True)
     still_decoding = [sum(len(s["response_ids"]) > t for s in samples) for t in range(len(rows_seen))]
-    assert rows_seen == still_decoding  # step t runs on the rows that have not stopped before it
+    assert rows_seen[1:] == still_decoding[1:]  # step t runs on the rows that have not stopped before it

@@ -239,7 +239,8 @@ def test_two_process_cpu_run_through_accelerate(tmp_path):
 
 def test_every_knob_at_once_runs(tmp_path):
     """KL to the reference, entropy bonus, off-policy epochs/minibatches, Dr.GRPO aggregation, dynamic
-    sampling, overlong shaping, truncation masking and the entropy-guided λ in one short run."""
+    sampling, overlong shaping, truncation masking, the entropy-guided λ and gradient checkpointing (whose layers
+    drop the KV cache: the update runs one forward per row) in one short run."""
     run(
         [
             *TINY,
@@ -273,6 +274,7 @@ def test_every_knob_at_once_runs(tmp_path):
             "cosine",
             "--lr-warmup-steps",
             "1",
+            "--gradient-checkpointing",
             "--output-dir",
             str(tmp_path),
             "--run-name",

@@ -456,9 +456,10 @@ def test_micro_batch_stats_gives_g3_of_the_update_forward():
     ]
     batch = opefo.collate(samples, pad_id=0)
     rows = torch.arange(2)
+    args = opefo.Args(entropy_chunk_size=3, temperature=0.7)
     with torch.no_grad():
-        stats = opefo.micro_batch_stats(model, batch, rows, chunk_size=3, temperature=0.7, with_g3=True)
-        assert "g3" not in opefo.micro_batch_stats(model, batch, rows, chunk_size=3, temperature=0.7)
+        stats = opefo.micro_batch_stats(model, batch, rows, args, with_g3=True)
+        assert "g3" not in opefo.micro_batch_stats(model, batch, rows, args)
         for i, sample in enumerate(samples):
             ids = torch.tensor([sample["prompt_ids"] + sample["response_ids"]])
             logits = model(input_ids=ids).logits[0] / 0.7  # row j predicts token j + 1
