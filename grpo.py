@@ -43,7 +43,6 @@ import copy
 import dataclasses
 import fcntl
 import importlib.util
-import inspect
 import itertools
 import json
 import logging
@@ -664,14 +663,14 @@ def response_logits(model, input_ids, attention, width: int, prompt_once: bool =
     return model(input_ids[:, shared:-1], logits_to_keep=width, use_cache=cache is not None, **inputs).logits
 
 
-def prompt_cache(model, input_ids, attention, **options) -> tuple:
+def prompt_cache(model, input_ids, attention) -> tuple:
     """One forward of each distinct row of input_ids [b, P] (with its attention mask): its KV cache, copied to every
-    row with that prompt, and the logits of its last position [b, V]."""
+    row with that prompt, and the logits of its last position [b, V] (the only ones computed)."""
     distinct, row_prompt = torch.unique(torch.cat([input_ids, attention], dim=1), dim=0, return_inverse=True)
     prompt_ids, prompt_attention = distinct.split(input_ids.shape[1], dim=1)  # [U, P] each
     positions = (prompt_attention.cumsum(-1) - 1).clamp(min=0)  # positions follow the left padding, as in generate
     inputs = {"attention_mask": prompt_attention, "position_ids": positions, "use_cache": True}
-    output = model(input_ids=prompt_ids, **inputs, **options)
+    output = model(input_ids=prompt_ids, logits_to_keep=1, **inputs)
     output.past_key_values.batch_select_indices(row_prompt)  # [U, heads, P, d] -> [b, heads, P, d] in every layer
     return output.past_key_values, output.logits[row_prompt, -1]
 
@@ -990,13 +989,12 @@ def decode(model, rows, temperature, top_p, max_new_tokens, stop_ids, pad_id, ke
     logps = torch.zeros(b, max_new_tokens, device=device)
     lengths = torch.full((b,), max_new_tokens, device=device)
     prefix = _absorb(key_words(key, range(first_row, first_row + b), n, None, device)) if key is not None else None
-    last_only = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    cache, logits = prompt_cache(model, input_ids, attention, **last_only)  # [b, V]: the first token's
+    cache, logits = prompt_cache(model, input_ids, attention)  # [b, V]: the first token's
     token = None  # [live]: the token drawn last
     for t in range(max_new_tokens):
         if t > 0:
             inputs = {"attention_mask": attention, "position_ids": attention.sum(-1, keepdim=True) - 1}
-            logits = model(input_ids=token[:, None], past_key_values=cache, **inputs, **last_only).logits[:, -1]
+            logits = model(input_ids=token[:, None], past_key_values=cache, logits_to_keep=1, **inputs).logits[:, -1]
         scores = logits.float() / (temperature or 1.0)  # [live, V]
         logp = torch.log_softmax(scores, dim=-1)  # log π_T, recorded for the sampled tokens
         if decoding.any():
