@@ -149,3 +149,7 @@ def worker() -> None:
 
 if __name__ == "__main__":
     worker()
+    # both processes done, then the process group closed before the interpreter exits: gloo's threads torn down at
+    # exit aborted a worker under load ("terminate called without an active exception", exit code -6)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
