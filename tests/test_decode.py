@@ -139,3 +139,43 @@ def test_decode_runs_each_prompt_once_and_later_steps_on_the_rows_still_decoding
     assert rows_seen[-1] < 20 and rows_seen[1:] == sorted(rows_seen[1:], reverse=True)
     still_decoding = [sum(len(s["response_ids"]) > t for s in samples) for t in range(len(rows_seen))]
     assert rows_seen[1:] == still_decoding[1:]  # step t runs on the rows that have not stopped before it
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_decode_runs_in_inference_mode_unless_the_model_is_sharded(monkeypatch, sharded):
+    """A plain model decodes in inference mode (no autograd bookkeeping); a sharded one (ZeRO-3, FSDP) under no_grad
+    only, since its forward gathers parameters into tensors that the training forward reuses. The model trains
+    afterwards: here one with dynamic RoPE, which recomputes a buffer (inv_freq) once generation passes its
+    max_position_embeddings, so that buffer is made in inference mode."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=23,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=8,
+        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    model = LlamaForCausalLM(config).eval()
+    inv_freq = model.model.rotary_emb.inv_freq.clone()
+    modes = []
+    forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        modes.append((torch.is_inference_mode_enabled(), torch.is_grad_enabled()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    monkeypatch.setattr(grpo, "is_sharded", lambda m: sharded)
+    grpo.hf_generate(model, PROMPTS, 2, 0.7, 1.0, 12, [], 0, 64)  # no stop token: 7 + 12 positions > 8
+    assert set(modes) == {(not sharded, False)}
+    assert not torch.equal(model.model.rotary_emb.inv_freq, inv_freq)  # recomputed during generation
+    monkeypatch.undo()
+    model.train()
+    input_ids = torch.tensor([PROMPTS[-1] * 3])  # 21 positions: past max_position_embeddings again
+    model(input_ids, labels=input_ids).loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
